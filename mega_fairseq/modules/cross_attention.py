@@ -1,0 +1,91 @@
+"""Gated cross-attention from the decoder to the encoder output (spec, section 3)."""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import attention_weights
+from .config import get_activation, MegaLayerConfig
+from .dropout import Dropout
+from .gated_attention import init_linear
+from .norms import SequenceNorm
+from .position_bias import build_position_bias
+
+
+class GatedCrossAttention(nn.Module):
+    """Queries, update and reset gates from the decoder; keys and values from the encoder.
+
+    ``q_proj: D -> 2D + Z`` (update gate, reset gate, query), ``k_proj: D -> Z``,
+    ``v_proj: D -> D``, ``h_proj: D -> D``, and a relative position bias between
+    target position i and source position j over ``max_positions`` positions.
+    Incremental state: the projected encoder keys (B, S, Z), values (B, S, D) and
+    key padding mask (B, S), computed at the first step.
+    """
+
+    def __init__(self, cfg: MegaLayerConfig, max_positions: int):
+        super().__init__()
+        self.embed_dim, self.z_dim = cfg.embed_dim, cfg.z_dim
+        self.attention_fn = cfg.attention_fn
+        self.prenorm = cfg.prenorm
+        self.activation = get_activation(cfg.activation)
+
+        self.norm = SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=cfg.norm_affine)
+        self.k_proj = init_linear(cfg.embed_dim, cfg.z_dim)
+        self.v_proj = init_linear(cfg.embed_dim, cfg.embed_dim)
+        self.q_proj = init_linear(cfg.embed_dim, 2 * cfg.embed_dim + cfg.z_dim)
+        self.h_proj = init_linear(cfg.embed_dim, cfg.embed_dim)
+        self.rel_pos_bias = build_position_bias(cfg.rel_pos_bias, cfg.z_dim, max_positions)
+
+        self.dropout = Dropout(cfg.dropout, cfg.feature_dropout)
+        self.hidden_dropout = Dropout(cfg.hidden_dropout, cfg.feature_dropout)
+        self.attention_dropout = Dropout(cfg.attention_dropout)
+
+    def forward(
+        self,
+        query: Tensor,
+        memory: Optional[Tensor],
+        memory_padding_mask: Optional[Tensor] = None,
+        padding_mask: Optional[Tensor] = None,
+        state: Optional[Dict[str, Tensor]] = None,
+        query_offset: int = 0,
+    ) -> Tuple[Tensor, Tensor]:
+        """query: (T, B, D) decoder states at target positions query_offset ..;
+        memory: (S, B, D) encoder output (may be None once cached in ``state``);
+        memory_padding_mask: (B, S) bool; padding_mask: (B, T) bool, for batch norms.
+        Returns (T, B, D) and the attention weights (B, T, S)."""
+        length, batch, dim = query.shape
+        if dim != self.embed_dim:
+            raise ValueError(f"cross-attention expected queries (T, B, {self.embed_dim}), got {tuple(query.shape)}")
+        if state is not None and "keys" in state:
+            k, v, memory_padding_mask = state["keys"], state["values"], state.get("key_padding_mask")
+        else:
+            if memory is None:
+                raise ValueError("cross-attention needs the encoder output")
+            if memory.dim() != 3 or memory.shape[1:] != (batch, self.embed_dim):
+                raise ValueError(f"encoder output must be (S, {batch}, {self.embed_dim}), got {tuple(memory.shape)}")
+            k = self.k_proj(memory).transpose(0, 1)
+            v = self.activation(self.v_proj(memory)).transpose(0, 1)
+            if state is not None:
+                state["keys"], state["values"] = k, v
+                if memory_padding_mask is not None:
+                    state["key_padding_mask"] = memory_padding_mask
+
+        residual = query
+        x = self.norm(query, padding_mask) if self.prenorm else query
+        u, r, q = torch.split(self.q_proj(x), [self.embed_dim, self.embed_dim, self.z_dim], dim=-1)
+        u, r = torch.sigmoid(u), F.silu(r)
+
+        key_valid = None if memory_padding_mask is None else ~memory_padding_mask.unsqueeze(1)
+        bias = self.rel_pos_bias(length, k.size(1), query_offset).to(q.dtype)
+        weights = attention_weights(q.transpose(0, 1) @ k.transpose(1, 2), self.attention_fn, key_valid, None,
+                                    bias, self.z_dim)
+        h = (self.attention_dropout(weights) @ self.hidden_dropout(v, batch_first=True)).transpose(0, 1)
+        h = self.dropout(self.activation(self.h_proj(h * r)))
+        out = torch.addcmul(residual, u, h - residual)
+        if not self.prenorm:
+            out = self.norm(out, padding_mask)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, z_dim={self.z_dim}, attention_fn={self.attention_fn}"

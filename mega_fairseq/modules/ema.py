@@ -1,0 +1,184 @@
+"""Multi-dimensional damped exponential moving average (EMA), section 1 of the spec.
+
+For every channel d and every EMA dimension n (independently)::
+
+    h_t = p * beta * x_t + q * h_{t-1},     p = sigmoid(alpha), q = 1 - p * sigmoid(delta)
+    y_t = sqrt(1/N) * sum_n gamma * h_t
+
+which is the causal convolution ``y = x * k`` with kernel
+``k[d, j] = sqrt(1/N) * sum_n gamma * p * beta * q^j``.
+
+The parameter roles follow the paper and the original implementation
+(``alpha`` is the input weight, ``delta`` the damping): the spec's section 1
+swaps the two names, see docs/spec-notes.md.
+
+Three ways of computing the same function:
+  * ``fft_ema``: FFT convolution of the whole sequence (training / encoding),
+  * ``ema_step``: the recurrence for one step with a carried hidden state,
+  * ``ema_chunk_with_state``: several steps at once from a carried state.
+"""
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MegaConfigError
+
+
+def ema_coefficients(alpha: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
+    """(D', N) raw parameters -> p (input weight) and q (decay), both (D', N) in (0, 1)."""
+    p = torch.sigmoid(alpha)
+    q = 1.0 - p * torch.sigmoid(delta)
+    return p, q
+
+
+def ema_powers(q: Tensor, length: int) -> Tensor:
+    """q (D', N) -> q^j for j = 0..length-1, shape (D', N, length), in float32 or wider."""
+    q = q.float() if q.dtype in (torch.float16, torch.bfloat16) else q
+    steps = torch.arange(length, device=q.device, dtype=q.dtype)
+    return torch.exp(steps * torch.log(q).unsqueeze(-1))
+
+
+def fft_ema(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
+    """EMA by FFT convolution.
+
+    x: (B, D, L); forward_kernel: (D, K) applied to lags 0..K-1 (causal);
+    backward_kernel: (D, K) or None; entry m >= 1 weighs x[t + m] (anti-causal).
+    Entry 0 of the backward kernel is unused, so x[t] is counted once.
+    Returns (B, D, L) in x's dtype; the convolution runs in float32 (or float64).
+    """
+    length = x.size(-1)
+    kernel_size = forward_kernel.size(-1)
+    fft_len = length + kernel_size
+    kernel = F.pad(forward_kernel, (0, length))
+    if backward_kernel is not None:
+        kernel = kernel + F.pad(backward_kernel[:, 1:].flip(-1), (length + 1, 0))
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    x_f = torch.fft.rfft(x.to(compute_dtype), n=fft_len)
+    k_f = torch.fft.rfft(kernel.to(compute_dtype), n=fft_len)
+    return torch.fft.irfft(x_f * k_f, n=fft_len)[..., :length].to(x.dtype)
+
+
+def ema_step(x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One recurrent step. x: (B, D); p_beta, q, gamma: (D, N) (gamma pre-scaled);
+    hidden: (B, D, N) or None. Returns y (B, D) and the new hidden state (B, D, N)."""
+    new_hidden = p_beta * x.unsqueeze(-1)
+    if hidden is not None:
+        new_hidden = new_hidden + q * hidden
+    return torch.einsum("bdn,dn->bd", new_hidden, gamma), new_hidden
+
+
+def ema_chunk_with_state(
+    x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Several steps from a carried state. x: (B, D, L); hidden: (B, D, N) or None.
+
+    y_t = conv(x, k)_t + sum_n gamma * q^(t+1) * hidden,
+    new hidden = q^L * hidden + sum_j p * beta * q^(L-1-j) * x_j.
+    Returns y (B, D, L) and the new hidden state (B, D, N).
+    """
+    length = x.size(-1)
+    powers = ema_powers(q, length + 1)  # (D, N, L+1)
+    decay = p_beta.unsqueeze(-1).to(powers.dtype) * powers[..., :length]  # (D, N, L)
+    kernel = torch.einsum("dnl,dn->dl", decay, gamma.to(powers.dtype))
+    y = fft_ema(x, kernel)
+    new_hidden = torch.einsum("bdl,dnl->bdn", x.to(powers.dtype), decay.flip(-1))
+    if hidden is not None:
+        y = y + torch.einsum("bdn,dnl->bdl", hidden.to(powers.dtype), powers[..., 1:] * gamma.unsqueeze(-1)).to(y.dtype)
+        new_hidden = new_hidden + powers[..., -1] * hidden
+    return y, new_hidden
+
+
+class MultiDimensionalEMA(nn.Module):
+    """The EMA sub-layer of a Mega block: ``silu(EMA(x) + omega * x)``.
+
+    Args:
+        embed_dim: D.
+        ndim: N, the EMA order (expansion dimension).
+        bidirectional: add an anti-causal EMA with its own D kernels (encoders).
+        truncation: kernel length cap for the FFT path (None or <= 0: no cap).
+    Parameters: alpha, delta, beta, gamma (D', N) with D' = 2D if bidirectional
+    else D; omega (D,).
+    """
+
+    def __init__(self, embed_dim: int, ndim: int = 16, bidirectional: bool = False, truncation: Optional[int] = None):
+        super().__init__()
+        if embed_dim <= 0:
+            raise MegaConfigError(f"EMA embed_dim must be positive, got {embed_dim}")
+        if ndim <= 0:
+            raise MegaConfigError(f"EMA n_dim (--encoder-n-dim / --decoder-n-dim) must be positive, got {ndim}")
+        self.embed_dim = embed_dim
+        self.ndim = ndim
+        self.bidirectional = bidirectional
+        self.truncation = truncation if truncation is not None and truncation > 0 else None
+        self.scale = math.sqrt(1.0 / ndim)
+        kernel_dim = 2 * embed_dim if bidirectional else embed_dim
+        self.alpha = nn.Parameter(torch.empty(kernel_dim, ndim))
+        self.delta = nn.Parameter(torch.empty(kernel_dim, ndim))
+        self.beta = nn.Parameter(torch.empty(kernel_dim, ndim))
+        self.gamma = nn.Parameter(torch.empty(kernel_dim, ndim))
+        self.omega = nn.Parameter(torch.empty(embed_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            nn.init.normal_(self.alpha, mean=0.0, std=0.2)
+            nn.init.normal_(self.delta, mean=0.0, std=0.2)
+            signs = torch.ones(self.ndim)
+            signs[1::2] = -1.0
+            self.beta.normal_(mean=0.0, std=0.02).add_(signs)
+            nn.init.normal_(self.gamma, mean=0.0, std=1.0)
+            nn.init.normal_(self.omega, mean=0.0, std=1.0)
+
+    def _step_parameters(self) -> Tuple[Tensor, Tensor, Tensor]:
+        p, q = ema_coefficients(self.alpha, self.delta)
+        return p * self.beta, q, self.gamma * self.scale
+
+    def kernel(self, length: int) -> Tensor:
+        """(D', K) convolution kernel, K = min(length, truncation)."""
+        kernel_size = length if self.truncation is None else min(self.truncation, length)
+        p_beta, q, gamma = self._step_parameters()
+        powers = ema_powers(q, kernel_size)
+        return torch.einsum("dnl,dn->dl", p_beta.unsqueeze(-1) * powers, gamma)
+
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        state: Optional[Dict[str, Tensor]] = None,
+    ) -> Tensor:
+        """x: (L, B, D); padding_mask: (B, L) bool, True at pads; state: a dict holding
+        ``ema_hidden`` (B, D, N) between calls (incremental decoding, causal only),
+        updated in place. Returns (L, B, D)."""
+        length, batch, dim = x.shape
+        if dim != self.embed_dim:
+            raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
+        residual = x * self.omega
+        signal = x.permute(1, 2, 0)  # B x D x L
+        if padding_mask is not None:
+            signal = signal.masked_fill(padding_mask.unsqueeze(1), 0.0)
+
+        if state is not None:
+            if self.bidirectional:
+                raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
+            p_beta, q, gamma = self._step_parameters()
+            hidden = state.get("ema_hidden")
+            if length == 1:
+                y, hidden = ema_step(signal[..., 0], p_beta, q, gamma, hidden)
+                y = y.unsqueeze(-1)
+            else:
+                y, hidden = ema_chunk_with_state(signal, p_beta, q, gamma, hidden)
+            state["ema_hidden"] = hidden
+        else:
+            kernel = self.kernel(length)
+            if self.bidirectional:
+                y = fft_ema(signal, kernel[: self.embed_dim], kernel[self.embed_dim:])
+            else:
+                y = fft_ema(signal, kernel)
+        return F.silu(y.permute(2, 0, 1).to(x.dtype) + residual)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, bidirectional={self.bidirectional}, "
+                f"truncation={self.truncation}")
