@@ -1,5 +1,4 @@
 """Options of one Mega layer, checked once when the layer is built."""
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -40,7 +39,7 @@ def check_choice(value: str, choices, option: str) -> None:
         raise MegaConfigError(f"unknown value {value!r} for {option}; choose one of {', '.join(choices)}")
 
 
-def check_chunk_size(chunk_size: int, option: str = "--encoder/decoder-chunk-size") -> None:
+def check_chunk_size(chunk_size: int, option: str = "--chunk-size") -> None:
     if chunk_size != -1 and chunk_size <= 0:
         raise MegaConfigError(f"{option} must be a positive chunk length or -1 (whole sequence), got {chunk_size}")
 
@@ -69,25 +68,35 @@ class MegaLayerConfig:
     activation_dropout: float = 0.0
     feature_dropout: bool = False
 
+    role: str = "encoder"  # names the command-line options in error messages: --{role}-chunk-size
+
+    def option(self, name: str) -> str:
+        """The command-line spelling of a per-stack option, e.g. ``--decoder-z-dim``."""
+        return f"--{self.role}-{name}" if self.role else f"--{name}"
+
     def __post_init__(self):
-        for name, option in (("embed_dim", "--encoder/decoder-embed-dim"), ("hidden_dim", "--encoder/decoder-hidden-dim"),
-                             ("z_dim", "--encoder/decoder-z-dim"), ("n_dim", "--encoder/decoder-n-dim"),
-                             ("max_positions", "--max-source/target-positions")):
-            if getattr(self, name) <= 0:
-                raise MegaConfigError(f"{option} must be positive, got {getattr(self, name)}")
+        for field_name, option in (("embed_dim", "embed-dim"), ("hidden_dim", "hidden-dim"), ("z_dim", "z-dim"),
+                                   ("n_dim", "n-dim")):
+            if getattr(self, field_name) <= 0:
+                raise MegaConfigError(f"{self.option(option)} must be positive, got {getattr(self, field_name)}")
+        if self.max_positions <= 0:
+            raise MegaConfigError(f"max positions (--max-source/target-positions) must be positive, "
+                                  f"got {self.max_positions}")
         if self.ffn_dim < 0:
-            raise MegaConfigError(f"--encoder/decoder-ffn-embed-dim must be >= 0, got {self.ffn_dim}")
-        check_chunk_size(self.chunk_size)
+            raise MegaConfigError(f"{self.option('ffn-embed-dim')} must be >= 0, got {self.ffn_dim}")
+        check_chunk_size(self.chunk_size, self.option("chunk-size"))
         check_choice(self.attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
         check_choice(self.norm_type, NORM_TYPES, "--normalization-type")
         check_choice(self.rel_pos_bias, POSITION_BIASES, "--rel-pos-bias")
         check_choice(self.activation, ACTIVATIONS, "--activation-fn")
         if self.rel_pos_bias == "rotary" and self.z_dim % 2 != 0:
-            raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got --encoder/decoder-z-dim {self.z_dim}")
-        for name in ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout"):
-            value = getattr(self, name)
-            if not (0.0 <= value < 1.0) or math.isnan(value):
-                raise MegaConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+            raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got {self.option('z-dim')} {self.z_dim}")
+        if self.truncation is not None and self.truncation < 0:
+            raise MegaConfigError(f"--truncation-length must be >= 0 (0: no truncation), got {self.truncation}")
+        for field_name in ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout"):
+            value = getattr(self, field_name)
+            if not 0.0 <= value < 1.0:
+                raise MegaConfigError(f"--{field_name.replace('_', '-')} must be in [0, 1), got {value}")
 
     @property
     def attention_length(self) -> int:

@@ -1,0 +1,17 @@
+"""mega-fairseq: Mega (Moving Average Equipped Gated Attention) as a fairseq plugin.
+
+``--user-dir mega_fairseq`` (or ``--user-dir user_dir`` once installed) registers
+the models, architectures, learning-rate schedulers and the checkpoint-loading
+allow-list. ``mega_fairseq.modules`` needs torch only.
+"""
+__version__ = "0.1.0"
+
+try:
+    import fairseq  # noqa: F401
+except ImportError:  # the torch-only modules stay usable without fairseq
+    fairseq = None
+
+if fairseq is not None:
+    from . import checkpoint_safety, models, optim  # noqa: F401
+
+    checkpoint_safety.allow_fairseq_checkpoints()

@@ -1,0 +1,378 @@
+"""The Mega encoder-decoder model for fairseq (``--arch mega_wmt_en_de`` and friends)."""
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.utils import safe_getattr
+from torch import Tensor, nn
+
+from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
+from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, check_chunk_size
+
+DEFAULT_MAX_POSITIONS = 1024
+
+
+ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
+ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
+NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
+POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
+
+
+@dataclass
+class MegaConfig(FairseqDataclass):
+    """Options of the Mega encoder-decoder, spelled as in the original recipes."""
+
+    activation_fn: ACTIVATION_CHOICES = field(default="silu", metadata={"help": "activation function"})
+    attention_activation_fn: ATTENTION_CHOICES = field(default="softmax", metadata={"help": "attention function"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout probability of attention weights"})
+    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega's hidden vectors"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
+    feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels"})
+
+    encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained encoder embedding"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension (D)"})
+    encoder_hidden_dim: int = field(default=1024, metadata={"help": "encoder value width of the Mega block (H)"})
+    encoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "encoder feed-forward width; 0: no FFN"})
+    encoder_z_dim: int = field(default=128, metadata={"help": "encoder query/key width (Z)"})
+    encoder_n_dim: int = field(default=16, metadata={"help": "encoder EMA order (N)"})
+    encoder_chunk_size: int = field(default=-1, metadata={"help": "encoder attention chunk; -1: whole sequence"})
+    encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
+
+    decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained decoder embedding"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension (D)"})
+    decoder_hidden_dim: int = field(default=1024, metadata={"help": "decoder value width of the Mega block (H)"})
+    decoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "decoder feed-forward width; 0: no FFN"})
+    decoder_z_dim: int = field(default=128, metadata={"help": "decoder query/key width (Z)"})
+    decoder_n_dim: int = field(default=16, metadata={"help": "decoder EMA order (N)"})
+    decoder_chunk_size: int = field(default=-1, metadata={"help": "decoder attention chunk; -1: whole sequence"})
+    decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
+
+    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder input and output"})
+    share_all_embeddings: bool = field(
+        default=False, metadata={"help": "share encoder, decoder and output embeddings (joined dictionary)"})
+    normalization_type: NORM_CHOICES = field(default="layernorm", metadata={"help": "normalization layer"})
+    normalize_before: bool = field(default=False, metadata={"help": "normalize before each sub-layer (prenorm)"})
+    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
+    rel_pos_bias: POSITION_BIAS_CHOICES = field(default="simple", metadata={"help": "relative position bias"})
+    truncation_length: Optional[int] = field(default=None, metadata={"help": "EMA kernel length cap; 0: none"})
+    max_source_positions: Optional[int] = field(default=None, metadata={"help": "longest source (default: task's)"})
+    max_target_positions: Optional[int] = field(default=None, metadata={"help": "longest target (default: task's)"})
+
+
+def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
+    """The options of one stack's layers from the model arguments."""
+    truncation = safe_getattr(args, "truncation_length", None)
+    return MegaLayerConfig(
+        embed_dim=getattr(args, f"{role}_embed_dim"),
+        hidden_dim=getattr(args, f"{role}_hidden_dim"),
+        ffn_dim=getattr(args, f"{role}_ffn_embed_dim"),
+        z_dim=getattr(args, f"{role}_z_dim"),
+        n_dim=getattr(args, f"{role}_n_dim"),
+        chunk_size=getattr(args, f"{role}_chunk_size"),
+        truncation=truncation if truncation else None,
+        max_positions=max_positions,
+        attention_fn=str(args.attention_activation_fn),
+        activation=str(args.activation_fn),
+        norm_type=str(args.normalization_type),
+        prenorm=args.normalize_before,
+        rel_pos_bias=str(args.rel_pos_bias),
+        dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
+        hidden_dropout=args.hidden_dropout,
+        activation_dropout=args.activation_dropout,
+        feature_dropout=args.feature_dropout,
+        role=role,
+    )
+
+
+def build_embedding(dictionary, embed_dim: int, path: Optional[str] = None) -> nn.Embedding:
+    """Token embedding with N(0, D^-1/2) weights and a zero padding row."""
+    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
+    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
+    nn.init.zeros_(embedding.weight[dictionary.pad()])
+    if path:
+        from fairseq import utils
+        utils.load_embedding(utils.parse_embedding(path), dictionary, embedding)
+    return embedding
+
+
+class TokenEmbedder(nn.Module):
+    """Tokens (B, L) -> scaled, optionally normalized, dropped-out embeddings (L, B, D), zero at pads."""
+
+    def __init__(self, args, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.padding_idx = embed_tokens.padding_idx
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_tokens.embedding_dim)
+        if args.normalize_embedding and args.normalize_before:
+            raise MegaConfigError("--normalize-embedding and --normalize-before cannot be combined")
+        self.embed_norm = (SequenceNorm(str(args.normalization_type), embed_tokens.embedding_dim)
+                           if args.normalize_embedding else None)
+        self.dropout = nn.Dropout(args.dropout)
+
+    def forward(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """Returns x (L, B, D), the padding mask (B, L) or None without pads, and the scaled embedding (B, L, D)."""
+        embedded = self.embed_scale * self.embed_tokens(tokens)
+        padding_mask = tokens.eq(self.padding_idx)
+        if not padding_mask.any():
+            padding_mask = None
+        x = embedded.transpose(0, 1)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x, padding_mask)
+        x = self.dropout(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+        return x, padding_mask, embedded
+
+
+def zero_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """x (L, B, D) with the padding positions of padding_mask (B, L) set to 0."""
+    return x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+
+
+class MegaEncoder(FairseqEncoder):
+    """Stack of Mega encoder layers (bidirectional EMA). Output in fairseq's dict format."""
+
+    def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        self.max_source_positions = args.max_source_positions
+        self.embedder = TokenEmbedder(args, embed_tokens)
+        cfg = layer_config(args, "encoder", args.max_source_positions)
+        self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
+        self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
+        """src_tokens: (B, S). Returns encoder_out (S, B, D) and encoder_padding_mask (B, S) in lists."""
+        x, padding_mask, embedded = self.embedder(src_tokens)
+        states = []
+        for layer in self.layers:
+            x = layer(x, padding_mask)
+            if return_all_hiddens:
+                states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x, padding_mask)
+        x = zero_pads(x, padding_mask)
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [] if padding_mask is None else [padding_mask],
+            "encoder_embedding": [embedded],
+            "encoder_states": states,
+            "src_tokens": [],
+            "src_lengths": [] if src_lengths is None else [src_lengths],
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        """Select batch entries (beam search): time-major tensors on dim 1, the others on dim 0."""
+        time_major = ("encoder_out", "encoder_states")
+        return {
+            key: [t.index_select(1 if key in time_major else 0, new_order) for t in tensors]
+            for key, tensors in encoder_out.items()
+        }
+
+    def max_positions(self):
+        return self.max_source_positions
+
+
+class MegaDecoder(FairseqIncrementalDecoder):
+    """Stack of Mega decoder layers (causal EMA and attention, gated cross-attention).
+
+    Incremental state per layer: the causal block's EMA hidden state and the
+    keys/values of its unfinished chunk, and the cross-attention's projected
+    encoder keys/values; ``reorder_incremental_state`` selects beams.
+    """
+
+    def __init__(self, args, dictionary, embed_tokens: nn.Embedding, no_encoder_attn: bool = False):
+        super().__init__(dictionary)
+        self.max_target_positions = args.max_target_positions
+        self.embedder = TokenEmbedder(args, embed_tokens)
+        cfg = layer_config(args, "decoder", args.max_target_positions)
+        cross_positions = None if no_encoder_attn else max(args.max_source_positions, args.max_target_positions)
+        self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
+        self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
+        if args.share_decoder_input_output_embed:
+            self.output_projection = nn.Linear(cfg.embed_dim, len(dictionary), bias=False)
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            self.output_projection = nn.Linear(cfg.embed_dim, len(dictionary), bias=False)
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=cfg.embed_dim ** -0.5)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        full_context_alignment: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
+        src_lengths: Optional[Any] = None,
+        return_all_hiddens: bool = False,
+    ):
+        """prev_output_tokens: (B, T). Returns logits (B, T, V) (or features) and extras."""
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        **unused,
+    ):
+        """Features (B, T, D) and {"attn": [cross-attention weights of the last layer (B, T, S)], "inner_states"}.
+        With ``incremental_state`` only the last token is fed; the states carry the rest."""
+        position_offset = 0
+        if incremental_state is not None:
+            position_offset = prev_output_tokens.size(1) - 1
+            prev_output_tokens = prev_output_tokens[:, -1:]
+        x, padding_mask, _ = self.embedder(prev_output_tokens)
+        memory, memory_padding_mask = None, None
+        if encoder_out is not None:
+            memory = encoder_out["encoder_out"][0]
+            if len(encoder_out["encoder_padding_mask"]) > 0:
+                memory_padding_mask = encoder_out["encoder_padding_mask"][0]
+
+        attn = None
+        inner_states: List[Optional[Tensor]] = [x]
+        for index, layer in enumerate(self.layers):
+            self_state, cross_state = self._layer_states(incremental_state, index)
+            x, attn = layer(x, memory, memory_padding_mask, padding_mask, self_state, cross_state, position_offset)
+            inner_states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x, padding_mask)
+        x = zero_pads(x, padding_mask)
+        return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def _layer_states(self, incremental_state, index: int):
+        """The (self-attention, cross-attention) state dicts of one layer, created on first use."""
+        if incremental_state is None:
+            return None, None
+        states = []
+        for part in ("self", "cross"):
+            key = f"layer{index}.{part}"
+            state = self.get_incremental_state(incremental_state, key)
+            if state is None:
+                state = {}
+                self.set_incremental_state(incremental_state, key, state)
+            states.append(state)
+        return states[0], states[1]
+
+    def reorder_incremental_state(self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor):
+        """Select beams: every state tensor is batch-first."""
+        for index in range(len(self.layers)):
+            for state in self._layer_states(incremental_state, index):
+                for name, value in list(state.items()):
+                    if value is not None:
+                        state[name] = value.index_select(0, new_order)
+
+    def max_positions(self):
+        return self.max_target_positions
+
+
+@register_model("mega", dataclass=MegaConfig)
+class MegaModel(FairseqEncoderDecoderModel):
+    """Mega encoder-decoder (Ma et al., 2023) for translation."""
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        if safe_getattr(args, "max_source_positions", None) is None:
+            args.max_source_positions = safe_getattr(task.cfg if hasattr(task, "cfg") else args,
+                                                     "max_source_positions", DEFAULT_MAX_POSITIONS)
+        if safe_getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = safe_getattr(task.cfg if hasattr(task, "cfg") else args,
+                                                     "max_target_positions", DEFAULT_MAX_POSITIONS)
+        check_chunk_size(args.encoder_chunk_size, "--encoder-chunk-size")
+        check_chunk_size(args.decoder_chunk_size, "--decoder-chunk-size")
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        if args.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise MegaConfigError("--share-all-embeddings requires a joined dictionary "
+                                      "(fairseq-preprocess --joined-dictionary)")
+            if args.encoder_embed_dim != args.decoder_embed_dim:
+                raise MegaConfigError(f"--share-all-embeddings requires --encoder-embed-dim "
+                                      f"({args.encoder_embed_dim}) to match --decoder-embed-dim "
+                                      f"({args.decoder_embed_dim})")
+            if args.decoder_embed_path and args.decoder_embed_path != args.encoder_embed_path:
+                raise MegaConfigError("--share-all-embeddings is not compatible with --decoder-embed-path")
+            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim, args.encoder_embed_path)
+            decoder_embed = encoder_embed
+            args.share_decoder_input_output_embed = True
+        else:
+            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim, args.encoder_embed_path)
+            decoder_embed = build_embedding(tgt_dict, args.decoder_embed_dim, args.decoder_embed_path)
+        encoder = MegaEncoder(args, src_dict, encoder_embed)
+        decoder = MegaDecoder(args, tgt_dict, decoder_embed)
+        return cls(encoder, decoder)
+
+
+def base_architecture(args):
+    """Defaults of ``--arch mega`` (the model name is its own architecture)."""
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 512)
+    args.encoder_hidden_dim = safe_getattr(args, "encoder_hidden_dim", 1024)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", args.encoder_hidden_dim)
+    args.encoder_z_dim = safe_getattr(args, "encoder_z_dim", 128)
+    args.encoder_n_dim = safe_getattr(args, "encoder_n_dim", 16)
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 6)
+    args.encoder_chunk_size = safe_getattr(args, "encoder_chunk_size", -1)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", args.encoder_embed_dim)
+    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", args.encoder_hidden_dim)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
+    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", args.encoder_z_dim)
+    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", args.encoder_n_dim)
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 6)
+    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", args.encoder_chunk_size)
+    args.dropout = safe_getattr(args, "dropout", 0.1)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
+    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.0)
+    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.0)
+    args.feature_dropout = safe_getattr(args, "feature_dropout", False)
+    args.activation_fn = safe_getattr(args, "activation_fn", "silu")
+    args.attention_activation_fn = safe_getattr(args, "attention_activation_fn", "softmax")
+    args.normalization_type = safe_getattr(args, "normalization_type", "layernorm")
+    args.normalize_before = safe_getattr(args, "normalize_before", False)
+    args.normalize_embedding = safe_getattr(args, "normalize_embedding", False)
+    args.no_scale_embedding = safe_getattr(args, "no_scale_embedding", False)
+    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "simple")
+    args.truncation_length = safe_getattr(args, "truncation_length", None)
+    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", False)
+    args.share_all_embeddings = safe_getattr(args, "share_all_embeddings", False)
+    args.encoder_embed_path = safe_getattr(args, "encoder_embed_path", None)
+    args.decoder_embed_path = safe_getattr(args, "decoder_embed_path", None)
+
+
+@register_model_architecture("mega", "mega_wmt_en_de")
+def mega_wmt_en_de(args):
+    args.dropout = safe_getattr(args, "dropout", 0.1)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
+    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
+    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.1)
+    base_architecture(args)
+
+
+@register_model_architecture("mega", "mega_wmt_en_de_big")
+def mega_wmt_en_de_big(args):
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
+    args.encoder_hidden_dim = safe_getattr(args, "encoder_hidden_dim", 2048)
+    args.encoder_z_dim = safe_getattr(args, "encoder_z_dim", 256)
+    args.dropout = safe_getattr(args, "dropout", 0.3)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
+    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
+    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.1)
+    base_architecture(args)
