@@ -2,7 +2,7 @@
 
 ``--user-dir mega_fairseq`` (or ``--user-dir user_dir`` once installed) registers
 the models, architectures, learning-rate schedulers and the checkpoint-loading
-allow-list. ``mega_fairseq.modules`` needs torch only.
+allow-list, and fixes fairseq's dropping of the last batch (see fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ except ImportError:  # the torch-only modules stay usable without fairseq
     fairseq = None
 
 if fairseq is not None:
-    from . import checkpoint_safety, models, optim  # noqa: F401
+    from . import checkpoint_safety, fairseq_fixes, models, optim  # noqa: F401
 
     checkpoint_safety.allow_fairseq_checkpoints()
+    fairseq_fixes.keep_last_batch()

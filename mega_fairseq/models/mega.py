@@ -136,6 +136,14 @@ class TokenEmbedder(nn.Module):
         return x, padding_mask, embedded
 
 
+def rotate_rows(t: Tensor, shifts: Tensor) -> Tensor:
+    """Rotate each row of t (B, L, ...) left by shifts (B,) positions along L."""
+    length = t.size(1)
+    index = (torch.arange(length, device=t.device).unsqueeze(0) + shifts.unsqueeze(1)) % length
+    index = index.view(*index.shape, *([1] * (t.dim() - 2))).expand_as(t)
+    return t.gather(1, index)
+
+
 def zero_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
     """x (L, B, D) with the padding positions of padding_mask (B, L) set to 0."""
     return x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
@@ -148,12 +156,24 @@ class MegaEncoder(FairseqEncoder):
         super().__init__(dictionary)
         self.max_source_positions = args.max_source_positions
         self.embedder = TokenEmbedder(args, embed_tokens)
+        self.chunk_size = args.encoder_chunk_size
         cfg = layer_config(args, "encoder", args.max_source_positions)
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
-        """src_tokens: (B, S). Returns encoder_out (S, B, D) and encoder_padding_mask (B, S) in lists."""
+        """src_tokens: (B, S). Returns encoder_out (S, B, D) and encoder_padding_mask (B, S) in lists.
+
+        With chunked attention, left-padded rows are rotated to right padding first, so that
+        chunk borders count from the first real token whatever the padding.
+        """
+        leading_pads = None
+        if self.chunk_size > 0:
+            leading_pads = src_tokens.ne(self.embedder.padding_idx).int().argmax(dim=1)
+            if leading_pads.any():
+                src_tokens = rotate_rows(src_tokens, leading_pads)
+            else:
+                leading_pads = None
         x, padding_mask, embedded = self.embedder(src_tokens)
         states = []
         for layer in self.layers:
@@ -163,6 +183,10 @@ class MegaEncoder(FairseqEncoder):
         if self.final_norm is not None:
             x = self.final_norm(x, padding_mask)
         x = zero_pads(x, padding_mask)
+        if leading_pads is not None:
+            x = rotate_rows(x.transpose(0, 1), -leading_pads).transpose(0, 1)
+            embedded = rotate_rows(embedded, -leading_pads)
+            padding_mask = rotate_rows(padding_mask, -leading_pads)
         return {
             "encoder_out": [x],
             "encoder_padding_mask": [] if padding_mask is None else [padding_mask],

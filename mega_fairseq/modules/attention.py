@@ -68,7 +68,7 @@ def attention_weights(
             allowed = torch.where(no_key, fallback, allowed)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+        return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(scores.dtype)
 
     if causal_mask is not None:
         lengths = causal_mask.sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)

@@ -63,9 +63,9 @@ class RotaryRelativePositionBias(RelativePositionBias):
     def rotate(self, vector: Tensor, start: int, length: int) -> Tensor:
         """vector (1, Z) -> (length, Z): the vector rotated to positions start .. start + length - 1."""
         half = self.z_dim // 2
-        frequencies = torch.exp(torch.arange(half, device=vector.device, dtype=torch.float32)
-                                * (-math.log(10000.0) / half))
-        positions = torch.arange(start, start + length, device=vector.device, dtype=torch.float32)
+        dtype = torch.promote_types(vector.dtype, torch.float32)
+        frequencies = torch.exp(torch.arange(half, device=vector.device, dtype=dtype) * (-math.log(10000.0) / half))
+        positions = torch.arange(start, start + length, device=vector.device, dtype=dtype)
         angles = positions.unsqueeze(1) * frequencies.unsqueeze(0)
         sin, cos = torch.sin(angles).to(vector.dtype), torch.cos(angles).to(vector.dtype)
         first, second = vector.chunk(2, dim=-1)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: install what is missing (scripts/install.sh), then run the CPU test
+# suite. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k ema`). GPU tests skip
+# without a GPU.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$repo/scripts/install.sh"
+venv=${MEGA_VENV:-$repo/.venv}
+cd "$repo"
+exec "$venv/bin/python" -m pytest tests -q "$@"

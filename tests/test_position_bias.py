@@ -1,0 +1,93 @@
+"""Relative position biases against the formulas (simple: Toeplitz lookup; rotary: sin/cos tables)."""
+import pytest
+import torch
+
+from mega_fairseq.modules import (MegaConfigError, RotaryRelativePositionBias, SimpleRelativePositionBias,
+                                  build_position_bias)
+from reference import randomize_parameters_, rotary_bias_reference, simple_bias_reference
+
+# (max_positions, query_length, key_length, offset) with offset + Lq <= P and Lk <= P
+SPANS = [(1, 1, 1, 0), (5, 5, 5, 0), (8, 3, 8, 5), (8, 1, 6, 5), (13, 7, 13, 2), (16, 16, 9, 0)]
+
+
+def simple_bias(positions, seed=0):
+    return randomize_parameters_(SimpleRelativePositionBias(positions).double(), seed, scale=1.0)
+
+
+def rotary_bias(z_dim, positions, seed=0):
+    return randomize_parameters_(RotaryRelativePositionBias(z_dim, positions).double(), seed, scale=1.0)
+
+
+@pytest.mark.parametrize("positions, query_length, key_length, offset", SPANS)
+def test_simple_bias_is_toeplitz_lookup(positions, query_length, key_length, offset):
+    """bias[i, j] = w[P - 1 + j - i] for query positions offset .. offset + Lq - 1."""
+    module = simple_bias(positions, seed=positions)
+    expected = simple_bias_reference(module.weight, query_length, key_length, offset)
+    out = module(query_length, key_length, offset)
+    assert out.shape == (query_length, key_length)
+    assert torch.equal(out, expected)
+
+
+def test_simple_bias_uses_every_weight_once_per_distance():
+    module = SimpleRelativePositionBias(4)
+    with torch.no_grad():
+        module.weight.copy_(torch.arange(7.0))
+    expected = torch.tensor([[3.0, 4, 5, 6], [2, 3, 4, 5], [1, 2, 3, 4], [0, 1, 2, 3]])
+    assert torch.equal(module(4, 4), expected)
+    assert torch.equal(module(2, 4, offset=2), expected[2:])
+
+
+@pytest.mark.parametrize("z_dim", [2, 4, 8, 16])
+@pytest.mark.parametrize("positions, query_length, key_length, offset", SPANS)
+def test_rotary_bias_matches_sin_cos_formula(z_dim, positions, query_length, key_length, offset):
+    """rot(alpha, i) . rot(beta, j) with float64 sin/cos tables."""
+    module = rotary_bias(z_dim, positions, seed=z_dim + positions)
+    out = module(query_length, key_length, offset)
+    assert out.shape == (query_length, key_length) and out.dtype == torch.float64
+    expected = rotary_bias_reference(module.alpha, module.beta, query_length, key_length, offset)
+    torch.testing.assert_close(out, expected, rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("z_dim", [2, 8])
+def test_rotary_bias_depends_only_on_relative_position(z_dim):
+    """rot(a, i) . rot(b, j) = a^T R(j - i) b: shifting both positions leaves the bias unchanged."""
+    positions = 12
+    module = rotary_bias(z_dim, positions, seed=3)
+    full = module(positions, positions)
+    for i in range(positions):
+        for j in range(positions):
+            for shift in range(-min(i, j), positions - max(i, j)):
+                assert abs(full[i + shift, j + shift] - full[i, j]) < 1e-12
+    # a query offset shifts the query rows only
+    torch.testing.assert_close(module(4, positions, offset=5), full[5:9], rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+@pytest.mark.parametrize("query_length, key_length, offset", [(9, 8, 0), (8, 9, 0), (3, 8, 6), (1, 1, 8)])
+def test_too_long_span_raises_naming_the_positions(kind, query_length, key_length, offset):
+    module = build_position_bias(kind, 4, 8)
+    longest = max(query_length + offset, key_length)
+    with pytest.raises(ValueError, match=rf"{longest} positions.*\b8 positions"):
+        module(query_length, key_length, offset)
+
+
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+def test_longest_allowed_span_works(kind):
+    module = build_position_bias(kind, 4, 8)
+    assert module(8, 8).shape == (8, 8)
+    assert module(2, 8, offset=6).shape == (2, 8)
+
+
+@pytest.mark.parametrize("z_dim", [1, 3, 7])
+def test_rotary_odd_z_dim_raises_config_error(z_dim):
+    with pytest.raises(MegaConfigError, match="z-dim"):
+        RotaryRelativePositionBias(z_dim, 8)
+    with pytest.raises(MegaConfigError, match="z-dim"):
+        build_position_bias("rotary", z_dim, 8)
+
+
+def test_unknown_bias_kind_and_bad_positions_raise_config_error():
+    with pytest.raises(MegaConfigError, match="--rel-pos-bias"):
+        build_position_bias("alibi", 4, 8)
+    with pytest.raises(MegaConfigError):
+        SimpleRelativePositionBias(0)
