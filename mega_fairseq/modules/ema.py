@@ -35,8 +35,7 @@ def ema_coefficients(alpha: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def ema_powers(q: Tensor, length: int) -> Tensor:
-    """q (D', N) -> q^j for j = 0..length-1, shape (D', N, length), in float32 or wider."""
-    q = q.float() if q.dtype in (torch.float16, torch.bfloat16) else q
+    """q (D', N) -> q^j for j = 0..length-1, shape (D', N, length)."""
     steps = torch.arange(length, device=q.device, dtype=q.dtype)
     return torch.exp(steps * torch.log(q).unsqueeze(-1))
 
@@ -64,7 +63,7 @@ def fft_ema(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor]
 def ema_step(x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """One recurrent step. x: (B, D); p_beta, q, gamma: (D, N) (gamma pre-scaled);
     hidden: (B, D, N) or None. Returns y (B, D) and the new hidden state (B, D, N)."""
-    new_hidden = p_beta * x.unsqueeze(-1)
+    new_hidden = p_beta * x.unsqueeze(-1).to(p_beta.dtype)
     if hidden is not None:
         new_hidden = new_hidden + q * hidden
     return torch.einsum("bdn,dn->bd", new_hidden, gamma), new_hidden
@@ -73,7 +72,8 @@ def ema_step(x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Option
 def ema_chunk_with_state(
     x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
-    """Several steps from a carried state. x: (B, D, L); hidden: (B, D, N) or None.
+    """Several steps from a carried state. x: (B, D, L); hidden: (B, D, N) or None;
+    parameters as in ``ema_step``. The output and state are in the parameters' dtype.
 
     y_t = conv(x, k)_t + sum_n gamma * q^(t+1) * hidden,
     new hidden = q^L * hidden + sum_j p * beta * q^(L-1-j) * x_j.
@@ -81,12 +81,12 @@ def ema_chunk_with_state(
     """
     length = x.size(-1)
     powers = ema_powers(q, length + 1)  # (D, N, L+1)
-    decay = p_beta.unsqueeze(-1).to(powers.dtype) * powers[..., :length]  # (D, N, L)
-    kernel = torch.einsum("dnl,dn->dl", decay, gamma.to(powers.dtype))
-    y = fft_ema(x, kernel)
-    new_hidden = torch.einsum("bdl,dnl->bdn", x.to(powers.dtype), decay.flip(-1))
+    decay = p_beta.unsqueeze(-1) * powers[..., :length]  # (D, N, L)
+    kernel = torch.einsum("dnl,dn->dl", decay, gamma)
+    y = fft_ema(x.to(kernel.dtype), kernel)
+    new_hidden = torch.einsum("bdl,dnl->bdn", x.to(kernel.dtype), decay.flip(-1))
     if hidden is not None:
-        y = y + torch.einsum("bdn,dnl->bdl", hidden.to(powers.dtype), powers[..., 1:] * gamma.unsqueeze(-1)).to(y.dtype)
+        y = y + torch.einsum("bdn,dnl->bdl", hidden, powers[..., 1:] * gamma.unsqueeze(-1))
         new_hidden = new_hidden + powers[..., -1] * hidden
     return y, new_hidden
 
@@ -133,8 +133,10 @@ class MultiDimensionalEMA(nn.Module):
             nn.init.normal_(self.omega, mean=0.0, std=1.0)
 
     def _step_parameters(self) -> Tuple[Tensor, Tensor, Tensor]:
-        p, q = ema_coefficients(self.alpha, self.delta)
-        return p * self.beta, q, self.gamma * self.scale
+        """p * beta, q and scaled gamma, (D', N) each, in float32 (or float64) even for half-precision weights."""
+        dtype = torch.promote_types(self.alpha.dtype, torch.float32)
+        p, q = ema_coefficients(self.alpha.to(dtype), self.delta.to(dtype))
+        return p * self.beta.to(dtype), q, self.gamma.to(dtype) * self.scale
 
     def kernel(self, length: int) -> Tensor:
         """(D', K) convolution kernel, K = min(length, truncation)."""
