@@ -1,2 +1,2 @@
 """fairseq models of the plugin (registered on import)."""
-from . import mega  # noqa: F401
+from . import mega, mega_lm  # noqa: F401

@@ -12,13 +12,15 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.utils import safe_getattr
+from fairseq.modules import AdaptiveSoftmax
+from fairseq.utils import eval_str_list, safe_getattr
 from torch import Tensor, nn
 
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
 from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, check_chunk_size
 
 DEFAULT_MAX_POSITIONS = 1024
+UNBOUNDED_POSITIONS = 1_000_000_000  # chunked attention: any length
 
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
@@ -28,8 +30,8 @@ POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 
 
 @dataclass
-class MegaConfig(FairseqDataclass):
-    """Options of the Mega encoder-decoder, spelled as in the original recipes."""
+class MegaCommonConfig(FairseqDataclass):
+    """Options shared by every Mega model, spelled as in the original recipes."""
 
     activation_fn: ACTIVATION_CHOICES = field(default="silu", metadata={"help": "activation function"})
     attention_activation_fn: ATTENTION_CHOICES = field(default="softmax", metadata={"help": "attention function"})
@@ -38,15 +40,17 @@ class MegaConfig(FairseqDataclass):
     hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega's hidden vectors"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
     feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels"})
+    normalization_type: NORM_CHOICES = field(default="layernorm", metadata={"help": "normalization layer"})
+    normalize_before: bool = field(default=False, metadata={"help": "normalize before each sub-layer (prenorm)"})
+    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
+    rel_pos_bias: POSITION_BIAS_CHOICES = field(default="simple", metadata={"help": "relative position bias"})
+    truncation_length: Optional[int] = field(default=None, metadata={"help": "EMA kernel length cap; 0: none"})
 
-    encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained encoder embedding"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension (D)"})
-    encoder_hidden_dim: int = field(default=1024, metadata={"help": "encoder value width of the Mega block (H)"})
-    encoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "encoder feed-forward width; 0: no FFN"})
-    encoder_z_dim: int = field(default=128, metadata={"help": "encoder query/key width (Z)"})
-    encoder_n_dim: int = field(default=16, metadata={"help": "encoder EMA order (N)"})
-    encoder_chunk_size: int = field(default=-1, metadata={"help": "encoder attention chunk; -1: whole sequence"})
-    encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
+
+@dataclass
+class MegaDecoderConfig(MegaCommonConfig):
+    """Options of a Mega decoder stack."""
 
     decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained decoder embedding"})
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension (D)"})
@@ -56,18 +60,25 @@ class MegaConfig(FairseqDataclass):
     decoder_n_dim: int = field(default=16, metadata={"help": "decoder EMA order (N)"})
     decoder_chunk_size: int = field(default=-1, metadata={"help": "decoder attention chunk; -1: whole sequence"})
     decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
-
     share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder input and output"})
+    max_target_positions: Optional[int] = field(default=None, metadata={"help": "longest target (default: task's)"})
+
+
+@dataclass
+class MegaConfig(MegaDecoderConfig):
+    """Options of the Mega encoder-decoder."""
+
+    encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained encoder embedding"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension (D)"})
+    encoder_hidden_dim: int = field(default=1024, metadata={"help": "encoder value width of the Mega block (H)"})
+    encoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "encoder feed-forward width; 0: no FFN"})
+    encoder_z_dim: int = field(default=128, metadata={"help": "encoder query/key width (Z)"})
+    encoder_n_dim: int = field(default=16, metadata={"help": "encoder EMA order (N)"})
+    encoder_chunk_size: int = field(default=-1, metadata={"help": "encoder attention chunk; -1: whole sequence"})
+    encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
     share_all_embeddings: bool = field(
         default=False, metadata={"help": "share encoder, decoder and output embeddings (joined dictionary)"})
-    normalization_type: NORM_CHOICES = field(default="layernorm", metadata={"help": "normalization layer"})
-    normalize_before: bool = field(default=False, metadata={"help": "normalize before each sub-layer (prenorm)"})
-    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
-    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
-    rel_pos_bias: POSITION_BIAS_CHOICES = field(default="simple", metadata={"help": "relative position bias"})
-    truncation_length: Optional[int] = field(default=None, metadata={"help": "EMA kernel length cap; 0: none"})
     max_source_positions: Optional[int] = field(default=None, metadata={"help": "longest source (default: task's)"})
-    max_target_positions: Optional[int] = field(default=None, metadata={"help": "longest target (default: task's)"})
 
 
 def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
@@ -108,22 +119,26 @@ def build_embedding(dictionary, embed_dim: int, path: Optional[str] = None) -> n
 
 
 class TokenEmbedder(nn.Module):
-    """Tokens (B, L) -> scaled, optionally normalized, dropped-out embeddings (L, B, D), zero at pads."""
+    """Tokens (B, L) -> scaled, optionally projected and normalized, dropped-out embeddings
+    (L, B, D), zero at pads. Embeddings are scaled by sqrt(D) of the model width."""
 
-    def __init__(self, args, embed_tokens: nn.Embedding):
+    def __init__(self, args, embed_tokens: nn.Module, model_dim: int):
         super().__init__()
         self.embed_tokens = embed_tokens
         self.padding_idx = embed_tokens.padding_idx
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_tokens.embedding_dim)
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(model_dim)
+        self.project_in = (nn.Linear(embed_tokens.embedding_dim, model_dim, bias=False)
+                           if embed_tokens.embedding_dim != model_dim else None)
         if args.normalize_embedding and args.normalize_before:
             raise MegaConfigError("--normalize-embedding and --normalize-before cannot be combined")
-        self.embed_norm = (SequenceNorm(str(args.normalization_type), embed_tokens.embedding_dim)
-                           if args.normalize_embedding else None)
+        self.embed_norm = SequenceNorm(str(args.normalization_type), model_dim) if args.normalize_embedding else None
         self.dropout = nn.Dropout(args.dropout)
 
     def forward(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], Tensor]:
         """Returns x (L, B, D), the padding mask (B, L) or None without pads, and the scaled embedding (B, L, D)."""
         embedded = self.embed_scale * self.embed_tokens(tokens)
+        if self.project_in is not None:
+            embedded = self.project_in(embedded)
         padding_mask = tokens.eq(self.padding_idx)
         if not padding_mask.any():
             padding_mask = None
@@ -155,7 +170,7 @@ class MegaEncoder(FairseqEncoder):
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
         self.max_source_positions = args.max_source_positions
-        self.embedder = TokenEmbedder(args, embed_tokens)
+        self.embedder = TokenEmbedder(args, embed_tokens, args.encoder_embed_dim)
         self.chunk_size = args.encoder_chunk_size
         cfg = layer_config(args, "encoder", args.max_source_positions)
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
@@ -209,22 +224,33 @@ class MegaEncoder(FairseqEncoder):
 
 
 class MegaDecoder(FairseqIncrementalDecoder):
-    """Stack of Mega decoder layers (causal EMA and attention, gated cross-attention).
+    """Stack of Mega decoder layers (causal EMA and attention, gated cross-attention
+    unless ``no_encoder_attn``), with a shared, separate or adaptive-softmax output layer.
 
     Incremental state per layer: the causal block's EMA hidden state and the
     keys/values of its unfinished chunk, and the cross-attention's projected
     encoder keys/values; ``reorder_incremental_state`` selects beams.
     """
 
-    def __init__(self, args, dictionary, embed_tokens: nn.Embedding, no_encoder_attn: bool = False):
+    def __init__(self, args, dictionary, embed_tokens: nn.Module, no_encoder_attn: bool = False):
         super().__init__(dictionary)
         self.max_target_positions = args.max_target_positions
-        self.embedder = TokenEmbedder(args, embed_tokens)
+        self.chunk_size = args.decoder_chunk_size
+        self.embedder = TokenEmbedder(args, embed_tokens, args.decoder_embed_dim)
         cfg = layer_config(args, "decoder", args.max_target_positions)
         cross_positions = None if no_encoder_attn else max(args.max_source_positions, args.max_target_positions)
         self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
-        self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
-        if args.share_decoder_input_output_embed:
+        final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
+        self.final_norm = (SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=final_norm_affine)
+                           if args.normalize_before else None)
+        self.adaptive_softmax = None
+        self.output_projection = None
+        if safe_getattr(args, "adaptive_softmax_cutoff", None) is not None:
+            self.adaptive_softmax = AdaptiveSoftmax(
+                len(dictionary), cfg.embed_dim, eval_str_list(args.adaptive_softmax_cutoff, type=int),
+                dropout=args.adaptive_softmax_dropout, factor=args.adaptive_softmax_factor,
+                adaptive_inputs=embed_tokens if args.tie_adaptive_weights else None, tie_proj=args.tie_adaptive_proj)
+        elif args.share_decoder_input_output_embed:
             self.output_projection = nn.Linear(cfg.embed_dim, len(dictionary), bias=False)
             self.output_projection.weight = embed_tokens.weight
         else:
@@ -243,7 +269,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
         src_lengths: Optional[Any] = None,
         return_all_hiddens: bool = False,
     ):
-        """prev_output_tokens: (B, T). Returns logits (B, T, V) (or features) and extras."""
+        """prev_output_tokens: (B, T). Returns logits (B, T, V) (features with adaptive softmax
+        or ``features_only``) and extras."""
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if not features_only:
             x = self.output_layer(x)
@@ -256,13 +283,25 @@ class MegaDecoder(FairseqIncrementalDecoder):
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         **unused,
     ):
-        """Features (B, T, D) and {"attn": [cross-attention weights of the last layer (B, T, S)], "inner_states"}.
-        With ``incremental_state`` only the last token is fed; the states carry the rest."""
+        """fairseq's convention: with ``incremental_state`` the whole prefix is passed and
+        only its last token is new."""
         position_offset = 0
         if incremental_state is not None:
             position_offset = prev_output_tokens.size(1) - 1
             prev_output_tokens = prev_output_tokens[:, -1:]
-        x, padding_mask, _ = self.embedder(prev_output_tokens)
+        return self.extract_block_features(prev_output_tokens, encoder_out, incremental_state, position_offset)
+
+    def extract_block_features(
+        self,
+        tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        position_offset: int = 0,
+    ):
+        """Features (B, T, D) of ``tokens`` (B, T), the T tokens that follow what
+        ``incremental_state`` has seen (position_offset of them, used by cross-attention),
+        and {"attn": [cross-attention weights of the last layer (B, T, S)], "inner_states"}."""
+        x, padding_mask, _ = self.embedder(tokens)
         memory, memory_padding_mask = None, None
         if encoder_out is not None:
             memory = encoder_out["encoder_out"][0]
@@ -281,7 +320,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
     def output_layer(self, features: Tensor) -> Tensor:
-        return self.output_projection(features)
+        """Logits (B, T, V); with an adaptive softmax the features pass through (see get_normalized_probs)."""
+        return features if self.adaptive_softmax is not None else self.output_projection(features)
 
     def _layer_states(self, incremental_state, index: int):
         """The (self-attention, cross-attention) state dicts of one layer, created on first use."""
@@ -306,6 +346,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
                         state[name] = value.index_select(0, new_order)
 
     def max_positions(self):
+        """Position biases limit unchunked self-attention and cross-attention; a chunked
+        decoder without cross-attention takes any length."""
+        if self.chunk_size > 0 and self.layers[0].cross_attn is None:
+            return UNBOUNDED_POSITIONS
         return self.max_target_positions
 
 

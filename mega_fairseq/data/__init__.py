@@ -1,0 +1,1 @@
+"""Datasets of the plugin's tasks (fairseq-dependent)."""
