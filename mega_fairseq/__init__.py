@@ -2,7 +2,7 @@
 
 ``--user-dir mega_fairseq`` (or ``--user-dir user_dir`` once installed) registers
 the models, architectures, learning-rate schedulers and the checkpoint-loading
-allow-list, and fixes fairseq's dropping of the last batch (see fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
+allow-list, and fixes two fairseq bugs (see fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -16,3 +16,4 @@ if fairseq is not None:
 
     checkpoint_safety.allow_fairseq_checkpoints()
     fairseq_fixes.keep_last_batch()
+    fairseq_fixes.restore_numpy_compat()
