@@ -12,7 +12,7 @@ except ImportError:  # the torch-only modules stay usable without fairseq
     fairseq = None
 
 if fairseq is not None:
-    from . import checkpoint_safety, fairseq_fixes, models, optim, tasks  # noqa: F401
+    from . import checkpoint_safety, criterions, fairseq_fixes, models, optim, tasks  # noqa: F401
 
     checkpoint_safety.allow_fairseq_checkpoints()
     fairseq_fixes.keep_last_batch()

@@ -1,2 +1,2 @@
 """fairseq models of the plugin (registered on import)."""
-from . import mega, mega_lm  # noqa: F401
+from . import lra, mega, mega_lm  # noqa: F401

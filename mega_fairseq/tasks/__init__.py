@@ -1,2 +1,2 @@
 """fairseq tasks of the plugin (registered on import)."""
-from . import mega_language_modeling  # noqa: F401
+from . import lra, mega_language_modeling, speech_commands  # noqa: F401
