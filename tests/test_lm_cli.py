@@ -68,3 +68,13 @@ def test_interactive_sampling_from_the_lm(lm_data, tmp_path):
     result = subprocess.run(command, input="the dog\ntoday a\n", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(re.findall(r"^H-\d+\t", result.stdout, flags=re.M)) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--decoder-chunk-size", "-1"], "need a positive --decoder-chunk-size"),
+    (["--max-tokens-valid", "100"], "does not fit in --max-tokens 100"),
+    (["--variant-block-multiple-min", "5"], "--variant-block-multiple-min"),
+])
+def test_bad_block_options_are_clear_errors(lm_data, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        train_lm(lm_data, tmp_path, ["--criterion", "cross_entropy", *extra])
