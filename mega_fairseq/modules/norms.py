@@ -2,7 +2,9 @@
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce
 
 from .config import check_choice, NORM_TYPES
 
@@ -33,11 +35,38 @@ class RMSNorm(nn.Module):
         return x if self.weight is None else self.weight * x
 
 
+class SyncedBatchNorm(nn.BatchNorm1d):
+    """Batch norm over rows (N, D) whose training statistics are summed over all ranks of the
+    default process group (any backend, gloo included; gradients flow through the sum).
+    Same parameters and buffers as ``nn.BatchNorm1d`` / ``nn.SyncBatchNorm``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        rows = x.to(torch.promote_types(x.dtype, torch.float32))
+        stats = all_reduce(torch.cat([rows.sum(0), rows.pow(2).sum(0), rows.new_full((1,), rows.size(0))]))
+        dim = x.size(1)
+        count = stats[-1]
+        mean = stats[:dim] / count
+        var = (stats[dim: 2 * dim] / count - mean.pow(2)).clamp(min=0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                unbiased = var * count / (count - 1).clamp(min=1.0)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                self.num_batches_tracked.add_(1)
+        out = (rows - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight + self.bias
+        return out.to(x.dtype)
+
+
 class SequenceNorm(nn.Module):
     """layernorm | scalenorm | rmsnorm | batchnorm | syncbatchnorm over (L, B, D).
 
     Batch norms take their statistics over the non-padding positions of the
-    time and batch axes only; padding positions come out as zeros.
+    time and batch axes only; padding positions come out as zeros. syncbatchnorm
+    sums the statistics over all ranks of the process group.
     """
 
     def __init__(self, norm_type: str, dim: int, eps: float = 1e-5, affine: bool = True):
@@ -53,7 +82,7 @@ class SequenceNorm(nn.Module):
         elif norm_type == "batchnorm":
             self.norm = nn.BatchNorm1d(dim, eps=eps, affine=affine)
         else:
-            self.norm = nn.SyncBatchNorm(dim, eps=eps, affine=affine)
+            self.norm = SyncedBatchNorm(dim, eps=eps, affine=affine)
 
     @property
     def is_batch_norm(self) -> bool:
