@@ -192,3 +192,9 @@ def test_task_errors(sc10, tmp_path):
     task, _ = setup(data, SC, "mega_sc_raw", SMALL_SC)
     with pytest.raises(ValueError, match=r"valid\.label: line 6: unknown label 10 \(classes\.txt lists 10 classes\)"):
         task.load_dataset("valid")
+
+
+def test_too_few_clips_to_split_is_a_clear_error(tmp_path):
+    synthesize(tmp_path, SUBSET_CLASSES, per_class=2, short=False)
+    with pytest.raises(ValueError, match=r"cannot split the clips 70 / 15 / 15 % by class"):
+        prepare_speech_commands(str(tmp_path), str(tmp_path / "out"))

@@ -97,13 +97,16 @@ def read_archive(path: str, classes) -> Tuple[Dict[str, List[Tuple[str, np.ndarr
     return files, lists
 
 
-def stratified_split(labels: np.ndarray) -> List[np.ndarray]:
+def stratified_split(labels: np.ndarray, source: str) -> List[np.ndarray]:
     """Indices of train / valid / test, 70 / 15 / 15 % stratified by label (the original's split)."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
-    train, rest = train_test_split(indices, train_size=0.7, random_state=0, shuffle=True, stratify=labels)
-    valid, test = train_test_split(rest, train_size=0.5, random_state=1, shuffle=True, stratify=labels[rest])
+    try:
+        train, rest = train_test_split(indices, train_size=0.7, random_state=0, shuffle=True, stratify=labels)
+        valid, test = train_test_split(rest, train_size=0.5, random_state=1, shuffle=True, stratify=labels[rest])
+    except ValueError as error:
+        raise ValueError(f"{source}: cannot split the clips 70 / 15 / 15 % by class: {error}") from None
     return [train, valid, test]
 
 
@@ -161,7 +164,7 @@ def prepare_speech_commands(path: str, out_dir: str, all_classes: bool = False,
             paths.append(relative)
     del files
     clips, labels = np.stack(clips), np.asarray(labels, dtype=np.int64)
-    splits = listed_split(paths, lists, classes, path) if all_classes else stratified_split(labels)
+    splits = listed_split(paths, lists, classes, path) if all_classes else stratified_split(labels, path)
     mean, std = time_step_statistics(clips, splits[0])
     folder = os.path.join(out_dir, "raw_all_classes" if all_classes else "raw")
     os.makedirs(folder, exist_ok=True)
