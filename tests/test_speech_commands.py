@@ -181,7 +181,8 @@ def test_task_errors(sc10, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"raw_all_classes.classes\.txt: run .* --all-classes"):
         setup(root / "data", [*SC, "--sc-all-classes"], "mega_sc_raw", SMALL_SC)
     task, _ = setup(root / "data", SC, "mega_sc_raw", [*SMALL_SC, "--max-positions", "8000"])
-    with pytest.raises(ValueError, match="every clip of split 'valid' has 16000 positions, more than --max-positions"):
+    with pytest.raises(ValueError, match=r"every clip of .*raw.valid\.npy \(at --sc-sample-rate 16000\) has 16000 "
+                                         r"positions, more than --max-positions 8000"):
         task.load_dataset("valid")
     data = tmp_path / "data"
     os.makedirs(data / "raw")

@@ -1,6 +1,6 @@
 """Fixed-length real-valued sequences (image pixels, audio samples) with class labels, for fairseq."""
 import os
-from typing import Callable, List, Optional
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
@@ -41,17 +41,17 @@ def read_pixel_text(path: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def load_pixels(input_dir: str, split: str) -> np.ndarray:
-    """Images of a split: ``input/{split}.npy`` (uint8 (N, H*W), written by scripts/prepare-lra.py,
-    memory-mapped) or the original release's ``input/{split}.src`` text file."""
+def load_pixels(input_dir: str, split: str) -> Tuple[np.ndarray, str]:
+    """Images of a split and their file: ``input/{split}.npy`` (uint8 (N, H*W), written by
+    scripts/prepare-lra.py, memory-mapped) or the original release's ``input/{split}.src`` text file."""
     npy, text = os.path.join(input_dir, f"{split}.npy"), os.path.join(input_dir, f"{split}.src")
     if os.path.exists(npy):
         pixels = np.load(npy, mmap_mode="r")
         if pixels.ndim != 2 or pixels.dtype != np.uint8:
             raise ValueError(f"{npy}: expected a uint8 array (images, pixels), got {pixels.dtype} {pixels.shape}")
-        return pixels
+        return pixels, npy
     if os.path.exists(text):
-        return read_pixel_text(text)
+        return read_pixel_text(text), text
     raise FileNotFoundError(f"no images for split '{split}': neither {npy} nor {text} exists "
                             f"(scripts/prepare-lra.py writes them)")
 
@@ -111,16 +111,17 @@ class RealValuedSequenceDataset(FairseqDataset):
         }
 
 
-def pixel_transform(mean: float, std: float) -> Callable[[int, np.ndarray], torch.Tensor]:
+class PixelTransform:
     """uint8 pixels (L,) -> float tensor ``(p / 255 - mean) / std`` (the original's --pixel-normalization)."""
 
-    def transform(index: int, row: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(row.astype(np.float32)).div_(255.0).sub_(mean).div_(std)
+    def __init__(self, mean: float, std: float):
+        self.mean, self.std = mean, std
 
-    return transform
+    def __call__(self, index: int, row: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(row.astype(np.float32)).div_(255.0).sub_(self.mean).div_(self.std)
 
 
-def check_length(length: int, max_positions: Optional[int], what: str) -> None:
+def check_length(length: int, max_positions: int, what: str) -> None:
     """Fixed-length inputs must fit in --max-positions."""
-    if max_positions is not None and length > max_positions:
+    if length > max_positions:
         raise ValueError(f"{what} has {length} positions, more than --max-positions {max_positions}")

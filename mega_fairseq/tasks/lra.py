@@ -35,7 +35,7 @@ from ..data.real_valued_dataset import (
     RealValuedSequenceDataset,
     check_length,
     load_pixels,
-    pixel_transform,
+    PixelTransform,
     read_labels,
 )
 
@@ -248,14 +248,14 @@ class LRAImageTask(ModelOptionsTask):
         return cls(cfg, num_classes)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        pixels = load_pixels(os.path.join(self.cfg.data, "input"), split)
+        pixels, path = load_pixels(os.path.join(self.cfg.data, "input"), split)
         label_path = require(os.path.join(self.cfg.data, "label", f"{split}.label"), f"labels of split '{split}'")
         labels = read_labels(label_path)
         if len(labels) != len(pixels):
-            raise ValueError(f"split '{split}' has {len(pixels)} images but {label_path} has {len(labels)} labels")
-        check_length(pixels.shape[1], self.check_model_built(), f"every image of split '{split}'")
+            raise ValueError(f"{path} holds {len(pixels)} images but {label_path} has {len(labels)} labels")
+        check_length(pixels.shape[1], self.check_model_built(), f"every image of {path}")
         mean, std = self.cfg.pixel_normalization
-        dataset = RealValuedSequenceDataset(pixels, labels, pixel_transform(mean, std), pixels.shape[1],
+        dataset = RealValuedSequenceDataset(pixels, labels, PixelTransform(mean, std), pixels.shape[1],
                                             shuffle=not self.cfg.no_shuffle, seed=self.cfg.seed)
         logger.info(f"loaded {split}: {len(dataset)} images of {pixels.shape[1]} pixels")
         self.datasets[split] = dataset

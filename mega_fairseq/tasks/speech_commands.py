@@ -44,23 +44,26 @@ class SpeechCommandsConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-def speech_transform(mean: np.ndarray, scale: np.ndarray, dropped_rate: float, step: int, split: str):
+class SpeechTransform:
     """int16 samples (16000,) -> float tensor (16000 / step,), or (16000 / step, 2) [value, present]
-    when samples are dropped: ``(x - mean[t]) / scale[t]`` per time step, then every step-th sample."""
-    split_code = zlib.crc32(split.encode())
-    dropped = int(CLIP_LENGTH * dropped_rate / 100.0)
+    when samples are dropped: ``(x - mean[t]) / scale[t]`` per time step, then every step-th sample.
+    The dropped samples of an example are the same at every epoch (seeded by split and index)."""
 
-    def transform(index: int, row: np.ndarray) -> torch.Tensor:
-        x = (row.astype(np.float32) - mean) / scale
-        if dropped_rate > 0:
-            removed = np.random.default_rng((DROP_SEED, split_code, index)).permutation(CLIP_LENGTH)[:dropped]
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, dropped_rate: float, step: int, split: str):
+        self.mean, self.scale, self.dropped_rate, self.step = mean, scale, dropped_rate, step
+        self.split_code = zlib.crc32(split.encode())
+        self.dropped = int(CLIP_LENGTH * dropped_rate / 100.0)
+
+    def __call__(self, index: int, row: np.ndarray) -> torch.Tensor:
+        x = (row.astype(np.float32) - self.mean) / self.scale
+        if self.dropped_rate > 0:
+            rng = np.random.default_rng((DROP_SEED, self.split_code, index))
+            removed = rng.permutation(CLIP_LENGTH)[:self.dropped]
             present = np.ones(CLIP_LENGTH, dtype=np.float32)
             present[removed] = 0.0
             x[removed] = 0.0
             x = np.stack([x, present], axis=-1)
-        return torch.from_numpy(np.ascontiguousarray(x[::step]))
-
-    return transform
+        return torch.from_numpy(np.ascontiguousarray(x[::self.step]))
 
 
 @register_task("speech_commands", dataclass=SpeechCommandsConfig)
@@ -121,8 +124,9 @@ class SpeechCommandsTask(ModelOptionsTask):
             raise ValueError(f"{label_path}: line {unknown[0] + 1}: unknown label {labels[unknown[0]]} "
                              f"(classes.txt lists {self.num_classes} classes)")
         length = CLIP_LENGTH // self.step
-        check_length(length, self.check_model_built(), f"every clip of split '{split}'")
-        transform = speech_transform(self.mean, self.scale, self.cfg.sc_dropped_rate, self.step, split)
+        check_length(length, self.check_model_built(), f"every clip of {path} (at --sc-sample-rate "
+                                                        f"{self.cfg.sc_sample_rate})")
+        transform = SpeechTransform(self.mean, self.scale, self.cfg.sc_dropped_rate, self.step, split)
         dataset = RealValuedSequenceDataset(signals, labels, transform, length, shuffle=not self.cfg.no_shuffle,
                                             seed=self.cfg.seed)
         logger.info(f"loaded {split}: {len(dataset)} clips of {length} samples")
