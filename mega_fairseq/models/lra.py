@@ -132,31 +132,25 @@ def fill_defaults(args, config_class) -> None:
         args.classifier_out_dim = 2 * args.encoder_embed_dim
 
 
+LRA_OPTION_NAMES = {"embed_dim": "--encoder-embed-dim", "hidden_dim": "--encoder-hidden-dim",
+                    "ffn_dim": "--encoder-ffn-embed-dim", "max_positions": "--max-positions",
+                    "norm_type": "--norm-type", "hidden_dropout": "--act-dropout", "activation_dropout": "--act-dropout"}
+
+
 def check_options(args, task) -> None:
-    """Refuse option values that cannot work, naming the option (before any layer is built)."""
+    """Refuse option values that cannot work, naming the option. The Mega layer options are
+    checked by MegaLayerConfig (with LRA_OPTION_NAMES); these are the classifier's own."""
     mega = args.layer_type == "mega"
     positive = [("encoder_layers", "--encoder-layers"), ("encoder_embed_dim", "--encoder-embed-dim"),
                 ("max_positions", "--max-positions"), ("classifier_out_dim", "--classifier-out-dim")]
-    if mega:
-        positive += [("encoder_hidden_dim", "--encoder-hidden-dim"), ("z_dim", "--z-dim"), ("n_dim", "--n-dim")]
-    else:
+    if not mega:
         positive += [("encoder_ffn_embed_dim", "--encoder-ffn-embed-dim"),
                      ("encoder_attention_heads", "--encoder-attention-heads")]
     for name, option in positive:
         if getattr(args, name) <= 0:
             raise MegaConfigError(f"{option} must be positive, got {getattr(args, name)}")
-    for name, option in (("encoder_ffn_embed_dim", "--encoder-ffn-embed-dim"),
-                         ("classifier_layers", "--classifier-layers"), ("truncation_length", "--truncation-length")):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            raise MegaConfigError(f"{option} must be >= 0, got {getattr(args, name)}")
-    for name in ("dropout", "attention_dropout", "act_dropout"):
-        if not 0.0 <= getattr(args, name) < 1.0:
-            raise MegaConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
-    if mega and args.chunk_size != -1 and args.chunk_size <= 0:
-        raise MegaConfigError(f"--chunk-size must be a positive chunk length or -1 (whole sequence), "
-                              f"got {args.chunk_size}")
-    if mega and args.rel_pos_bias == "rotary" and args.z_dim % 2:
-        raise MegaConfigError(f"--rel-pos-bias rotary needs an even --z-dim, got {args.z_dim}")
+    if args.classifier_layers < 0:
+        raise MegaConfigError(f"--classifier-layers must be >= 0, got {args.classifier_layers}")
     if mega and args.normalize_embedding and args.encoder_normalize_before:
         raise MegaConfigError("--normalize-embedding and --encoder-normalize-before cannot be combined")
     if not mega and args.encoder_embed_dim % args.encoder_attention_heads:
@@ -228,7 +222,8 @@ class MegaSentenceEncoder(nn.Module):
             attention_fn=str(args.attention_activation_fn), activation=str(args.activation_fn),
             norm_type=str(args.norm_type), prenorm=args.encoder_normalize_before, rel_pos_bias=str(args.rel_pos_bias),
             dropout=args.dropout, attention_dropout=args.attention_dropout, hidden_dropout=args.act_dropout,
-            activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout, role="")
+            activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout, role="",
+            option_names=LRA_OPTION_NAMES)
         self.padding_idx = padding_idx
         self.embed_tokens = embed_tokens
         self.embed_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_embedding else None

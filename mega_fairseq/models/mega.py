@@ -104,6 +104,7 @@ def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
         activation_dropout=args.activation_dropout,
         feature_dropout=args.feature_dropout,
         role=role,
+        option_names={"max_positions": "--max-source-positions" if role == "encoder" else "--max-target-positions"},
     )
 
 

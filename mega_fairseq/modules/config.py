@@ -1,6 +1,6 @@
 """Options of one Mega layer, checked once when the layer is built."""
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +9,15 @@ ATTENTION_FUNCTIONS = ("softmax", "laplace", "relu2")
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 POSITION_BIASES = ("simple", "rotary")
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_accurate", "tanh", "linear")
+
+
+PER_STACK_FLAGS = {"embed_dim": "embed-dim", "hidden_dim": "hidden-dim", "ffn_dim": "ffn-embed-dim",
+                   "z_dim": "z-dim", "n_dim": "n-dim", "chunk_size": "chunk-size"}
+GLOBAL_FLAGS = {"max_positions": "--max-source/target-positions", "truncation": "--truncation-length",
+                "attention_fn": "--attention-activation-fn", "activation": "--activation-fn",
+                "norm_type": "--normalization-type", "rel_pos_bias": "--rel-pos-bias", "dropout": "--dropout",
+                "attention_dropout": "--attention-dropout", "hidden_dropout": "--hidden-dropout",
+                "activation_dropout": "--activation-dropout"}
 
 
 class MegaConfigError(ValueError):
@@ -68,35 +77,36 @@ class MegaLayerConfig:
     activation_dropout: float = 0.0
     feature_dropout: bool = False
 
-    role: str = "encoder"  # names the command-line options in error messages: --{role}-chunk-size
+    role: str = "encoder"  # per-stack options are spelled --{role}-chunk-size etc. in error messages
+    option_names: Optional[Dict[str, str]] = None  # field -> command-line flag, overriding the defaults
 
-    def option(self, name: str) -> str:
-        """The command-line spelling of a per-stack option, e.g. ``--decoder-z-dim``."""
-        return f"--{self.role}-{name}" if self.role else f"--{name}"
+    def option(self, field_name: str) -> str:
+        """The command-line spelling of a field, for error messages (e.g. ``--decoder-z-dim``)."""
+        if self.option_names and field_name in self.option_names:
+            return self.option_names[field_name]
+        if field_name in PER_STACK_FLAGS:
+            flag = PER_STACK_FLAGS[field_name]
+            return f"--{self.role}-{flag}" if self.role else f"--{flag}"
+        return GLOBAL_FLAGS[field_name]
 
     def __post_init__(self):
-        for field_name, option in (("embed_dim", "embed-dim"), ("hidden_dim", "hidden-dim"), ("z_dim", "z-dim"),
-                                   ("n_dim", "n-dim")):
+        for field_name in ("embed_dim", "hidden_dim", "z_dim", "n_dim", "max_positions"):
             if getattr(self, field_name) <= 0:
-                raise MegaConfigError(f"{self.option(option)} must be positive, got {getattr(self, field_name)}")
-        if self.max_positions <= 0:
-            raise MegaConfigError(f"max positions (--max-source/target-positions) must be positive, "
-                                  f"got {self.max_positions}")
+                raise MegaConfigError(f"{self.option(field_name)} must be positive, got {getattr(self, field_name)}")
         if self.ffn_dim < 0:
-            raise MegaConfigError(f"{self.option('ffn-embed-dim')} must be >= 0, got {self.ffn_dim}")
-        check_chunk_size(self.chunk_size, self.option("chunk-size"))
-        check_choice(self.attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
-        check_choice(self.norm_type, NORM_TYPES, "--normalization-type")
-        check_choice(self.rel_pos_bias, POSITION_BIASES, "--rel-pos-bias")
-        check_choice(self.activation, ACTIVATIONS, "--activation-fn")
+            raise MegaConfigError(f"{self.option('ffn_dim')} must be >= 0, got {self.ffn_dim}")
+        check_chunk_size(self.chunk_size, self.option("chunk_size"))
+        for field_name, choices in (("attention_fn", ATTENTION_FUNCTIONS), ("norm_type", NORM_TYPES),
+                                    ("rel_pos_bias", POSITION_BIASES), ("activation", ACTIVATIONS)):
+            check_choice(getattr(self, field_name), choices, self.option(field_name))
         if self.rel_pos_bias == "rotary" and self.z_dim % 2 != 0:
-            raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got {self.option('z-dim')} {self.z_dim}")
+            raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got {self.option('z_dim')} {self.z_dim}")
         if self.truncation is not None and self.truncation < 0:
-            raise MegaConfigError(f"--truncation-length must be >= 0 (0: no truncation), got {self.truncation}")
+            raise MegaConfigError(f"{self.option('truncation')} must be >= 0 (0: no truncation), got {self.truncation}")
         for field_name in ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout"):
             value = getattr(self, field_name)
             if not 0.0 <= value < 1.0:
-                raise MegaConfigError(f"--{field_name.replace('_', '-')} must be in [0, 1), got {value}")
+                raise MegaConfigError(f"{self.option(field_name)} must be in [0, 1), got {value}")
 
     @property
     def attention_length(self) -> int:

@@ -35,7 +35,8 @@ class GatedCrossAttention(nn.Module):
         self.v_proj = init_linear(cfg.embed_dim, cfg.embed_dim)
         self.q_proj = init_linear(cfg.embed_dim, 2 * cfg.embed_dim + cfg.z_dim)
         self.h_proj = init_linear(cfg.embed_dim, cfg.embed_dim)
-        self.rel_pos_bias = build_position_bias(cfg.rel_pos_bias, cfg.z_dim, max_positions)
+        self.rel_pos_bias = build_position_bias(cfg.rel_pos_bias, cfg.z_dim, max_positions,
+                                                "--max-source-positions/--max-target-positions")
 
         self.dropout = Dropout(cfg.dropout, cfg.feature_dropout)
         self.hidden_dropout = Dropout(cfg.hidden_dropout, cfg.feature_dropout)

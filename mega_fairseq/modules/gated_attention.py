@@ -62,7 +62,8 @@ class MovingAverageGatedAttention(nn.Module):
         self.gamma = nn.Parameter(torch.empty(2, cfg.z_dim))
         self.beta = nn.Parameter(torch.zeros(2, cfg.z_dim))
         nn.init.normal_(self.gamma, mean=0.0, std=0.02)
-        self.rel_pos_bias = build_position_bias(cfg.rel_pos_bias, cfg.z_dim, cfg.attention_length)
+        self.rel_pos_bias = build_position_bias(cfg.rel_pos_bias, cfg.z_dim, cfg.attention_length,
+                                                cfg.option("max_positions"))
 
         self.dropout = Dropout(cfg.dropout, cfg.feature_dropout)
         self.hidden_dropout = Dropout(cfg.hidden_dropout, cfg.feature_dropout)

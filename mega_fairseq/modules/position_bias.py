@@ -12,20 +12,22 @@ from .config import MegaConfigError
 
 
 class RelativePositionBias(nn.Module):
-    """Base: positions must stay below ``max_positions`` (chunk size, or the model's max positions)."""
+    """Base: positions must stay below ``max_positions`` (chunk size, or the model's max positions);
+    ``limit_option`` is the command-line flag that raises the limit, named in the error."""
 
-    def __init__(self, max_positions: int):
+    def __init__(self, max_positions: int, limit_option: str = "--max-positions"):
         super().__init__()
         if max_positions <= 0:
             raise MegaConfigError(f"relative position bias needs max_positions > 0, got {max_positions}")
         self.max_positions = max_positions
+        self.limit_option = limit_option
 
     def check_span(self, query_length: int, key_length: int, offset: int) -> None:
         longest = max(offset + query_length, key_length)
         if longest > self.max_positions:
             raise ValueError(
                 f"sequence of {longest} positions is longer than the {self.max_positions} positions the relative "
-                f"position bias covers (raise --max-source-positions/--max-target-positions, or use a chunk size)")
+                f"position bias covers (raise {self.limit_option}, or use a chunk size)")
 
     def extra_repr(self) -> str:
         return f"max_positions={self.max_positions}"
@@ -34,8 +36,8 @@ class RelativePositionBias(nn.Module):
 class SimpleRelativePositionBias(RelativePositionBias):
     """One learned scalar per relative distance: ``bias[i, j] = w[P - 1 + j - i]``, w of size 2P - 1."""
 
-    def __init__(self, max_positions: int):
-        super().__init__(max_positions)
+    def __init__(self, max_positions: int, limit_option: str = "--max-positions"):
+        super().__init__(max_positions, limit_option)
         self.weight = nn.Parameter(torch.empty(2 * max_positions - 1))
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
@@ -50,8 +52,8 @@ class SimpleRelativePositionBias(RelativePositionBias):
 class RotaryRelativePositionBias(RelativePositionBias):
     """``bias[i, j] = rot(alpha, i) . rot(beta, j)`` with rotary sin/cos tables (base 10000, halves of Z)."""
 
-    def __init__(self, z_dim: int, max_positions: int):
-        super().__init__(max_positions)
+    def __init__(self, z_dim: int, max_positions: int, limit_option: str = "--max-positions"):
+        super().__init__(max_positions, limit_option)
         if z_dim % 2 != 0:
             raise MegaConfigError(f"rotary position bias needs an even z-dim, got {z_dim}")
         self.z_dim = z_dim
@@ -76,9 +78,10 @@ class RotaryRelativePositionBias(RelativePositionBias):
         return self.rotate(self.alpha, offset, query_length) @ self.rotate(self.beta, 0, key_length).t()
 
 
-def build_position_bias(kind: str, z_dim: int, max_positions: int) -> RelativePositionBias:
+def build_position_bias(kind: str, z_dim: int, max_positions: int,
+                        limit_option: str = "--max-positions") -> RelativePositionBias:
     if kind == "simple":
-        return SimpleRelativePositionBias(max_positions)
+        return SimpleRelativePositionBias(max_positions, limit_option)
     if kind == "rotary":
-        return RotaryRelativePositionBias(z_dim, max_positions)
+        return RotaryRelativePositionBias(z_dim, max_positions, limit_option)
     raise MegaConfigError(f"unknown value {kind!r} for --rel-pos-bias; choose one of simple, rotary")
