@@ -9,9 +9,7 @@
 # Needs: fairseq, numpy; curl or wget and unzip (download mode only).
 
 set -euo pipefail
-
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${PYTHON:-python3}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 ZIP_NAME="enwik8.zip"
 DEFAULT_URL="http://mattmahoney.net/dc/enwik8.zip"
 
@@ -29,7 +27,7 @@ Options:
   --work-dir DIR       byte-token text of the splits, train.txt valid.txt
                        test.txt (default: DOWNLOAD_DIR/tokens)
   --output DIR         fairseq data-bin directory (default: data-bin/enwik8)
-  --workers N          fairseq-preprocess workers (default: $(nproc 2>/dev/null || echo 1))
+  --workers N          fairseq-preprocess workers (default: $DEFAULT_WORKERS)
   --local-raw FILE     no download: split and binarize FILE, the raw
                        (unzipped) enwik8 or any other byte file
   --test-bytes N       bytes of the test set and of the validation set
@@ -57,71 +55,25 @@ Train and evaluate with examples/language_model/enwik8.sh.
 EOF
 }
 
-die() { echo "error: $*" >&2; exit 1; }
-step() { echo "==> $*"; }
-need_arg() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs an argument (see --help)"; }
-
 DOWNLOAD_DIR="downloads/enwik8"
 WORK_DIR=""
 OUTPUT="data-bin/enwik8"
-WORKERS="$(nproc 2>/dev/null || echo 1)"
 LOCAL_RAW=""
 TEST_BYTES=5000000
 FORCE=0
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --download-dir) need_arg "$@"; DOWNLOAD_DIR="$2"; shift 2 ;;
-    --work-dir) need_arg "$@"; WORK_DIR="$2"; shift 2 ;;
-    --output) need_arg "$@"; OUTPUT="$2"; shift 2 ;;
-    --workers) need_arg "$@"; WORKERS="$2"; shift 2 ;;
-    --local-raw) need_arg "$@"; LOCAL_RAW="$2"; shift 2 ;;
-    --test-bytes) need_arg "$@"; TEST_BYTES="$2"; shift 2 ;;
-    --force) FORCE=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) die "unknown option: $1 (see --help)" ;;
-  esac
-done
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, not '$WORKERS'"
-[[ "$TEST_BYTES" =~ ^[1-9][0-9]*$ ]] || die "--test-bytes must be a positive integer, not '$TEST_BYTES'"
+VALUE_OPTIONS="--download-dir --work-dir --output --workers --local-raw --test-bytes"
+FLAG_OPTIONS="--force"
+parse_options "$@"
+need_positive_int --workers --test-bytes
 WORK_DIR="${WORK_DIR:-$DOWNLOAD_DIR/tokens}"
-CONNECT_TIMEOUT="${DOWNLOAD_CONNECT_TIMEOUT:-10}"
-
-if [[ -e "$OUTPUT/dict.txt" ]]; then
-  (( FORCE )) || die "$OUTPUT already holds binarized data ($OUTPUT/dict.txt): remove it, use --force, or pick another --output"
-  rm -rf "$OUTPUT"
-fi
-
-# fetch URL OUT: one attempt, a short connection timeout (no network: fails in seconds)
-fetch() {
-  local url="$1" out="$2" progress=-sS
-  [[ -t 2 ]] && progress=-#
-  if command -v curl >/dev/null 2>&1; then
-    curl -fL "$progress" --connect-timeout "$CONNECT_TIMEOUT" --speed-limit 1000 --speed-time 120 \
-      -o "$out" "$url"
-  elif command -v wget >/dev/null 2>&1; then
-    wget -nv --tries=1 --dns-timeout="$CONNECT_TIMEOUT" --connect-timeout="$CONNECT_TIMEOUT" \
-      --read-timeout=120 -O "$out" "$url"
-  else
-    echo "neither curl nor wget is installed" >&2
-    return 1
-  fi
-}
+check_output
 
 download() {
   local zip="$DOWNLOAD_DIR/$ZIP_NAME" url="${ENWIK8_URL:-$DEFAULT_URL}"
-  if [[ -s "$zip" ]]; then
-    echo "$zip already there, not downloading"
-    return
-  fi
-  mkdir -p "$DOWNLOAD_DIR"
-  step "downloading $url -> $zip"
-  if ! fetch "$url" "$zip.part"; then
-    rm -f "$zip.part"
-    die "cannot download $url (no network?).
+  if already_there "$zip"; then return; fi
+  download_to "$zip" "$url" || die "cannot download $url (no network?).
   Download $ZIP_NAME by hand into $DOWNLOAD_DIR/ and run this again, or unzip it
   anywhere and run: $(basename "$0") --local-raw <path of the unzipped enwik8 file>"
-  fi
-  mv "$zip.part" "$zip"
 }
 
 extract() {  # leaves DOWNLOAD_DIR/enwik8
@@ -130,39 +82,18 @@ extract() {  # leaves DOWNLOAD_DIR/enwik8
     echo "$raw already unzipped"
     return
   fi
-  command -v unzip >/dev/null 2>&1 || die "unzip is not installed: unzip $zip by hand and use --local-raw"
-  step "unzipping $zip"
-  unzip -q -o "$zip" enwik8 -d "$DOWNLOAD_DIR" \
+  unzip_archive "$zip" "$DOWNLOAD_DIR" enwik8 \
     || die "cannot unzip enwik8 from $zip (incomplete download? delete it and run again)"
   touch "$raw"
 }
 
-if [[ -n "$LOCAL_RAW" ]]; then
-  [[ -f "$LOCAL_RAW" ]] || die "missing input file: $LOCAL_RAW (--local-raw)"
-  RAW="$LOCAL_RAW"
-  step "using local raw file $RAW (no download)"
-else
-  download
-  extract
-  RAW="$DOWNLOAD_DIR/enwik8"
-fi
+[[ -z "$LOCAL_RAW" || -f "$LOCAL_RAW" ]] || die "missing input file: $LOCAL_RAW (--local-raw)"
+raw_data "$DOWNLOAD_DIR/enwik8" file
 
 step "splitting $RAW (test and valid: $TEST_BYTES bytes each) into byte tokens in $WORK_DIR"
 "$PYTHON" "$SCRIPT_DIR/enwik8_bytes.py" "$RAW" "$WORK_DIR" --test-bytes "$TEST_BYTES" \
   || die "cannot split $RAW"
 
-if command -v fairseq-preprocess >/dev/null 2>&1; then
-  PREPROCESS=(fairseq-preprocess)
-else
-  PREPROCESS=("$PYTHON" -m fairseq_cli.preprocess)
-fi
-step "binarizing into $OUTPUT"
-"${PREPROCESS[@]}" \
-  --only-source \
-  --trainpref "$WORK_DIR/train.txt" \
-  --validpref "$WORK_DIR/valid.txt" \
-  --testpref "$WORK_DIR/test.txt" \
-  --destdir "$OUTPUT" \
-  --workers "$WORKERS"
+binarize "$WORK_DIR/train.txt" "$WORK_DIR/valid.txt" "$WORK_DIR/test.txt"
 
 step "done: $OUTPUT (fairseq-eval-lm's \"Loss (base 2)\" on this data is bits per byte)"

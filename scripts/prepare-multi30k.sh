@@ -16,10 +16,8 @@
 # einen Teig in einer Schüssel rührt."), while 3 only drops 2 broken pairs.
 
 set -euo pipefail
-
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 PIPELINE="${SCRIPT_DIR}/prepare_translation.py"
-PYTHON="${PYTHON:-python3}"
 
 usage() {
   cat <<EOF
@@ -36,7 +34,7 @@ plus OUT_DIR/raw/<split>.{en,de}: the untouched text of the non-train splits
 OUT_DIR/prepare.json (settings and sentence counts).
 
 Options:
-  --workers N        parallel processes (default: $(nproc 2>/dev/null || echo 1))
+  --workers N        parallel processes (default: $DEFAULT_WORKERS)
   --bpe MODE         sentencepiece (default) or subword-nmt
   --bpe-size N       sentencepiece: vocabulary size; subword-nmt: merge
                      operations (default: 8000)
@@ -59,31 +57,15 @@ After training, post-process fairseq-generate output with:
 EOF
 }
 
-die() { echo "error: $*" >&2; exit 1; }
-step() { echo "==> $*"; }
-
-POSITIONAL=()
-WORKERS="$(nproc 2>/dev/null || echo 1)"
+POSITIONAL=()  # RAW_DIR OUT_DIR
 BPE="sentencepiece"
 BPE_SIZE=8000
 WORK_DIR=""
-AGGRESSIVE=0
-EXTRA=()
-
-need_arg() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs an argument (see --help)"; }
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --workers) need_arg "$@"; WORKERS="$2"; shift 2 ;;
-    --bpe) need_arg "$@"; BPE="$2"; shift 2 ;;
-    --bpe-size) need_arg "$@"; BPE_SIZE="$2"; shift 2 ;;
-    --work-dir) need_arg "$@"; WORK_DIR="$2"; shift 2 ;;
-    --aggressive-dash) AGGRESSIVE=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; EXTRA=("$@"); break ;;
-    -*) die "unknown option: $1 (see --help)" ;;
-    *) POSITIONAL+=("$1"); shift ;;
-  esac
-done
+AGGRESSIVE_DASH=0
+EXTRA=()  # the arguments after --, for prepare_translation.py
+VALUE_OPTIONS="--workers --bpe --bpe-size --work-dir"
+FLAG_OPTIONS="--aggressive-dash"
+parse_options "$@"
 
 (( ${#POSITIONAL[@]} == 2 )) || { usage >&2; die "expected RAW_DIR and OUT_DIR"; }
 RAW_DIR="${POSITIONAL[0]}"
@@ -93,8 +75,7 @@ case "$BPE" in
   sentencepiece|subword-nmt) ;;
   *) die "--bpe must be sentencepiece or subword-nmt, not '$BPE'" ;;
 esac
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, not '$WORKERS'"
-[[ "$BPE_SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size must be a positive integer, not '$BPE_SIZE'"
+need_positive_int --workers --bpe-size
 [[ -d "$RAW_DIR" ]] || die "RAW_DIR is not a directory: $RAW_DIR"
 
 # fairseq split name = Multi30k file stem
@@ -122,7 +103,7 @@ ARGS=(--src en --tgt de --work-dir "$WORK_DIR" --dest-dir "$OUT_DIR"
 for s in "${SPLITS[@]}"; do
   ARGS+=(--split "${s%%=*}=$RAW_DIR/${s#*=}")
 done
-if (( AGGRESSIVE )); then ARGS+=(--aggressive-dash); fi
+if (( AGGRESSIVE_DASH )); then ARGS+=(--aggressive-dash); fi
 
 step "tokenize -> BPE ($BPE, $BPE_SIZE) -> clean -> binarize into $OUT_DIR"
 "$PYTHON" "$PIPELINE" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}

@@ -21,10 +21,8 @@
 # with prepare-multi30k.sh).
 
 set -euo pipefail
-
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 PIPELINE="${SCRIPT_DIR}/prepare_translation.py"
-PYTHON="${PYTHON:-python3}"
 
 usage() {
   cat <<EOF
@@ -40,7 +38,7 @@ Options:
   --output DIR         fairseq data-bin directory
                        (default: data-bin/wmt16_en_de_bpe32k, _spm32k with
                        sentencepiece; the number follows --bpe-size)
-  --workers N          parallel processes (default: $(nproc 2>/dev/null || echo 1))
+  --workers N          parallel processes (default: $DEFAULT_WORKERS)
   --bpe MODE           subword-nmt (default, as in the Mega recipe) or sentencepiece
   --bpe-size N         subword-nmt: merge operations; sentencepiece: vocabulary
                        size (default: 32000)
@@ -74,45 +72,25 @@ The raw (untokenised) valid/test text is kept in OUTPUT/raw/.
 EOF
 }
 
-die() { echo "error: $*" >&2; exit 1; }
-step() { echo "==> $*"; }
-
 DOWNLOAD_DIR="wmt16_en_de/download"
 WORK_DIR="wmt16_en_de/work"
 OUTPUT=""
-WORKERS="$(nproc 2>/dev/null || echo 1)"
 BPE="subword-nmt"
 BPE_SIZE=32000
 LOCAL_RAW=""
-AGGRESSIVE=0
+AGGRESSIVE_DASH=0
 DOWNLOAD_ONLY=0
-EXTRA=()
-
-need_arg() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs an argument (see --help)"; }
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --download-dir) need_arg "$@"; DOWNLOAD_DIR="$2"; shift 2 ;;
-    --work-dir) need_arg "$@"; WORK_DIR="$2"; shift 2 ;;
-    --output) need_arg "$@"; OUTPUT="$2"; shift 2 ;;
-    --workers) need_arg "$@"; WORKERS="$2"; shift 2 ;;
-    --bpe) need_arg "$@"; BPE="$2"; shift 2 ;;
-    --bpe-size) need_arg "$@"; BPE_SIZE="$2"; shift 2 ;;
-    --local-raw) need_arg "$@"; LOCAL_RAW="$2"; shift 2 ;;
-    --aggressive-dash) AGGRESSIVE=1; shift ;;
-    --download-only) DOWNLOAD_ONLY=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; EXTRA=("$@"); break ;;
-    *) die "unknown option: $1 (see --help)" ;;
-  esac
-done
+EXTRA=()  # the arguments after --, for prepare_translation.py
+VALUE_OPTIONS="--download-dir --work-dir --output --workers --bpe --bpe-size --local-raw"
+FLAG_OPTIONS="--aggressive-dash --download-only"
+parse_options "$@"
 
 case "$BPE" in
   subword-nmt) BPE_TAG=bpe ;;
   sentencepiece) BPE_TAG=spm ;;
   *) die "--bpe must be subword-nmt or sentencepiece, not '$BPE'" ;;
 esac
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, not '$WORKERS'"
-[[ "$BPE_SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size must be a positive integer, not '$BPE_SIZE'"
+need_positive_int --workers --bpe-size
 if [[ -z "$OUTPUT" ]]; then
   if (( BPE_SIZE % 1000 == 0 )); then size_tag="$((BPE_SIZE / 1000))k"; else size_tag="$BPE_SIZE"; fi
   OUTPUT="data-bin/wmt16_en_de_${BPE_TAG}${size_tag}"
@@ -138,39 +116,13 @@ source_url() {  # $1 = "name|url"
   fi
 }
 
-# Is the server there at all? A short probe, so that a machine without
-# network fails in seconds instead of hanging in the download. Prints the
-# reason of a failure.
-probe_url() {
-  local url="$1"
-  if command -v curl >/dev/null 2>&1; then
-    curl -sS -o /dev/null -I -L --connect-timeout 10 --max-time 30 "$url" 2>&1
-  else
-    wget -q --spider --timeout=10 --tries=1 "$url" 2>&1
-  fi
-}
-
-fetch_url() {
-  local url="$1" out="$2"
-  if command -v curl >/dev/null 2>&1; then
-    curl -fL --retry 3 --retry-delay 5 --connect-timeout 20 -sS -o "$out" "$url"
-  else
-    wget -nv --timeout=60 --tries=3 -O "$out" "$url"
-  fi
-}
-
 download() {
   mkdir -p "$DOWNLOAD_DIR"
   command -v curl >/dev/null 2>&1 || command -v wget >/dev/null 2>&1 \
     || die "neither curl nor wget is installed: download the files by hand into $DOWNLOAD_DIR or use --local-raw"
-  local src name url todo=()
+  local src url todo=()
   for src in "${SOURCES[@]}"; do
-    name="${src%%|*}"
-    if [[ -s "$DOWNLOAD_DIR/$name" ]]; then
-      echo "$DOWNLOAD_DIR/$name already there, not downloading"
-    else
-      todo+=("$src")
-    fi
+    already_there "$DOWNLOAD_DIR/${src%%|*}" || todo+=("$src")
   done
   # probe everything first: fail before spending an hour on the first archive
   local names="" reason
@@ -182,11 +134,8 @@ download() {
   (${reason})}"
   done
   for src in ${todo[@]+"${todo[@]}"}; do
-    name="${src%%|*}"
     url="$(source_url "$src")"
-    step "downloading $url -> $DOWNLOAD_DIR/$name"
-    fetch_url "$url" "$DOWNLOAD_DIR/$name.part" || die "download of $url failed"
-    mv "$DOWNLOAD_DIR/$name.part" "$DOWNLOAD_DIR/$name"
+    download_to "$DOWNLOAD_DIR/${src%%|*}" "$url" 3 || die "download of $url failed"
   done
 }
 
@@ -270,7 +219,7 @@ ARGS=(
   --clean-min 3 --clean-max 150 --clean-ratio 1.5
   --nwords "$((BPE_SIZE + 1000))"
 )
-if (( AGGRESSIVE )); then ARGS+=(--aggressive-dash); fi
+if (( AGGRESSIVE_DASH )); then ARGS+=(--aggressive-dash); fi
 step "tokenize -> BPE ($BPE, $BPE_SIZE) -> clean -> binarize into $OUTPUT"
 "$PYTHON" "$PIPELINE" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 

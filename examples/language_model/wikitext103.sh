@@ -30,51 +30,18 @@
 #                                 must hold one block: splits:10 of the WikiText-103 valid set
 #                                 (217,646 tokens) are 21,765-token blocks. The original raised it
 #                                 internally; the plugin stops with a clear message when it is too small.
-#   every other option is the original's.
-set -euo pipefail
+#   every other option is the original's (those the enwik8 recipe shares are in common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 data=${1:-data-bin/wikitext-103}
 save=${2:-checkpoints/mega_wikitext103}
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-stages=${STAGES:-train eval}
-python=${PYTHON:-python}
-seed=${SEED:-1}
-orig_gpus=24
-gpus=${GPUS:-$("$python" -c 'import torch; print(max(1, torch.cuda.device_count()))' 2>/dev/null || echo 1)}
-update_freq=${UPDATE_FREQ:-$(( (orig_gpus + gpus - 1) / gpus ))}
-max_tokens_valid=${MAX_TOKENS_VALID:-32768}
-ckpt=${CKPT:-$save/checkpoint_best.pt}
-eval_chunk_size=${EVAL_CHUNK_SIZE-2048}
-block_length=${BLOCK_LENGTH:-2048}
-eval_max_tokens=${EVAL_MAX_TOKENS:-32768}
-# shell words, so that quoted values work: EXTRA_ARGS="--adam-betas '(0.9, 0.99)'"
-eval "extra_args=(${EXTRA_ARGS:-})"
-eval "eval_extra_args=(${EVAL_EXTRA_ARGS:-})"
-eval "stream_eval_args=(${STREAM_EVAL_ARGS:-})"
 
-if [[ " $stages " == *" train "* ]]; then
-    mkdir -p "$save"
-    cp "${BASH_SOURCE[0]}" "$save/run.sh"
-    echo "training on $gpus GPU(s) with --update-freq $update_freq (the original: $orig_gpus GPUs, 1)"
-    fairseq-train "$data" --user-dir "$repo/mega_fairseq" \
-        --seed "$seed" --ddp-backend legacy_ddp --max-target-positions 8096 --decoder-hidden-dim 2048 \
-        --valid-subset valid --task mega_language_modeling -a mega_lm_adaptive_big \
-        --activation-fn silu --attention-activation-fn softmax \
-        --decoder-n-dim 16 --decoder-chunk-size 1024 --normalize-before --no-affine-final-norm \
-        --max-tokens 6144 --update-freq "$update_freq" \
-        --variant-block-multiple-min 2 --variant-block-multiple-max 6 \
-        --normalization-type layernorm --truncation-length 8192 --rel-pos-bias rotary \
-        --optimizer adam --lr 5e-3 --adam-betas '(0.9, 0.98)' --adam-eps 1e-8 --clip-norm 0.25 \
-        --lr-scheduler linear_decay --total-num-update 400000 --end-learning-rate 0.0 \
-        --warmup-updates 24000 --warmup-init-lr 1e-07 \
-        --criterion adaptive_loss \
-        --dropout 0.3 --attention-dropout 0.1 --hidden-dropout 0.1 --weight-decay 0.1 \
-        --max-update 400000 \
-        --no-epoch-checkpoints \
-        --sample-break-mode complete \
-        --valid-block "splits:10" --max-tokens-valid "$max_tokens_valid" \
-        --save-dir "$save" --log-format simple --log-interval 100 --num-workers 0 \
-        ${extra_args[@]+"${extra_args[@]}"}
-fi
+# the original ran on 24 GPUs
+train 24 --max-tokens-valid "${MAX_TOKENS_VALID:-32768}" \
+    -a mega_lm_adaptive_big --max-target-positions 8096 --decoder-hidden-dim 2048 \
+    --decoder-chunk-size 1024 --max-tokens 6144 \
+    --variant-block-multiple-min 2 --variant-block-multiple-max 6 \
+    --criterion adaptive_loss \
+    --dropout 0.3 --attention-dropout 0.1 --hidden-dropout 0.1
 
 # The original evaluation (fairseq_cli/eval_mega_lm.py of the Mega repository):
 #   --gen-subset test --max-tokens 5000000 --test-chunk-size 2048 --chunk-nums 2 --softmax-batch 1024
@@ -94,16 +61,7 @@ fi
 #     --block-length is the piece size (the original's chunk-nums x test-chunk-size) and changes
 #     memory and speed only, not the result; --model-overrides '{"decoder_chunk_size": 2048}' as above.
 #     (stream_eval's --max-tokens means "score only the first N tokens": not the original's batch size.)
-if [[ " $stages " == *" eval "* ]]; then
-    overrides=()
-    [[ -n "$eval_chunk_size" ]] && overrides=(--model-overrides "{\"decoder_chunk_size\": $eval_chunk_size}")
-    fairseq-eval-lm "$data" --user-dir "$repo/mega_fairseq" --task mega_language_modeling \
-        --path "$ckpt" --gen-subset test --max-tokens "$eval_max_tokens" --softmax-batch 1024 \
-        --sample-break-mode complete --valid-block "splits:10" \
-        ${overrides[@]+"${overrides[@]}"} ${eval_extra_args[@]+"${eval_extra_args[@]}"} \
-        2>&1 | tee "$(dirname "$ckpt")/eval_lm.test.log"
-    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m mega_fairseq.stream_eval "$data" \
-        --path "$ckpt" --gen-subset test --block-length "$block_length" --softmax-batch 1024 \
-        ${overrides[@]+"${overrides[@]}"} ${stream_eval_args[@]+"${stream_eval_args[@]}"} \
-        2>&1 | tee "$(dirname "$ckpt")/stream_eval.test.log"
-fi
+eval_chunk_size=${EVAL_CHUNK_SIZE-2048}
+block_length=${BLOCK_LENGTH:-2048}
+eval_max_tokens=${EVAL_MAX_TOKENS:-32768}
+evaluate "splits:10"
