@@ -23,10 +23,9 @@ Parameter names, original -> ours (everything else keeps its name):
     encoder.encoder.*                         -> encoder.*                     (LRA, Speech Commands)
     *.rel_pos_bias.rel_pos_bias               -> *.rel_pos_bias.weight
     *.rel_pos_bias._float_tensor              -> dropped (rotary bias dtype buffer)
-    *.move.{alpha,delta,beta,gamma,omega}     -> rewritten by convert_ema
+    *.move.{alpha,delta,beta}                 -> same names, (D', N, 1) -> (D', N) (convert_ema)
 """
 import argparse
-import math
 import os
 import re
 from types import SimpleNamespace
@@ -310,16 +309,9 @@ def _sc_flags(f: _Flags) -> None:
 # ---------------------------------------------------------------------------------------------- parameters
 
 def convert_ema(params: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Original EMA parameters -> ours, computing the same function at every non-padding position.
-
-    The original (``MultiHeadEMA``) stores alpha, delta, beta as (D', N, 1) and computes
-    ``p = sigmoid(delta)``, ``q = 1 - p * sigmoid(alpha)``: its ``delta`` is our ``alpha`` (the input
-    weight p) and its ``alpha`` our ``delta`` (the damping). Its bidirectional kernel weighs the
-    current input with both kernels, ``k_fwd[0] + k_bwd[0]``; ours skips lag 0 of the backward kernel,
-    so ``k_bwd[0] = sqrt(1/N) * sum_n gamma * p * beta`` (rows D..2D-1) moves into ``omega``, the weight
-    of the same input in ``silu(EMA(x) + omega * x)``. (Padding positions, whose EMA input is zeroed,
-    then differ; nothing reads them.) Computed in float64, returned in float32.
-    """
+    """Original EMA parameters -> ours: the same function and roles (p = sigmoid(delta),
+    q = 1 - p * sigmoid(alpha), lag 0 in both directions); alpha, delta and beta lose the
+    trailing axis of the original (D', N, 1) layout."""
     shapes = {name: tuple(t.shape) for name, t in params.items()}
     if len(shapes["gamma"]) != 2 or len(shapes["omega"]) != 1:
         raise ConversionError(f"EMA gamma {shapes['gamma']} and omega {shapes['omega']}: expected (D', N) and (D,)")
@@ -328,19 +320,11 @@ def convert_ema(params: Dict[str, Tensor]) -> Dict[str, Tensor]:
         if shapes[name] != (kernel_dim, ndim, 1):
             raise ConversionError(f"EMA parameter '{name}' has shape {shapes[name]}, expected {(kernel_dim, ndim, 1)} "
                                   f"(the original layout, like gamma {(kernel_dim, ndim)})")
-    embed_dim = params["omega"].shape[0]
+    embed_dim = shapes["omega"][0]
     if kernel_dim not in (embed_dim, 2 * embed_dim):
         raise ConversionError(f"EMA gamma has {kernel_dim} rows for omega of {embed_dim} channels: expected "
                               f"{embed_dim} (causal) or {2 * embed_dim} (bidirectional)")
-    p64 = {name: t.detach().to(torch.float64) for name, t in params.items()}
-    omega = p64["omega"]
-    if kernel_dim == 2 * embed_dim:
-        backward = slice(embed_dim, None)
-        input_weight = torch.sigmoid(p64["delta"][backward, :, 0])
-        lag0 = (p64["gamma"][backward] * input_weight * p64["beta"][backward, :, 0]).sum(-1) * math.sqrt(1.0 / ndim)
-        omega = omega + lag0
-    return {"alpha": p64["delta"][..., 0].float(), "delta": p64["alpha"][..., 0].float(),
-            "beta": p64["beta"][..., 0].float(), "gamma": p64["gamma"].float(), "omega": omega.float()}
+    return {name: (t[..., 0] if name in ("alpha", "delta", "beta") else t) for name, t in params.items()}
 
 
 def rename(name: str, family: str) -> Optional[str]:
@@ -354,7 +338,7 @@ def rename(name: str, family: str) -> Optional[str]:
 
 
 def convert_state_dict(state: Dict[str, Tensor], family: str) -> Dict[str, Tensor]:
-    """Original state dict -> ours (renamed, EMA rewritten). Two entries mapping to one name are an error."""
+    """Original state dict -> ours (renamed, EMA reshaped). Two entries mapping to one name are an error."""
     converted, sources = {}, {}
     for name, tensor in state.items():
         new_name = rename(name, family)

@@ -4,8 +4,6 @@ Everything here runs in float64 with explicit Python loops where the math is a
 recurrence or a per-row rule. The references follow /work/shared/docs/mega-spec.md
 except where docs/spec-notes.md says the implementation follows the original code:
 
-* EMA roles: p = sigmoid(alpha) (input weight), q = 1 - p * sigmoid(delta) (decay);
-* bidirectional EMA: the backward direction weighs x[t + m] for m >= 1 only;
 * softmax rows with no allowed key drop the padding mask (keep the causal one);
 * laplace / relu2 normalizer: i + 1 with a causal mask, else the non-pad keys of the chunk;
 * batch norms take their statistics over non-padding positions only.
@@ -88,9 +86,9 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
 
 
 def ema_p_q(alpha: torch.Tensor, delta: torch.Tensor):
-    """(D', N) -> input weight p = sigmoid(alpha) and decay q = 1 - p * sigmoid(delta) (spec-notes 1)."""
-    p = 1.0 / (1.0 + torch.exp(-f64(alpha)))
-    q = 1.0 - p / (1.0 + torch.exp(-f64(delta)))
+    """(D', N) -> input weight p = sigmoid(delta) and decay q = 1 - p * sigmoid(alpha) (spec, section 1)."""
+    p = 1.0 / (1.0 + torch.exp(-f64(delta)))
+    q = 1.0 - p / (1.0 + torch.exp(-f64(alpha)))
     return p, q
 
 
@@ -136,19 +134,19 @@ def ema_reference(x, alpha, delta, beta, gamma, omega, bidirectional: bool = Fal
             h = p[:dim] * beta[:dim] * signal[t].unsqueeze(-1) + q[:dim] * h
             y[t] = scale * (gamma[:dim] * h).sum(-1)
         last_hidden = h
-        if bidirectional:  # g_t = sum_{m >= 1} q^m p beta x_{t+m}, g_{t-1} = q (p beta x_t + g_t)
+        if bidirectional:  # g_t = p beta x_t + q g_{t+1}: sum_{m >= 0} q^m p beta x_{t+m}
             g = torch.zeros(batch, dim, p.size(1), dtype=DTYPE)
             for t in reversed(range(length)):
+                g = p[dim:] * beta[dim:] * signal[t].unsqueeze(-1) + q[dim:] * g
                 y[t] += scale * (gamma[dim:] * g).sum(-1)
-                g = q[dim:] * (p[dim:] * beta[dim:] * signal[t].unsqueeze(-1) + g)
     else:
         kernel_size = min(truncation, length) if truncated else length
         kernel = ema_kernel_reference(alpha, delta, beta, gamma, kernel_size)
         for t in range(length):
             for j in range(min(kernel_size, t + 1)):  # forward: lags 0 .. K-1
                 y[t] += kernel[:dim, j] * signal[t - j]
-            if bidirectional:  # backward: x[t + m], m = 1 .. K-1 (spec-notes 2)
-                for m in range(1, min(kernel_size, length - t)):
+            if bidirectional:  # backward: x[t + m], m = 0 .. K-1 (lag 0 in both directions)
+                for m in range(min(kernel_size, length - t)):
                     y[t] += kernel[dim:, m] * signal[t + m]
     return silu(y + f64(omega) * x), last_hidden
 

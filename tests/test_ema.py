@@ -61,16 +61,16 @@ def test_fft_path_matches_recurrence_causal(length, batch, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_bidirectional_matches_reference(length, seed):
-    """Forward kernel on lags >= 0 plus backward kernel on lags >= 1 (spec-notes item 2)."""
+    """Forward kernel on lags >= 0 plus backward kernel on lags >= 0 (spec, section 1)."""
     ema = make_ema(bidirectional=True, seed=seed)
     x = randn(length, 2, 6, seed=200 + seed)
     expected, _ = ema_module_reference(ema, x)
     assert_close(ema(x), expected)
 
 
-def test_bidirectional_counts_lag_zero_once():
-    """With the backward kernel switched off (gamma = 0) the output is the causal EMA, and
-    switching the forward one off leaves nothing at the last position (no backward lag 0)."""
+def test_bidirectional_weighs_lag_zero_with_both_kernels():
+    """With the backward kernel switched off (gamma = 0) the output is the causal EMA; with the
+    forward one off, the last position sees only x[L-1], weighed by the backward kernel's lag 0."""
     ema = make_ema(dim=3, bidirectional=True, seed=5)
     causal = make_ema(dim=3, seed=5)
     x = randn(9, 2, 3, seed=6)
@@ -83,9 +83,9 @@ def test_bidirectional_counts_lag_zero_once():
     with torch.no_grad():
         ema.gamma[:3] = 0.0
         ema.gamma[3:] = 1.0
-    # y_{L-1} = sum_{m >= 1} k_back[m] x[L-1+m] = 0, so the output there is silu(omega * x).
-    last = ema(x)[-1]
-    assert_close(last, torch.nn.functional.silu(ema.omega * x[-1]))
+    p = torch.sigmoid(ema.delta[3:])
+    lag_zero = math.sqrt(1.0 / ema.ndim) * (p * ema.beta[3:]).sum(-1)
+    assert_close(ema(x)[-1], torch.nn.functional.silu((lag_zero + ema.omega) * x[-1]))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -228,9 +228,9 @@ def test_real_positions_ignore_appended_and_changed_pads(bidirectional, extra):
 # ------------------------------------------------------------------ parameter roles
 
 
-def test_parameter_roles_alpha_input_weight_delta_damping():
-    """p = sigmoid(alpha), q = 1 - p * sigmoid(delta) (spec-notes item 1, not the spec's swap):
-    for an impulse, y_0 = gamma * p * beta and y_t / y_{t-1} = q (D = N = 1, so scale = 1)."""
+def test_parameter_roles_delta_input_weight_alpha_damping():
+    """p = sigmoid(delta), q = 1 - p * sigmoid(alpha) (spec, section 1): for an impulse,
+    y_0 = gamma * p * beta and y_t / y_{t-1} = q (D = N = 1, so scale = 1)."""
     ema = MultiDimensionalEMA(1, 1).double()
     alpha, delta, beta, gamma = 0.7, -1.3, 0.9, 1.1
     with torch.no_grad():
@@ -240,15 +240,15 @@ def test_parameter_roles_alpha_input_weight_delta_damping():
         ema.gamma.fill_(gamma)
         ema.omega.fill_(0.0)
     sigmoid = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
-    p, q = sigmoid(alpha), 1.0 - sigmoid(alpha) * sigmoid(delta)
+    p, q = sigmoid(delta), 1.0 - sigmoid(delta) * sigmoid(alpha)
     x = torch.zeros(6, 1, 1, dtype=torch.float64)
     x[0] = 1.0
     out = ema(x).reshape(-1)
     expected = torch.tensor([gamma * p * beta * q ** t for t in range(6)], dtype=torch.float64)
     assert_close(out, torch.nn.functional.silu(expected), 1e-12)
-    # q is symmetric in alpha and delta; the spec's naming (p = sigmoid(delta)) would change y_0,
-    # and the chosen values tell the two apart.
-    assert abs(gamma * sigmoid(delta) * beta - gamma * p * beta) > 0.1
+    # q is symmetric in alpha and delta; swapping the roles would change y_0, and the chosen
+    # values tell the two apart.
+    assert abs(gamma * sigmoid(alpha) * beta - gamma * p * beta) > 0.1
 
 
 # ------------------------------------------------------------------ errors

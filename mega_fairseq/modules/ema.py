@@ -2,15 +2,12 @@
 
 For every channel d and every EMA dimension n (independently)::
 
-    h_t = p * beta * x_t + q * h_{t-1},     p = sigmoid(alpha), q = 1 - p * sigmoid(delta)
+    h_t = p * beta * x_t + q * h_{t-1},     p = sigmoid(delta), q = 1 - p * sigmoid(alpha)
     y_t = sqrt(1/N) * sum_n gamma * h_t
 
 which is the causal convolution ``y = x * k`` with kernel
-``k[d, j] = sqrt(1/N) * sum_n gamma * p * beta * q^j``.
-
-The parameter roles follow the paper and the original implementation
-(``alpha`` is the input weight, ``delta`` the damping): the spec's section 1
-swaps the two names, see docs/spec-notes.md.
+``k[d, j] = sqrt(1/N) * sum_n gamma * p * beta * q^j``. Parameter roles and the
+bidirectional kernel are those of the spec and of the released original code.
 
 Three ways of computing the same function:
   * ``fft_ema``: FFT convolution of the whole sequence (training / encoding),
@@ -28,9 +25,10 @@ from .config import MegaConfigError
 
 
 def ema_coefficients(alpha: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
-    """(D', N) raw parameters -> p (input weight) and q (decay), both (D', N) in (0, 1)."""
-    p = torch.sigmoid(alpha)
-    q = 1.0 - p * torch.sigmoid(delta)
+    """(D', N) raw parameters -> p = sigmoid(delta) (input weight) and q = 1 - p * sigmoid(alpha)
+    (decay), both (D', N) in (0, 1)."""
+    p = torch.sigmoid(delta)
+    q = 1.0 - p * torch.sigmoid(alpha)
     return p, q
 
 
@@ -43,17 +41,20 @@ def ema_powers(q: Tensor, length: int) -> Tensor:
 def fft_ema(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
     """EMA by FFT convolution.
 
-    x: (B, D, L); forward_kernel: (D, K) applied to lags 0..K-1 (causal);
-    backward_kernel: (D, K) or None; entry m >= 1 weighs x[t + m] (anti-causal).
-    Entry 0 of the backward kernel is unused, so x[t] is counted once.
+    x: (B, D, L); forward_kernel: (D, K), entry j weighs x[t - j] (causal);
+    backward_kernel: (D, K) or None, entry m weighs x[t + m] (anti-causal). Both
+    directions include lag 0, so x[t] is weighed by forward[0] + backward[0].
     Returns (B, D, L) in x's dtype; the convolution runs in float32 (or float64).
     """
     length = x.size(-1)
     kernel_size = forward_kernel.size(-1)
     fft_len = length + kernel_size
-    kernel = F.pad(forward_kernel, (0, length))
-    if backward_kernel is not None:
-        kernel = kernel + F.pad(backward_kernel[:, 1:].flip(-1), (length + 1, 0))
+    if backward_kernel is None:
+        kernel = F.pad(forward_kernel, (0, length))
+    else:
+        lag_zero = F.pad(backward_kernel[:, :1], (0, kernel_size - 1))
+        kernel = (F.pad(forward_kernel + lag_zero, (0, length))
+                  + F.pad(backward_kernel[:, 1:].flip(-1), (length + 1, 0)))
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x_f = torch.fft.rfft(x.to(compute_dtype), n=fft_len)
     k_f = torch.fft.rfft(kernel.to(compute_dtype), n=fft_len)
