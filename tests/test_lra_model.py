@@ -190,7 +190,7 @@ EXPECTED = [
     ("mega_sc_raw_base", "image", dict(encoder_embed_dim=60, encoder_hidden_dim=120, z_dim=30, n_dim=16,
                                        encoder_layers=6, chunk_size=1000, truncation_length=1000, max_positions=16000,
                                        norm_type="batchnorm", attention_activation_fn="laplace",
-                                       encoder_normalize_before=True, classifier_out_dim=120, dropout=0.0)),
+                                       encoder_normalize_before=False, classifier_out_dim=120, dropout=0.0)),
     ("mega_sc_raw_big", "image", dict(encoder_embed_dim=72, encoder_hidden_dim=144, z_dim=36, classifier_out_dim=144)),
     ("transformer_lra_imdb", "text", dict(layer_type="transformer", encoder_embed_dim=256, encoder_ffn_embed_dim=1024,
                                           encoder_layers=4, encoder_attention_heads=4, sen_rep_type="cls",
@@ -212,6 +212,14 @@ def test_command_line_overrides_architecture_defaults():
     model = build("mega_lra_listop", ["--encoder-layers", "1", "--n-dim", "3", "--chunk-size", "8"])
     assert len(model.encoder.layers) == 1 and model.args.n_dim == 3
     assert model.encoder.layers[0].mega_layer.chunk_size == 8
+
+
+def test_encoder_normalize_before_flag_turns_prenorm_on_for_speech_commands():
+    """The SC recipe passes --encoder-normalize-before (as the original's): the flag must mean prenorm."""
+    model = build("mega_sc_raw_base", ["--encoder-layers", "1", "--encoder-normalize-before"],
+                  task=fake_task("image"))
+    assert model.args.encoder_normalize_before is True
+    assert model.encoder.layers[0].mega_layer.prenorm and model.encoder.final_norm is not None
 
 
 @pytest.mark.parametrize("options, task, message", [

@@ -116,7 +116,7 @@ class SCRawConfig(LRAConfig):
     attention_activation_fn: ATTENTION_CHOICES = field(default="laplace", metadata={
         "help": "Mega: attention function"})
     norm_type: NORM_CHOICES = field(default="batchnorm", metadata={"help": "Mega: normalization"})
-    encoder_normalize_before: bool = field(default=True, metadata={"help": "Mega: prenorm layers and a final norm"})
+    encoder_normalize_before: bool = field(default=False, metadata={"help": "Mega: prenorm layers and a final norm (the SC recipe sets it)"})
     classifier_out_dim: Optional[int] = field(default=None, metadata={
         "help": "width of the classifier's hidden layers (default: 2 x --encoder-embed-dim)"})
 
