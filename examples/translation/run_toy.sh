@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The README's main job, on built-in data: install, generate the toy translation task, train a
-# small Mega (about 3-4 CPU minutes), decode the test set with beam search and print its BLEU.
+# small Mega (about 2-4 CPU minutes), decode the test set with beam search and print its BLEU.
 #   WORK_DIR     where data, checkpoints and outputs go (default: work/toy in the repository)
-#   MAX_UPDATE   number of training updates (default: 800)
+#   MAX_UPDATE   number of training updates (default: 1200)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bash "$repo/scripts/install.sh"
 venv=${MEGA_VENV:-$repo/.venv}
 export PATH="$venv/bin:$PATH"
 work=${WORK_DIR:-$repo/work/toy}
-max_update=${MAX_UPDATE:-800}
+max_update=${MAX_UPDATE:-1200}
 mkdir -p "$work"
 
 echo "[toy] generating the toy en->de task in $work/raw"
