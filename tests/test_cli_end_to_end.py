@@ -96,3 +96,15 @@ def test_training_resumes_from_the_checkpoint(trained, tmp_path):
     train.main(convert_namespace_to_omegaconf(args))
     state = torch.load(tmp_path / "checkpoint_last.pt")
     assert state["optimizer_history"][-1]["num_updates"] == 14
+
+
+def test_training_with_bf16_autocast(trained, tmp_path):
+    """fairseq's --bf16 means TPU; --bf16-autocast trains with bf16 matrix products on any device."""
+    parser = options.get_training_parser()
+    flags = [flag if flag != "12" else "4" for flag in TRAIN_FLAGS]
+    args = options.parse_args_and_arch(parser, [str(trained / "data-bin"), "--user-dir", USER_DIR,
+                                                "--save-dir", str(tmp_path), "--bf16-autocast", *flags])
+    train.main(convert_namespace_to_omegaconf(args))
+    state = torch.load(tmp_path / "checkpoint_last.pt")
+    assert state["cfg"]["model"]["bf16_autocast"] is True
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())

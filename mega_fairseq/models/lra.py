@@ -33,6 +33,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
+from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
 from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
 
@@ -52,6 +53,7 @@ class LRAConfig(FairseqDataclass):
     architecture's (the named architectures set their own)."""
 
     layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata={"help": "encoder layers"})
+    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     input_type: Optional[INPUT_TYPE_CHOICES] = field(default=None, metadata={
         "help": "text (token embedding) or image (real values: pixels, audio samples); default: the task's"})
     max_positions: int = field(default=4002, metadata={
@@ -355,6 +357,10 @@ class LRAModel(BaseFairseqModel):
         if (src1_tokens is not None) != self.paired:
             raise ValueError(f"this model classifies {'document pairs' if self.paired else 'single inputs'}; "
                              f"the batch {'lacks' if self.paired else 'has'} second documents (src1_tokens)")
+        return autocast_forward(self, self.args.bf16_autocast, self.classify, src_tokens, src1_tokens)
+
+    def classify(self, src_tokens: Tensor, src1_tokens: Optional[Tensor]) -> Tensor:
+        """Logits (B, classes) of single inputs, or of pairs when src1_tokens is given."""
         features = self.sentence_representation(src_tokens)
         if self.paired:
             u, v = features, self.sentence_representation(src1_tokens)

@@ -16,6 +16,7 @@ from fairseq.modules import AdaptiveSoftmax
 from fairseq.utils import eval_str_list, safe_getattr
 from torch import Tensor, nn
 
+from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
 from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, check_chunk_size
 
@@ -46,6 +47,7 @@ class MegaCommonConfig(FairseqDataclass):
     no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
     rel_pos_bias: POSITION_BIAS_CHOICES = field(default="simple", metadata={"help": "relative position bias"})
     truncation_length: Optional[int] = field(default=None, metadata={"help": "EMA kernel length cap; 0: none"})
+    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
 
 
 @dataclass
@@ -136,8 +138,10 @@ class TokenEmbedder(nn.Module):
         self.dropout = nn.Dropout(args.dropout)
 
     def forward(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], Tensor]:
-        """Returns x (L, B, D), the padding mask (B, L) or None without pads, and the scaled embedding (B, L, D)."""
-        embedded = self.embed_scale * self.embed_tokens(tokens)
+        """Returns x (L, B, D), the padding mask (B, L) or None without pads, and the scaled embedding (B, L, D).
+        The lookup runs outside autocast: fairseq's AdaptiveInput writes its rows into a float32 buffer."""
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            embedded = self.embed_scale * self.embed_tokens(tokens)
         if self.project_in is not None:
             embedded = self.project_in(embedded)
         padding_mask = tokens.eq(self.padding_idx)
@@ -388,7 +392,13 @@ class MegaModel(FairseqEncoderDecoderModel):
             decoder_embed = build_embedding(tgt_dict, args.decoder_embed_dim, args.decoder_embed_path)
         encoder = MegaEncoder(args, src_dict, encoder_embed)
         decoder = MegaDecoder(args, tgt_dict, decoder_embed)
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        model.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
+        return model
+
+    def forward(self, *args, **kwargs):
+        """fairseq's forward, under bf16 autocast with ``--bf16-autocast``."""
+        return autocast_forward(self, self.bf16_autocast, super().forward, *args, **kwargs)
 
 
 def base_architecture(args):
@@ -424,6 +434,7 @@ def base_architecture(args):
     args.share_all_embeddings = safe_getattr(args, "share_all_embeddings", False)
     args.encoder_embed_path = safe_getattr(args, "encoder_embed_path", None)
     args.decoder_embed_path = safe_getattr(args, "decoder_embed_path", None)
+    args.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
 
 
 @register_model_architecture("mega", "mega_wmt_en_de")

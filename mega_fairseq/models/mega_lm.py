@@ -9,6 +9,7 @@ from omegaconf import II
 
 from ..modules import MegaConfigError
 from ..modules.config import check_chunk_size
+from .autocast import autocast_forward
 from .mega import DEFAULT_MAX_POSITIONS, MegaDecoder, MegaDecoderConfig, build_embedding
 
 
@@ -50,7 +51,13 @@ class MegaLanguageModel(FairseqLanguageModel):
             embed_tokens = build_embedding(dictionary, args.decoder_input_dim, args.decoder_embed_path)
         if args.tie_adaptive_weights:
             check_tied_adaptive_options(args)
-        return cls(MegaDecoder(args, task.target_dictionary, embed_tokens, no_encoder_attn=True))
+        model = cls(MegaDecoder(args, task.target_dictionary, embed_tokens, no_encoder_attn=True))
+        model.bf16_autocast = args.bf16_autocast
+        return model
+
+    def forward(self, *args, **kwargs):
+        """fairseq's forward, under bf16 autocast with ``--bf16-autocast``."""
+        return autocast_forward(self, self.bf16_autocast, super().forward, *args, **kwargs)
 
 
 def check_tied_adaptive_options(args) -> None:
@@ -104,6 +111,7 @@ def base_lm_architecture(args):
     args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "simple")
     args.truncation_length = safe_getattr(args, "truncation_length", 2048)
     args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", False)
+    args.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
 
 
 @register_model_architecture("mega_lm", "mega_lm_big")
