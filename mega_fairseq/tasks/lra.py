@@ -70,6 +70,18 @@ class ModelOptionsTask(FairseqTask):
         return self.model_max_positions
 
 
+class RealValuedInputTask(ModelOptionsTask):
+    """A task whose inputs are real values (pixels, audio samples): no dictionaries."""
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return None
+
+
 def require(path: str, what: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"missing {path}: {what} (scripts/prepare-lra.py writes the data directories)")
@@ -215,7 +227,7 @@ class LRAImageConfig(FairseqDataclass):
 
 
 @register_task("lra-image", dataclass=LRAImageConfig)
-class LRAImageTask(ModelOptionsTask):
+class LRAImageTask(RealValuedInputTask):
     """Grayscale images as pixel sequences (row-major), normalized; batches of real values
     ``src_tokens`` (B, H*W) and ``target`` (B,). The number of classes is 1 + the largest
     label found in label/*.label."""
@@ -260,11 +272,3 @@ class LRAImageTask(ModelOptionsTask):
         logger.info(f"loaded {split}: {len(dataset)} images of {pixels.shape[1]} pixels")
         self.datasets[split] = dataset
         return dataset
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None

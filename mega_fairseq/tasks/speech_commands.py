@@ -21,7 +21,7 @@ from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from ..data.real_valued_dataset import RealValuedSequenceDataset, check_length, read_labels
-from .lra import ModelOptionsTask
+from .lra import RealValuedInputTask
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SpeechTransform:
 
 
 @register_task("speech_commands", dataclass=SpeechCommandsConfig)
-class SpeechCommandsTask(ModelOptionsTask):
+class SpeechCommandsTask(RealValuedInputTask):
     """Classify raw waveforms; batches ``src_tokens`` (B, L) or (B, L, 2) floats and ``target`` (B,)."""
 
     input_type = "image"  # real values through a linear embedding, as LRA's images
@@ -132,11 +132,3 @@ class SpeechCommandsTask(ModelOptionsTask):
         logger.info(f"loaded {split}: {len(dataset)} clips of {length} samples")
         self.datasets[split] = dataset
         return dataset
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
