@@ -27,6 +27,13 @@ fi
 echo "[install] fairseq run-time dependencies, data-script and test tools"
 pip hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu tqdm bitarray cffi scikit-learn packaging \
     sentencepiece tensorboard pytest sacremoses subword-nmt
+# triton: the fused EMA kernels (mega_fairseq/modules/ema_triton.py). CUDA builds of torch bring
+# it; on a CPU it lets the tests run the kernels through Triton's interpreter. 3.6.0 is the
+# version the GPU machines' torch ships with.
+if ! "$py" -c "import triton" 2>/dev/null; then
+    echo "[install] triton==3.6.0"
+    pip triton==3.6.0
+fi
 echo "[install] mega-fairseq (editable)"
 pip --no-deps --no-build-isolation -e "$repo"
 "$py" -c "import fairseq, mega_fairseq; print('[install] ok: fairseq', fairseq.__version__, '| mega_fairseq', mega_fairseq.__version__)" 2>&1 | grep -v tensorboardX

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
 from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
+from .mega import ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
 ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
@@ -54,6 +55,8 @@ class LRAConfig(FairseqDataclass):
 
     layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata={"help": "encoder layers"})
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
+    ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + EMA_IMPL_HELP})
+    attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + ATTENTION_IMPL_HELP})
     input_type: Optional[INPUT_TYPE_CHOICES] = field(default=None, metadata={
         "help": "text (token embedding) or image (real values: pixels, audio samples); default: the task's"})
     max_positions: int = field(default=4002, metadata={
@@ -224,7 +227,9 @@ class MegaSentenceEncoder(nn.Module):
             attention_fn=str(args.attention_activation_fn), activation=str(args.activation_fn),
             norm_type=str(args.norm_type), prenorm=args.encoder_normalize_before, rel_pos_bias=str(args.rel_pos_bias),
             dropout=args.dropout, attention_dropout=args.attention_dropout, hidden_dropout=args.act_dropout,
-            activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout, role="",
+            activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout,
+            ema_impl=str(getattr(args, "ema_impl", "auto")), attention_impl=str(getattr(args, "attention_impl", "auto")),
+            role="",
             option_names=LRA_OPTION_NAMES)
         self.padding_idx = padding_idx
         self.embed_tokens = embed_tokens

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
-from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, check_chunk_size
+from ..modules.config import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
+                              check_chunk_size)
 
 DEFAULT_MAX_POSITIONS = 1024
 UNBOUNDED_POSITIONS = 1_000_000_000  # chunked attention: any length
@@ -28,6 +29,11 @@ ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
 ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
 NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
 POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
+EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
+ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
+EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
+ATTENTION_IMPL_HELP = ("attention computation: auto (PyTorch's fused attention for softmax on a GPU, "
+                       "matmul otherwise), matmul (reference), sdpa")
 
 
 @dataclass
@@ -48,6 +54,8 @@ class MegaCommonConfig(FairseqDataclass):
     rel_pos_bias: POSITION_BIAS_CHOICES = field(default="simple", metadata={"help": "relative position bias"})
     truncation_length: Optional[int] = field(default=None, metadata={"help": "EMA kernel length cap; 0: none"})
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
+    ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": EMA_IMPL_HELP})
+    attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": ATTENTION_IMPL_HELP})
 
 
 @dataclass
@@ -105,6 +113,8 @@ def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
         hidden_dropout=args.hidden_dropout,
         activation_dropout=args.activation_dropout,
         feature_dropout=args.feature_dropout,
+        ema_impl=str(safe_getattr(args, "ema_impl", "auto")),
+        attention_impl=str(safe_getattr(args, "attention_impl", "auto")),
         role=role,
         option_names={"max_positions": "--max-source-positions" if role == "encoder" else "--max-target-positions"},
     )

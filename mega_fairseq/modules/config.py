@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace", "relu2")
+ATTENTION_IMPLS = ("auto", "matmul", "sdpa")
+EMA_IMPLS = ("auto", "fft", "triton")
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 POSITION_BIASES = ("simple", "rotary")
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_accurate", "tanh", "linear")
@@ -17,7 +19,8 @@ GLOBAL_FLAGS = {"max_positions": "--max-source/target-positions", "truncation": 
                 "attention_fn": "--attention-activation-fn", "activation": "--activation-fn",
                 "norm_type": "--normalization-type", "rel_pos_bias": "--rel-pos-bias", "dropout": "--dropout",
                 "attention_dropout": "--attention-dropout", "hidden_dropout": "--hidden-dropout",
-                "activation_dropout": "--activation-dropout"}
+                "activation_dropout": "--activation-dropout", "attention_impl": "--attention-impl",
+                "ema_impl": "--ema-impl"}
 
 
 class MegaConfigError(ValueError):
@@ -76,6 +79,8 @@ class MegaLayerConfig:
     hidden_dropout: float = 0.0
     activation_dropout: float = 0.0
     feature_dropout: bool = False
+    attention_impl: str = "auto"
+    ema_impl: str = "auto"
 
     role: str = "encoder"  # per-stack options are spelled --{role}-chunk-size etc. in error messages
     option_names: Optional[Dict[str, str]] = None  # field -> command-line flag, overriding the defaults
@@ -97,7 +102,8 @@ class MegaLayerConfig:
             raise MegaConfigError(f"{self.option('ffn_dim')} must be >= 0, got {self.ffn_dim}")
         check_chunk_size(self.chunk_size, self.option("chunk_size"))
         for field_name, choices in (("attention_fn", ATTENTION_FUNCTIONS), ("norm_type", NORM_TYPES),
-                                    ("rel_pos_bias", POSITION_BIASES), ("activation", ACTIVATIONS)):
+                                    ("rel_pos_bias", POSITION_BIASES), ("activation", ACTIVATIONS),
+                                    ("attention_impl", ATTENTION_IMPLS), ("ema_impl", EMA_IMPLS)):
             check_choice(getattr(self, field_name), choices, self.option(field_name))
         if self.rel_pos_bias == "rotary" and self.z_dim % 2 != 0:
             raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got {self.option('z_dim')} {self.z_dim}")

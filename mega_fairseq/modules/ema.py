@@ -9,19 +9,21 @@ which is the causal convolution ``y = x * k`` with kernel
 ``k[d, j] = sqrt(1/N) * sum_n gamma * p * beta * q^j``. Parameter roles and the
 bidirectional kernel are those of the spec and of the released original code.
 
-Three ways of computing the same function:
-  * ``fft_ema``: FFT convolution of the whole sequence (training / encoding),
+Ways of computing the same function:
+  * ``fft_ema``: FFT convolution of the whole sequence (training / encoding; the reference),
   * ``ema_step``: the recurrence for one step with a carried hidden state,
-  * ``ema_chunk_with_state``: several steps at once from a carried state.
+  * ``ema_chunk_with_state``: several steps at once from a carried state,
+  * ``ema_triton.fused_ema``: the recurrence as a fused Triton scan on a GPU (``impl``).
 """
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import MegaConfigError
+from . import ema_triton
+from .config import check_choice, EMA_IMPLS, MegaConfigError
 
 
 def ema_coefficients(alpha: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
@@ -99,13 +101,17 @@ class MultiDimensionalEMA(nn.Module):
         embed_dim: D.
         ndim: N, the EMA order (expansion dimension).
         bidirectional: add an anti-causal EMA with its own D kernels (encoders).
-        truncation: kernel length cap for the FFT path (None or <= 0: no cap).
+        truncation: kernel length cap (None or <= 0: no cap).
+        impl: "fft" (reference, any device), "triton" (fused GPU scan) or "auto" (triton when
+            the input is on a GPU, triton is installed and N is a power of two).
     Parameters: alpha, delta, beta, gamma (D', N) with D' = 2D if bidirectional
     else D; omega (D,).
     """
 
-    def __init__(self, embed_dim: int, ndim: int = 16, bidirectional: bool = False, truncation: Optional[int] = None):
+    def __init__(self, embed_dim: int, ndim: int = 16, bidirectional: bool = False,
+                 truncation: Optional[int] = None, impl: str = "auto"):
         super().__init__()
+        check_choice(impl, EMA_IMPLS, "--ema-impl")
         if embed_dim <= 0:
             raise MegaConfigError(f"EMA embed_dim must be positive, got {embed_dim}")
         if ndim <= 0:
@@ -114,6 +120,7 @@ class MultiDimensionalEMA(nn.Module):
         self.ndim = ndim
         self.bidirectional = bidirectional
         self.truncation = truncation if truncation is not None and truncation > 0 else None
+        self.impl = impl
         self.scale = math.sqrt(1.0 / ndim)
         kernel_dim = 2 * embed_dim if bidirectional else embed_dim
         self.alpha = nn.Parameter(torch.empty(kernel_dim, ndim))
@@ -146,6 +153,41 @@ class MultiDimensionalEMA(nn.Module):
         powers = ema_powers(q, kernel_size)
         return torch.einsum("dnl,dn->dl", p_beta.unsqueeze(-1) * powers, gamma)
 
+    def fused_unavailable(self, x: Tensor, state: Optional[Dict[str, Tensor]]) -> Optional[str]:
+        """Why the fused Triton scan cannot run on x (None when it can)."""
+        if not ema_triton.triton_available():
+            return "triton is not installed"
+        if not (x.is_cuda or ema_triton.interpreting()):
+            return "the input is not on a CUDA device"
+        if self.ndim & (self.ndim - 1):
+            return f"the EMA n-dim {self.ndim} is not a power of two"
+        if state is not None and torch.is_grad_enabled() and self.alpha.requires_grad:
+            return "a carried incremental state is not differentiable there"
+        return None
+
+    def use_fused(self, x: Tensor, state: Optional[Dict[str, Tensor]] = None) -> bool:
+        """Whether forward runs the fused scan (``impl``); a forced one that cannot run raises."""
+        if self.impl == "fft":
+            return False
+        reason = self.fused_unavailable(x, state)
+        if self.impl == "triton" and reason is not None:
+            raise MegaConfigError(f"--ema-impl triton cannot run: {reason}; use --ema-impl fft or auto")
+        return reason is None
+
+    def scan_terms(self, length: int) -> List[ema_triton.ScanTerm]:
+        """The recurrences whose sum is the EMA over ``length`` steps: one per direction, and with
+        a truncation K < length, minus the lags >= K (output weight gamma q^K, input shifted by K)."""
+        p_beta, q, gamma = self._step_parameters()
+        directions = [(slice(0, self.embed_dim), False)]
+        if self.bidirectional:
+            directions.append((slice(self.embed_dim, 2 * self.embed_dim), True))
+        terms = [ema_triton.ScanTerm(q[rows], p_beta[rows], gamma[rows], reverse) for rows, reverse in directions]
+        if self.truncation is not None and self.truncation < length:
+            cut = self.truncation
+            terms += [ema_triton.ScanTerm(q[rows], p_beta[rows], -gamma[rows] * q[rows] ** cut, reverse, shift=cut)
+                      for rows, reverse in directions]
+        return terms
+
     def forward(
         self,
         x: Tensor,
@@ -159,6 +201,8 @@ class MultiDimensionalEMA(nn.Module):
         if dim != self.embed_dim:
             raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
         residual = x * self.omega
+        if self.use_fused(x, state):
+            return F.silu(self._fused_forward(x, padding_mask, state).to(x.dtype) + residual)
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
             signal = signal.masked_fill(padding_mask.unsqueeze(1), 0.0)
@@ -182,6 +226,21 @@ class MultiDimensionalEMA(nn.Module):
                 y = fft_ema(signal, kernel)
         return F.silu(y.permute(2, 0, 1).to(x.dtype) + residual)
 
+    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        """The EMA (without residual and activation) by the fused scan; x (L, B, D) -> (L, B, D)."""
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+        if state is None:
+            return ema_triton.fused_ema(x, self.scan_terms(x.size(0)))
+        if self.bidirectional:
+            raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
+        p_beta, q, gamma = self._step_parameters()
+        if x.size(0) == 1:
+            y, state["ema_hidden"] = ema_step(x[0], p_beta, q, gamma, state.get("ema_hidden"))
+            return y.unsqueeze(0)
+        y, state["ema_hidden"] = ema_triton.fused_ema_with_state(x, q, p_beta, gamma, state.get("ema_hidden"))
+        return y
+
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, bidirectional={self.bidirectional}, "
-                f"truncation={self.truncation}")
+                f"truncation={self.truncation}, impl={self.impl}")

@@ -1,0 +1,406 @@
+"""Fused EMA scan in Triton (GPU), forward and backward; the FFT path in ``ema.py`` is the reference.
+
+One *term* of the EMA is the diagonal linear recurrence, per channel d and EMA dimension n,
+run in scan order (time ascending, or descending when ``reverse``)::
+
+    h[tau] = q * h[tau - 1] + a * x[tau - shift]        (x before the sequence start is 0)
+    y[tau] = sum_n b * h[tau]
+
+The causal EMA is one term (a = p * beta, b = gamma * sqrt(1/N)), the bidirectional EMA adds a
+reversed term with the second half of the parameters, and a truncated kernel subtracts the
+lags >= K: a term with b = -gamma * q^K and shift K.
+
+Three kernels per term give time parallelism (B x D/32 x L/TC programs):
+  1. ``_chunk_states_kernel``: each time chunk's final state from a zero start, unscaled (a = 1);
+  2. ``_chunk_prefix_kernel``: the incoming state of every chunk (a loop over chunks);
+  3. ``_chunk_outputs_kernel``: each chunk rescanned from its incoming state, writing y.
+The backward pass runs the adjoint recurrence (reversed scan of dy with a and b swapped) through
+the same kernels for dx, and ``_param_grads_kernel`` accumulates, per chunk, sum dy * w and
+sum dy * dw/dq (forward-mode derivative of the unscaled state w) for the parameter gradients.
+Every thread owns one channel and all N states (float32); inputs and outputs keep their dtype.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the FFT path is used
+    triton = None
+
+BLOCK_D = 32  # channels per program: one warp, one channel per thread
+GROUP = 8  # time steps whose loads are issued together
+TARGET_PROGRAMS = 8192  # enough warps to cover memory latency on an H100
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1, which runs the kernels on CPU tensors (slowly, for tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def chunk_length(length: int, channel_programs: int) -> int:
+    """Time chunk TC (a power of two, >= 64): about TARGET_PROGRAMS programs in all."""
+    wanted_chunks = max(1, TARGET_PROGRAMS // max(channel_programs, 1))
+    chunk = 64
+    while chunk * wanted_chunks < length:
+        chunk *= 2
+    return chunk
+
+
+if triton is not None:
+
+    @triton.jit
+    def _load_step(ptr, tau, shift, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr):
+        """x at scan position tau - shift (0 outside the sequence), float32 (BLOCK_D,)."""
+        idx = tau - shift
+        valid = (idx >= 0) & (idx < L)
+        if REVERSE:
+            idx = L - 1 - idx
+        return tl.load(ptr + idx.to(tl.int64) * stride_l + offsets, mask=d_mask & valid, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _store_step(ptr, tau, value, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr):
+        """Store (or add) value at scan position tau if it lies in the sequence."""
+        valid = (tau >= 0) & (tau < L)
+        idx = tau
+        if REVERSE:
+            idx = L - 1 - tau
+        pointers = ptr + idx.to(tl.int64) * stride_l + offsets
+        mask = d_mask & valid
+        if ACCUMULATE:
+            value += tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
+        tl.store(pointers, value.to(ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _state_step(w, v, x, q, tau, L, NEED_V: tl.constexpr):
+        """Unscaled state w <- q w + x and its q-derivative v <- q v + w; frozen past the end."""
+        valid = tau < L
+        q_step = tl.where(valid, q, 1.0)
+        if NEED_V:
+            v = q_step * v + tl.where(valid, w, 0.0)
+        w = q_step * w + x[None, :]
+        return w, v
+
+    @triton.jit
+    def _chunk_states_kernel(
+        x_ptr, q_ptr, w_local_ptr, v_local_ptr,
+        L, D, stride_l, stride_b, shift,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        REVERSE: tl.constexpr, NEED_V: tl.constexpr,
+    ):
+        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        num_chunks = tl.num_programs(2)
+        d = block * BLOCK + tl.arange(0, BLOCK)
+        n = tl.arange(0, N)
+        d_mask = d < D
+        tile = n[:, None] * D + d[None, :]
+        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
+        offsets = batch.to(tl.int64) * stride_b + d
+        w = tl.zeros((N, BLOCK), tl.float32)
+        v = tl.zeros((N, BLOCK), tl.float32)
+        start = chunk * TC
+        for offset in range(0, TC, GROUP_SIZE):
+            t0 = start + offset
+            x0 = _load_step(x_ptr, t0 + 0, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x1 = _load_step(x_ptr, t0 + 1, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x2 = _load_step(x_ptr, t0 + 2, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x3 = _load_step(x_ptr, t0 + 3, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x4 = _load_step(x_ptr, t0 + 4, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x5 = _load_step(x_ptr, t0 + 5, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x6 = _load_step(x_ptr, t0 + 6, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x7 = _load_step(x_ptr, t0 + 7, shift, L, stride_l, offsets, d_mask, REVERSE)
+            w, v = _state_step(w, v, x0, q, t0 + 0, L, NEED_V)
+            w, v = _state_step(w, v, x1, q, t0 + 1, L, NEED_V)
+            w, v = _state_step(w, v, x2, q, t0 + 2, L, NEED_V)
+            w, v = _state_step(w, v, x3, q, t0 + 3, L, NEED_V)
+            w, v = _state_step(w, v, x4, q, t0 + 4, L, NEED_V)
+            w, v = _state_step(w, v, x5, q, t0 + 5, L, NEED_V)
+            w, v = _state_step(w, v, x6, q, t0 + 6, L, NEED_V)
+            w, v = _state_step(w, v, x7, q, t0 + 7, L, NEED_V)
+        out = (batch * num_chunks + chunk).to(tl.int64) * N * D + tile
+        tl.store(w_local_ptr + out, w, mask=tile_mask)
+        if NEED_V:
+            tl.store(v_local_ptr + out, v, mask=tile_mask)
+
+    @triton.jit
+    def _chunk_prefix_kernel(
+        w_local_ptr, v_local_ptr, q_ptr, a_ptr, h0_ptr, h_in_ptr, w_in_ptr, v_in_ptr, h_final_ptr,
+        L, D,
+        NUM_CHUNKS: tl.constexpr, TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
+        NEED_V: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
+    ):
+        batch, block = tl.program_id(0), tl.program_id(1)
+        d = block * BLOCK + tl.arange(0, BLOCK)
+        n = tl.arange(0, N)
+        d_mask = d < D
+        tile = n[:, None] * D + d[None, :]
+        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
+        a = tl.load(a_ptr + tile, mask=tile_mask, other=0.0)
+        log_q = tl.log(q)
+        state_tile = batch.to(tl.int64) * D * N + d[None, :] * N + n[:, None]
+        h0 = tl.zeros((N, BLOCK), tl.float32)
+        if HAS_H0:
+            h0 = tl.load(h0_ptr + state_tile, mask=tile_mask, other=0.0)
+        w = tl.zeros((N, BLOCK), tl.float32)
+        v = tl.zeros((N, BLOCK), tl.float32)
+        for chunk in range(0, NUM_CHUNKS):
+            at = (batch * NUM_CHUNKS + chunk).to(tl.int64) * N * D + tile
+            start = chunk * TC
+            tl.store(h_in_ptr + at, a * w + tl.exp(start * log_q) * h0, mask=tile_mask)
+            if NEED_V:
+                tl.store(w_in_ptr + at, w, mask=tile_mask)
+                tl.store(v_in_ptr + at, v, mask=tile_mask)
+            steps = tl.minimum(TC, L - start).to(tl.float32)
+            decay = tl.exp(steps * log_q)
+            if NEED_V:
+                v = decay * v + steps * tl.exp((steps - 1.0) * log_q) * w + tl.load(v_local_ptr + at, mask=tile_mask)
+            w = decay * w + tl.load(w_local_ptr + at, mask=tile_mask)
+        if STORE_FINAL:
+            tl.store(h_final_ptr + state_tile, a * w + tl.exp(L * log_q) * h0, mask=tile_mask)
+
+    @triton.jit
+    def _output_step(h, x, q, a, b, y_ptr, tau, out_shift, L, stride_l, offsets, d_mask,
+                     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr):
+        h = q * h + a * x[None, :]
+        _store_step(y_ptr, tau + out_shift, tl.sum(b * h, axis=0), L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+        return h
+
+    @triton.jit
+    def _chunk_outputs_kernel(
+        x_ptr, y_ptr, q_ptr, a_ptr, b_ptr, h_in_ptr,
+        L, D, stride_l, stride_b, in_shift, out_shift,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr,
+    ):
+        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        num_chunks = tl.num_programs(2)
+        d = block * BLOCK + tl.arange(0, BLOCK)
+        n = tl.arange(0, N)
+        d_mask = d < D
+        tile = n[:, None] * D + d[None, :]
+        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
+        a = tl.load(a_ptr + tile, mask=tile_mask, other=0.0)
+        b = tl.load(b_ptr + tile, mask=tile_mask, other=0.0)
+        h = tl.load(h_in_ptr + (batch * num_chunks + chunk).to(tl.int64) * N * D + tile, mask=tile_mask, other=0.0)
+        offsets = batch.to(tl.int64) * stride_b + d
+        start = chunk * TC
+        for offset in range(0, TC, GROUP_SIZE):
+            t0 = start + offset
+            x0 = _load_step(x_ptr, t0 + 0, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x1 = _load_step(x_ptr, t0 + 1, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x2 = _load_step(x_ptr, t0 + 2, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x3 = _load_step(x_ptr, t0 + 3, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x4 = _load_step(x_ptr, t0 + 4, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x5 = _load_step(x_ptr, t0 + 5, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x6 = _load_step(x_ptr, t0 + 6, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x7 = _load_step(x_ptr, t0 + 7, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            h = _output_step(h, x0, q, a, b, y_ptr, t0 + 0, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x1, q, a, b, y_ptr, t0 + 1, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x2, q, a, b, y_ptr, t0 + 2, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x3, q, a, b, y_ptr, t0 + 3, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x4, q, a, b, y_ptr, t0 + 4, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x5, q, a, b, y_ptr, t0 + 5, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x6, q, a, b, y_ptr, t0 + 6, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+            h = _output_step(h, x7, q, a, b, y_ptr, t0 + 7, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
+
+    @triton.jit
+    def _grad_step(w, v, sum_w, sum_v, x, g, q):
+        v = q * v + w
+        w = q * w + x[None, :]
+        return w, v, sum_w + g[None, :] * w, sum_v + g[None, :] * v
+
+    @triton.jit
+    def _param_grads_kernel(
+        x_ptr, g_ptr, q_ptr, w_in_ptr, v_in_ptr, sum_w_ptr, sum_v_ptr,
+        L, D, x_stride_l, x_stride_b, g_stride_l, g_stride_b, shift,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        REVERSE: tl.constexpr,
+    ):
+        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        num_chunks = tl.num_programs(2)
+        d = block * BLOCK + tl.arange(0, BLOCK)
+        n = tl.arange(0, N)
+        d_mask = d < D
+        tile = n[:, None] * D + d[None, :]
+        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
+        at = (batch * num_chunks + chunk).to(tl.int64) * N * D + tile
+        w = tl.load(w_in_ptr + at, mask=tile_mask, other=0.0)
+        v = tl.load(v_in_ptr + at, mask=tile_mask, other=0.0)
+        sum_w = tl.zeros((N, BLOCK), tl.float32)
+        sum_v = tl.zeros((N, BLOCK), tl.float32)
+        x_offsets = batch.to(tl.int64) * x_stride_b + d
+        g_offsets = batch.to(tl.int64) * g_stride_b + d
+        start = chunk * TC
+        for offset in range(0, TC, GROUP_SIZE):
+            t0 = start + offset
+            x0 = _load_step(x_ptr, t0 + 0, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x1 = _load_step(x_ptr, t0 + 1, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x2 = _load_step(x_ptr, t0 + 2, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x3 = _load_step(x_ptr, t0 + 3, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            g0 = _load_step(g_ptr, t0 + 0, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g1 = _load_step(g_ptr, t0 + 1, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g2 = _load_step(g_ptr, t0 + 2, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g3 = _load_step(g_ptr, t0 + 3, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            x4 = _load_step(x_ptr, t0 + 4, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x5 = _load_step(x_ptr, t0 + 5, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x6 = _load_step(x_ptr, t0 + 6, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            x7 = _load_step(x_ptr, t0 + 7, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            g4 = _load_step(g_ptr, t0 + 4, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g5 = _load_step(g_ptr, t0 + 5, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g6 = _load_step(g_ptr, t0 + 6, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            g7 = _load_step(g_ptr, t0 + 7, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x0, g0, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x1, g1, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x2, g2, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x3, g3, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x4, g4, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x5, g5, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x6, g6, q)
+            w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x7, g7, q)
+        tl.store(sum_w_ptr + at, sum_w, mask=tile_mask)
+        tl.store(sum_v_ptr + at, sum_v, mask=tile_mask)
+
+
+class ScanTerm:
+    """Parameters of one term, each (D, N) float32, and its direction and input shift."""
+
+    def __init__(self, q: Tensor, a: Tensor, b: Tensor, reverse: bool = False, shift: int = 0):
+        self.q, self.a, self.b, self.reverse, self.shift = q, a, b, reverse, shift
+
+
+def _grid(x: Tensor, chunk: int) -> Tuple[int, int, int]:
+    length, batch, dim = x.shape
+    return batch, triton.cdiv(dim, BLOCK_D), triton.cdiv(length, chunk)
+
+
+def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: bool, in_shift: int,
+          out_shift: int, accumulate: bool, need_states: bool, h0: Optional[Tensor] = None,
+          h_final: Optional[Tensor] = None) -> Tuple[Optional[Tensor], Optional[Tensor], int]:
+    """y (+)= term(x), all (L, B, D) with unit channel stride; q, a, b (N, D) float32.
+    Returns the unscaled incoming state of every chunk and its q-derivative, (B*nC, N, D) each
+    (when need_states), and the chunk length."""
+    length, batch, dim = x.shape
+    n_dim = q.size(0)
+    chunk = chunk_length(length, batch * triton.cdiv(dim, BLOCK_D))
+    grid = _grid(x, chunk)
+    num_chunks = grid[2]
+    buffer = dict(device=x.device, dtype=torch.float32)
+    w_local = torch.empty(batch * num_chunks, n_dim, dim, **buffer)
+    v_local = torch.empty_like(w_local) if need_states else w_local
+    _chunk_states_kernel[grid](
+        x, q, w_local, v_local, length, dim, x.stride(0), x.stride(1), in_shift,
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, NEED_V=need_states, num_warps=1)
+    h_in = torch.empty_like(w_local)
+    w_in = torch.empty_like(w_local) if need_states else None
+    v_in = torch.empty_like(w_local) if need_states else None
+    _chunk_prefix_kernel[grid[:2]](
+        w_local, v_local, q, a, h0 if h0 is not None else h_in, h_in,
+        w_in if need_states else h_in, v_in if need_states else h_in,
+        h_final if h_final is not None else h_in, length, dim,
+        NUM_CHUNKS=num_chunks, TC=chunk, N=n_dim, BLOCK=BLOCK_D, NEED_V=need_states, HAS_H0=h0 is not None,
+        STORE_FINAL=h_final is not None, num_warps=1)
+    _chunk_outputs_kernel[grid](
+        x, y, q, a, b, h_in, length, dim, x.stride(0), x.stride(1), in_shift, out_shift,
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, ACCUMULATE=accumulate, num_warps=1)
+    return w_in, v_in, chunk
+
+
+def _param_sums(x: Tensor, g: Tensor, q: Tensor, w_in: Tensor, v_in: Tensor, *, reverse: bool, shift: int,
+                chunk: int) -> Tuple[Tensor, Tensor]:
+    """sum over batch and time of g * w and g * dw/dq, each (N, D) float32."""
+    length, batch, dim = x.shape
+    grid = _grid(x, chunk)
+    sum_w = torch.empty_like(w_in)
+    sum_v = torch.empty_like(w_in)
+    _param_grads_kernel[grid](
+        x, g, q, w_in, v_in, sum_w, sum_v, length, dim, x.stride(0), x.stride(1), g.stride(0), g.stride(1),
+        shift, TC=chunk, N=q.size(0), BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, num_warps=1)
+    return sum_w.sum(0), sum_v.sum(0)
+
+
+class _FusedEMAScan(torch.autograd.Function):
+    """y = sum over terms of term(x); x (L, B, D); params flat (q, a, b) per term, (D, N) float32."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, directions: Tuple[Tuple[bool, int], ...], *params: Tensor) -> Tensor:
+        y = torch.empty_like(x)
+        need_states = any(ctx.needs_input_grad[2:])
+        transposed = [p.detach().t().contiguous() for p in params]
+        saved = []
+        for index, (reverse, shift) in enumerate(directions):
+            q, a, b = transposed[3 * index: 3 * index + 3]
+            w_in, v_in, chunk = _scan(x, y, q, a, b, reverse=reverse, in_shift=shift, out_shift=0,
+                                      accumulate=index > 0, need_states=need_states)
+            saved += [w_in, v_in] if need_states else []
+            ctx.chunk = chunk
+        ctx.directions = directions
+        ctx.need_states = need_states
+        ctx.save_for_backward(x, *transposed, *saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, *rest = ctx.saved_tensors
+        num_terms = len(ctx.directions)
+        transposed, saved = rest[: 3 * num_terms], rest[3 * num_terms:]
+        grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        param_grads: List[Optional[Tensor]] = []
+        for index, (reverse, shift) in enumerate(ctx.directions):
+            q, a, b = transposed[3 * index: 3 * index + 3]
+            if grad_x is not None:
+                _scan(grad_y, grad_x, q, b, a, reverse=not reverse, in_shift=0, out_shift=shift,
+                      accumulate=index > 0, need_states=False)
+            if ctx.need_states:
+                w_in, v_in = saved[2 * index: 2 * index + 2]
+                sum_w, sum_v = _param_sums(x, grad_y, q, w_in, v_in, reverse=reverse, shift=shift, chunk=ctx.chunk)
+                param_grads += [(a * b * sum_v).t(), (b * sum_w).t(), (a * sum_w).t()]
+            else:
+                param_grads += [None, None, None]
+        return (grad_x, None, *param_grads)
+
+
+def _check_inputs(x: Tensor, params: Sequence[Tensor]) -> None:
+    if triton is None:
+        raise RuntimeError("the fused EMA needs triton (--ema-impl triton); use --ema-impl fft")
+    if not x.is_cuda and not interpreting():
+        raise RuntimeError("the fused EMA runs on CUDA tensors only (--ema-impl triton); use --ema-impl fft on a CPU")
+    n_dim = params[0].size(-1)
+    if n_dim & (n_dim - 1):
+        raise ValueError(f"the fused EMA needs a power-of-two n-dim (EMA order), got {n_dim}; use --ema-impl fft")
+
+
+def fused_ema(x: Tensor, terms: Sequence[ScanTerm]) -> Tensor:
+    """Sum of EMA terms over x (L, B, D), differentiable in x and every term's q, a, b (D, N)."""
+    params = [p for term in terms for p in (term.q, term.a, term.b)]
+    _check_inputs(x, params)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    directions = tuple((term.reverse, term.shift) for term in terms)
+    return _FusedEMAScan.apply(x, directions, *[p.float() for p in params])
+
+
+@torch.no_grad()
+def fused_ema_with_state(x: Tensor, q: Tensor, a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Causal EMA from a carried state, no gradients. x (L, B, D); q, a, b (D, N); h0 (B, D, N)
+    scaled hidden state or None. Returns y (L, B, D) float32 and the final state (B, D, N)."""
+    _check_inputs(x, [q])
+    length, batch, dim = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    h_final = torch.empty(batch, dim, q.size(-1), device=x.device, dtype=torch.float32)
+    q_t, a_t, b_t = (p.float().t().contiguous() for p in (q, a, b))
+    h0 = None if h0 is None else h0.float().contiguous()
+    _scan(x, y, q_t, a_t, b_t, reverse=False, in_shift=0, out_shift=0, accumulate=False, need_states=False,
+          h0=h0, h_final=h_final)
+    return y, h_final

@@ -1,0 +1,88 @@
+"""Runs the fused EMA kernels through Triton's interpreter on the CPU (TRITON_INTERPRET=1 must be
+set before triton is imported, hence a separate process; see test_ema_fused.py).
+
+    TRITON_INTERPRET=1 python tests/ema_interpreted.py
+
+Prints one JSON line: case name -> largest error of the output, of dx and of the parameter
+gradients against the float64 loop reference, and of the carried state."""
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mega_fairseq.modules import MultiDimensionalEMA  # noqa: E402
+from reference import ema_module_reference, f64, randn, random_padding_mask, randomize_parameters_  # noqa: E402
+
+PARAMETERS = ("alpha", "delta", "beta", "gamma", "omega")
+
+CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, padded)
+    "causal": (70, 2, 5, 4, False, None, False),
+    "causal_truncated_padded": (133, 2, 3, 8, False, 9, True),
+    "bidirectional_padded": (67, 3, 6, 4, True, None, True),
+    "bidirectional_truncated": (70, 1, 33, 2, True, 64, False),
+}
+
+
+def largest_error(actual, expected) -> float:
+    return float((f64(actual) - f64(expected)).abs().max() / f64(expected).abs().max().clamp(min=1.0))
+
+
+def lag_sum_reference(x, alpha, delta, beta, gamma, omega, bidirectional, truncation, padding_mask):
+    """Differentiable float64 EMA layer as a direct sum over lags: y[t] = sum_j k[j] x[t - j]
+    (+ sum_m k'[m] x[t + m] backward), k[j] = sqrt(1/N) sum_n gamma p beta q^j, j < K."""
+    length, _, dim = x.shape
+    signal = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+    p = torch.sigmoid(delta)
+    q = 1.0 - p * torch.sigmoid(alpha)
+    lags = min(truncation or length, length)
+    powers = q.unsqueeze(-1) ** torch.arange(lags, dtype=q.dtype)
+    kernel = math.sqrt(1.0 / q.size(1)) * (gamma * p * beta).unsqueeze(-1).mul(powers).sum(1)  # (D', K)
+    y = torch.zeros_like(x)
+    for lag in range(lags):
+        y = y + kernel[:dim, lag] * F.pad(signal, (0, 0, 0, 0, lag, 0))[:length]
+        if bidirectional:
+            y = y + kernel[dim:, lag] * F.pad(signal, (0, 0, 0, 0, 0, lag))[lag:]
+    return F.silu(y + omega * x)
+
+
+def check(length, batch, dim, ndim, bidirectional, truncation, padded, seed=0):
+    """Output and gradients (x and every parameter) of the fused EMA layer in float32."""
+    ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, bidirectional, truncation, impl="triton"), seed)
+    x = randn(length, batch, dim, seed=seed + 1).float().requires_grad_()
+    mask = random_padding_mask(batch, length, seed=seed + 2) if padded else None
+    weight = randn(length, batch, dim, seed=seed + 3)
+    y = ema(x, mask)
+    (y.double() * weight).sum().backward()
+    x64 = f64(x).requires_grad_()
+    params64 = [f64(getattr(ema, name)).requires_grad_() for name in PARAMETERS]
+    expected = lag_sum_reference(x64, *params64, bidirectional, truncation, mask)
+    (expected * weight).sum().backward()
+    errors = {"y": largest_error(y, expected), "dx": largest_error(x.grad, x64.grad)}
+    for name, param64 in zip(PARAMETERS, params64):
+        errors["d" + name] = largest_error(getattr(ema, name).grad, param64.grad)
+    return errors
+
+
+def check_state(length=150, split=70, batch=2, dim=5, ndim=4, seed=5):
+    """Two calls with a carried state equal one pass (and the loop reference's last state)."""
+    ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, impl="triton"), seed)
+    x = randn(length, batch, dim, seed=seed + 1).float()
+    state = {}
+    with torch.no_grad():
+        parts = [ema(x[:split], state=state), ema(x[split:], state=state)]
+    expected, hidden = ema_module_reference(ema, x)
+    return {"y": largest_error(torch.cat(parts), expected), "hidden": largest_error(state["ema_hidden"], hidden)}
+
+
+def main():
+    results = {name: check(*case) for name, case in CASES.items()}
+    results["carried_state"] = check_state()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
