@@ -287,7 +287,7 @@ def _grid(x: Tensor, chunk: int) -> Tuple[int, int, int]:
 def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: bool, in_shift: int,
           out_shift: int, accumulate: bool, need_states: bool, h0: Optional[Tensor] = None,
           h_final: Optional[Tensor] = None) -> Tuple[Optional[Tensor], Optional[Tensor], int]:
-    """y (+)= term(x), all (L, B, D) with unit channel stride; q, a, b (N, D) float32.
+    """y (+)= term(x), both (L, B, D) contiguous; q, a, b (N, D) float32.
     Returns the unscaled incoming state of every chunk and its q-derivative, (B*nC, N, D) each
     (when need_states), and the chunk length."""
     length, batch, dim = x.shape
@@ -354,8 +354,8 @@ class _FusedEMAScan(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         num_terms = len(ctx.directions)
         transposed, saved = rest[: 3 * num_terms], rest[3 * num_terms:]
-        grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_y = grad_y.contiguous()
+        grad_x = torch.empty_like(grad_y) if ctx.needs_input_grad[0] else None
         param_grads: List[Optional[Tensor]] = []
         for index, (reverse, shift) in enumerate(ctx.directions):
             q, a, b = transposed[3 * index: 3 * index + 3]
@@ -385,7 +385,7 @@ def fused_ema(x: Tensor, terms: Sequence[ScanTerm]) -> Tensor:
     """Sum of EMA terms over x (L, B, D), differentiable in x and every term's q, a, b (D, N)."""
     params = [p for term in terms for p in (term.q, term.a, term.b)]
     _check_inputs(x, params)
-    x = x if x.stride(-1) == 1 else x.contiguous()
+    x = x.contiguous()
     directions = tuple((term.reverse, term.shift) for term in terms)
     return _FusedEMAScan.apply(x, directions, *[p.float() for p in params])
 
@@ -396,7 +396,7 @@ def fused_ema_with_state(x: Tensor, q: Tensor, a: Tensor, b: Tensor, h0: Optiona
     scaled hidden state or None. Returns y (L, B, D) float32 and the final state (B, D, N)."""
     _check_inputs(x, [q])
     length, batch, dim = x.shape
-    x = x if x.stride(-1) == 1 else x.contiguous()
+    x = x.contiguous()
     y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
     h_final = torch.empty(batch, dim, q.size(-1), device=x.device, dtype=torch.float32)
     q_t, a_t, b_t = (p.float().t().contiguous() for p in (q, a, b))
