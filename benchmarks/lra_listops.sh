@@ -14,6 +14,8 @@
 #   MEGA_ARGS TRANSFORMER_ARGS  extra flags for one run; the Transformer's default
 #                               "--batch-size 32 --update-freq 2" keeps the recipe's 64 examples per
 #                               update with half the attention memory
+#   GEN_JOBS                    processes generating the data (default 1)
+#   PARALLEL                    1: train both models at the same time (one GPU has room for both)
 #   PYTHON                      (default python3)
 # Writes OUT_DIR/{listops-raw,data} and OUT_DIR/{mega,transformer}/{checkpoints,train.log}, and
 # OUT_DIR/summary.json.
@@ -34,11 +36,12 @@ if [ ! -f "$out/data/label-bin/dict.txt" ]; then
     "$python" "$repo/scripts/generate_listops.py" --out-dir "$out/listops-raw" --seed 1 \
         --train "${TRAIN:-96000}" --valid "${VALID:-2000}" --test "${TEST:-2000}" \
         --min-length "${MIN_LENGTH:-500}" --max-length "${MAX_LENGTH:-2000}" \
-        --max-depth "${DEPTH:-10}" --max-args "${ARGS:-10}"
+        --max-depth "${DEPTH:-10}" --max-args "${ARGS:-10}" --jobs "${GEN_JOBS:-1}"
     "$python" "$repo/scripts/prepare-lra.py" listops --input "$out/listops-raw" --out "$out/data"
 fi
 
-for model in mega transformer; do
+train_one() {
+    local model=$1 arch extra start
     case $model in
         mega) arch=mega_lra_listop extra=${MEGA_ARGS:-} ;;
         transformer) arch=transformer_lra_listop extra=$transformer_args ;;
@@ -49,9 +52,18 @@ for model in mega transformer; do
     ARCH=$arch DATA="$out/data" SAVE="$out/$model/checkpoints" PYTHON="$python" SEED=1 \
         bash "$repo/examples/lra/listops.sh" --max-update "$max_update" --total-num-update "$max_update" \
         --warmup-updates "$warmup" --no-epoch-checkpoints "${fp16[@]}" ${COMMON_ARGS:-} $extra \
-        > "$out/$model/train.log" 2>&1 || { tail -30 "$out/$model/train.log" >&2; exit 1; }
+        > "$out/$model/train.log" 2>&1 || { tail -30 "$out/$model/train.log" >&2; return 1; }
     echo "$(( $(date +%s) - start ))" > "$out/$model/seconds"
-done
+}
+
+if [ "${PARALLEL:-0}" = 1 ]; then
+    train_one mega & mega_pid=$!
+    train_one transformer & transformer_pid=$!
+    wait "$mega_pid" && wait "$transformer_pid"
+else
+    train_one mega
+    train_one transformer
+fi
 
 "$python" - "$out" "$max_update" <<'EOF'
 import json, re, sys

@@ -10,12 +10,14 @@ scripts/prepare-lra.py listops reads. Standard library only.
 import argparse
 import importlib.util
 import os
+import sys
 import time
 
 # load the generator by path: importing the mega_fairseq package would import torch and fairseq
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mega_fairseq", "data", "listops.py")
 _SPEC = importlib.util.spec_from_file_location("listops", _PATH)
 listops = importlib.util.module_from_spec(_SPEC)
+sys.modules["listops"] = listops  # worker processes find the generator under this name
 _SPEC.loader.exec_module(listops)
 
 
@@ -30,6 +32,8 @@ def main(argv=None):
     parser.add_argument("--min-length", type=int, default=500, help="tokens > this (LRA: 500)")
     parser.add_argument("--max-length", type=int, default=2000, help="tokens < this (LRA: 2000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="generating processes (the examples depend on it; LRA's 98000 take ~4 min with 1)")
     args = parser.parse_args(argv)
     for name in ("train", "valid", "test"):
         if getattr(args, name) < 0:
@@ -37,7 +41,7 @@ def main(argv=None):
     start = time.time()
     try:
         paths = listops.write_splits(args.out_dir, {"train": args.train, "valid": args.valid, "test": args.test},
-                             seed=args.seed, max_depth=args.max_depth, max_args=args.max_args,
+                             seed=args.seed, jobs=args.jobs, max_depth=args.max_depth, max_args=args.max_args,
                              min_length=args.min_length, max_length=args.max_length)
     except ValueError as error:
         parser.error(str(error))

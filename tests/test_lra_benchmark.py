@@ -16,7 +16,8 @@ TINY = ("--encoder-layers 1 --encoder-embed-dim 16 --encoder-hidden-dim 16 --enc
 @pytest.mark.slow
 def test_listops_benchmark_script(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, TRAIN="32", VALID="8", TEST="8", MIN_LENGTH="8", MAX_LENGTH="40",
-               DEPTH="4", ARGS="4", COMMON_ARGS=TINY, TRANSFORMER_ARGS="--update-freq 1", FP16="0")
+               DEPTH="4", ARGS="4", COMMON_ARGS=TINY, TRANSFORMER_ARGS="--update-freq 1", FP16="0",
+               GEN_JOBS="2", PARALLEL="1")
     result = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "lra_listops.sh"), str(tmp_path), "3"],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -83,10 +83,14 @@ def test_lra_string_format():
     assert listops.evaluate(("[SM", [9, 8, ("[MAX", [3, 7])])) == 4
 
 
-def test_same_seed_same_data_and_no_example_twice_across_splits(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_same_seed_same_data_and_no_example_twice_across_splits(tmp_path, jobs):
+    """Also with several generating processes (short trees, so duplicates across workers occur)."""
     limits = dict(max_depth=5, max_args=4, min_length=10, max_length=60)
-    first = listops.write_splits(str(tmp_path / "a"), {"train": 50, "valid": 10, "test": 10}, seed=7, **limits)
-    second = listops.write_splits(str(tmp_path / "b"), {"train": 50, "valid": 10, "test": 10}, seed=7, **limits)
+    first = listops.write_splits(str(tmp_path / "a"), {"train": 50, "valid": 10, "test": 10}, seed=7, jobs=jobs,
+                                 **limits)
+    second = listops.write_splits(str(tmp_path / "b"), {"train": 50, "valid": 10, "test": 10}, seed=7, jobs=jobs,
+                                  **limits)
     sources = []
     for split in ("train", "valid", "test"):
         assert open(first[split]).read() == open(second[split]).read()

@@ -18,6 +18,8 @@ generated files and LRA's released ones go through the same preparation.
 Needs the standard library only.
 """
 import csv
+import itertools
+import multiprocessing
 import os
 import random
 from typing import Dict, Iterator, List, Sequence, Tuple, Union
@@ -132,12 +134,36 @@ def generate_examples(count: int, seed: int, max_depth: int = 10, max_args: int 
             yield source, evaluate(tree)
 
 
-def write_splits(out_dir: str, sizes: Dict[str, int], seed: int = 1, **limits) -> Dict[str, str]:
+def _generate_share(share: Tuple[int, int, Dict[str, int]]) -> List[Tuple[str, int]]:
+    count, seed, limits = share
+    return list(generate_examples(count, seed, **limits))
+
+
+def generate_in_parallel(count: int, seed: int, jobs: int, **limits) -> Iterator[Tuple[str, int]]:
+    """``count`` distinct examples from ``jobs`` processes, worker i seeded with (seed, i); the
+    examples depend on ``jobs``. Duplicates across workers are dropped and topped up."""
+    if jobs <= 1:
+        yield from generate_examples(count, seed, **limits)
+        return
+    shares = [(count // jobs + (i < count % jobs), seed * 1_000_003 + i, limits) for i in range(jobs)]
+    with multiprocessing.Pool(jobs) as pool:
+        parts = pool.map(_generate_share, shares)
+    seen = set()
+    for source, label in itertools.chain(*parts, generate_examples(count, seed * 1_000_003 + jobs, **limits)):
+        if len(seen) == count:
+            return
+        if source not in seen:
+            seen.add(source)
+            yield source, label
+
+
+def write_splits(out_dir: str, sizes: Dict[str, int], seed: int = 1, jobs: int = 1, **limits) -> Dict[str, str]:
     """Write LRA-style ListOps TSV files (``basic_train.tsv``, ``basic_val.tsv``, ``basic_test.tsv``)
     with the given numbers of examples; no example appears twice across splits.
-    ``limits``: max_depth, max_args, min_length, max_length. Returns the paths by split."""
+    ``jobs``: generating processes; ``limits``: max_depth, max_args, min_length, max_length.
+    Returns the paths by split."""
     os.makedirs(out_dir, exist_ok=True)
-    examples = generate_examples(sum(sizes.values()), seed, **limits)
+    examples = generate_in_parallel(sum(sizes.values()), seed, jobs, **limits)
     paths = {}
     for split, size in sizes.items():
         paths[split] = os.path.join(out_dir, LRA_FILE_NAMES[split])
