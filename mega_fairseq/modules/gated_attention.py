@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import chunk_attention
+from .attention import chunk_attention, select_attention_impl
 from .config import get_activation, MegaLayerConfig
 from .dropout import Dropout
 from .ema import MultiDimensionalEMA
@@ -50,6 +50,9 @@ class MovingAverageGatedAttention(nn.Module):
         self.embed_dim, self.hidden_dim, self.z_dim = cfg.embed_dim, cfg.hidden_dim, cfg.z_dim
         self.chunk_size = cfg.chunk_size
         self.attention_fn = cfg.attention_fn
+        # a bad --attention-impl raises when the layer is built, not at its first forward
+        select_attention_impl(cfg.attention_impl, cfg.attention_fn, torch.device("cpu"), cfg.hidden_dim)
+        self.attention_impl = cfg.attention_impl
         self.causal = causal
         self.prenorm = cfg.prenorm
         self.activation = get_activation(cfg.activation)
@@ -107,7 +110,7 @@ class MovingAverageGatedAttention(nn.Module):
             q, k, self.hidden_dropout(v, batch_first=True),
             chunk_size=self.chunk_size, attention_fn=self.attention_fn, position_bias=self.rel_pos_bias,
             causal=self.causal, key_padding_mask=key_padding_mask, weight_dropout=self.attention_dropout,
-            return_weights=need_weights,
+            return_weights=need_weights, impl=self.attention_impl,
         )
         h = self.activation(hx + self.h_proj(out.transpose(0, 1) * r))
         out = torch.addcmul(residual, u, self.dropout(h) - residual)
@@ -135,5 +138,6 @@ class MovingAverageGatedAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, z_dim={self.z_dim}, hidden_dim={self.hidden_dim}, "
-                f"chunk_size={self.chunk_size}, attention_fn={self.attention_fn}, causal={self.causal}, "
+                f"chunk_size={self.chunk_size}, attention_fn={self.attention_fn}, "
+                f"attention_impl={self.attention_impl}, causal={self.causal}, "
                 f"prenorm={self.prenorm}")
