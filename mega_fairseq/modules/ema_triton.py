@@ -31,7 +31,7 @@ try:
 except ImportError:  # CPU-only installs: the FFT path is used
     triton = None
 
-BLOCK_D = 32  # channels per program: one warp, one channel per thread
+BLOCK_D = 32  # channels per program: one channel per thread, BLOCK_D / 32 warps
 GROUP = 8  # time steps whose loads are issued together
 TARGET_PROGRAMS = 8192  # enough warps to cover memory latency on an H100
 
@@ -46,8 +46,8 @@ def interpreting() -> bool:
 
 
 def chunk_length(length: int, channel_programs: int) -> int:
-    """Time chunk TC (a power of two, >= 64): about TARGET_PROGRAMS programs in all."""
-    wanted_chunks = max(1, TARGET_PROGRAMS // max(channel_programs, 1))
+    """Time chunk TC (a power of two, >= 64): about TARGET_PROGRAMS warps in all."""
+    wanted_chunks = max(1, TARGET_PROGRAMS * 32 // BLOCK_D // max(channel_programs, 1))
     chunk = 64
     while chunk * wanted_chunks < length:
         chunk *= 2
@@ -58,12 +58,13 @@ if triton is not None:
 
     @triton.jit
     def _load_step(ptr, tau, shift, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr):
-        """x at scan position tau - shift (0 outside the sequence), float32 (BLOCK_D,)."""
+        """x at scan position tau - shift (0 outside the sequence), (BLOCK_D,) in x's dtype: converted
+    only where used, so that a group's loads are all issued before the first one is waited for."""
         idx = tau - shift
         valid = (idx >= 0) & (idx < L)
         if REVERSE:
             idx = L - 1 - idx
-        return tl.load(ptr + idx.to(tl.int64) * stride_l + offsets, mask=d_mask & valid, other=0.0).to(tl.float32)
+        return tl.load(ptr + idx.to(tl.int64) * stride_l + offsets, mask=d_mask & valid, other=0.0)
 
     @triton.jit
     def _store_step(ptr, tau, value, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr):
@@ -300,7 +301,7 @@ def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: boo
     v_local = torch.empty_like(w_local) if need_states else w_local
     _chunk_states_kernel[grid](
         x, q, w_local, v_local, length, dim, x.stride(0), x.stride(1), in_shift,
-        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, NEED_V=need_states, num_warps=1)
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, NEED_V=need_states, num_warps=BLOCK_D // 32)
     h_in = torch.empty_like(w_local)
     w_in = torch.empty_like(w_local) if need_states else None
     v_in = torch.empty_like(w_local) if need_states else None
@@ -309,10 +310,10 @@ def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: boo
         w_in if need_states else h_in, v_in if need_states else h_in,
         h_final if h_final is not None else h_in, length, dim,
         NUM_CHUNKS=num_chunks, TC=chunk, N=n_dim, BLOCK=BLOCK_D, NEED_V=need_states, HAS_H0=h0 is not None,
-        STORE_FINAL=h_final is not None, num_warps=1)
+        STORE_FINAL=h_final is not None, num_warps=BLOCK_D // 32)
     _chunk_outputs_kernel[grid](
         x, y, q, a, b, h_in, length, dim, x.stride(0), x.stride(1), in_shift, out_shift,
-        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, ACCUMULATE=accumulate, num_warps=1)
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, ACCUMULATE=accumulate, num_warps=BLOCK_D // 32)
     return w_in, v_in, chunk
 
 
@@ -325,7 +326,7 @@ def _param_sums(x: Tensor, g: Tensor, q: Tensor, w_in: Tensor, v_in: Tensor, *, 
     sum_v = torch.empty_like(w_in)
     _param_grads_kernel[grid](
         x, g, q, w_in, v_in, sum_w, sum_v, length, dim, x.stride(0), x.stride(1), g.stride(0), g.stride(1),
-        shift, TC=chunk, N=q.size(0), BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, num_warps=1)
+        shift, TC=chunk, N=q.size(0), BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, num_warps=BLOCK_D // 32)
     return sum_w.sum(0), sum_v.sum(0)
 
 
