@@ -58,7 +58,7 @@ class MovingAverageGatedAttention(nn.Module):
         self.activation = get_activation(cfg.activation)
 
         self.norm = SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=cfg.norm_affine)
-        self.move = MultiDimensionalEMA(cfg.embed_dim, cfg.n_dim, bidirectional, cfg.truncation)
+        self.move = MultiDimensionalEMA(cfg.embed_dim, cfg.n_dim, bidirectional, cfg.truncation, cfg.ema_impl)
         self.v_proj = init_linear(cfg.embed_dim, cfg.hidden_dim)
         self.mx_proj = init_linear(cfg.embed_dim, 2 * cfg.embed_dim + cfg.z_dim + cfg.hidden_dim)
         self.h_proj = init_linear(cfg.hidden_dim, cfg.embed_dim)
