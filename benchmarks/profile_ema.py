@@ -1,10 +1,10 @@
 """Where the fused EMA's time goes, and how the launch shape changes it (GPU).
 
-    python benchmarks/profile_ema.py [--length 16384] [--batch 8] [--dim 1024]
+    python benchmarks/profile_ema.py [--length 16384] [--batch 8] [--dim 1024] [--sweep]
 
 1. torch.profiler: CUDA time per kernel of one causal EMA layer forward+backward (bf16 input);
-2. forward+backward time of the fused scan alone for channels per program (BLOCK_D) x total
-   warps (TARGET_PROGRAMS), against the FFT path."""
+2. forward+backward time of the layer, FFT path and fused, the fused one for channels per program
+   (BLOCK_D) x total warps (TARGET_PROGRAMS)."""
 import argparse
 import time
 
@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--sweep", action="store_true", help="also sweep the launch shape")
     args = parser.parse_args()
     x = torch.randn(args.length, args.batch, args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     layers = {impl: MultiDimensionalEMA(args.dim, 16, impl=impl).cuda() for impl in ("fft", "triton")}
@@ -41,14 +42,13 @@ def main():
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
-    terms = layers["triton"].scan_terms(args.length)
-    scan = lambda: ema_triton.fused_ema(x, terms).float().sum().backward(retain_graph=True)  # noqa: E731
     print(f"L {args.length} B {args.batch} D {args.dim}: layer fft {timed_ms(lambda: layer_step('fft')):.2f} ms, "
           f"layer triton {timed_ms(lambda: layer_step('triton')):.2f} ms")
-    for block in (32, 64, 128):
+    for block in (32, 64, 128) if args.sweep else ():
         for programs in (2048, 8192, 32768):
             ema_triton.BLOCK_D, ema_triton.TARGET_PROGRAMS = block, programs
-            print(f"BLOCK_D {block:4d} warps {programs:6d}: scan fwd+bwd {timed_ms(scan):7.2f} ms")
+            print(f"BLOCK_D {block:4d} warps {programs:6d}: fused layer fwd+bwd "
+                  f"{timed_ms(lambda: layer_step('triton')):7.2f} ms")
 
 
 if __name__ == "__main__":

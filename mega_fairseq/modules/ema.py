@@ -13,7 +13,7 @@ Ways of computing the same function:
   * ``fft_ema``: FFT convolution of the whole sequence (training / encoding; the reference),
   * ``ema_step``: the recurrence for one step with a carried hidden state,
   * ``ema_chunk_with_state``: several steps at once from a carried state,
-  * ``ema_triton.fused_ema``: the recurrence as a fused Triton scan on a GPU (``impl``).
+  * ``ema_triton.fused_ema_layer``: the recurrence as a fused Triton scan on a GPU (``impl``).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -200,9 +200,11 @@ class MultiDimensionalEMA(nn.Module):
         length, batch, dim = x.shape
         if dim != self.embed_dim:
             raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
-        residual = x * self.omega
         if self.use_fused(x, state):
-            return F.silu(self._fused_forward(x, padding_mask, state).to(x.dtype) + residual)
+            if state is None:
+                return ema_triton.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
+            return F.silu(self._fused_step(x, padding_mask, state).to(x.dtype) + x * self.omega)
+        residual = x * self.omega
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
             signal = signal.masked_fill(padding_mask.unsqueeze(1), 0.0)
@@ -226,12 +228,10 @@ class MultiDimensionalEMA(nn.Module):
                 y = fft_ema(signal, kernel)
         return F.silu(y.permute(2, 0, 1).to(x.dtype) + residual)
 
-    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
-        """The EMA (without residual and activation) by the fused scan; x (L, B, D) -> (L, B, D)."""
+    def _fused_step(self, x: Tensor, padding_mask: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
+        """The EMA (without residual and activation) from the carried state, updated; x (L, B, D) -> (L, B, D)."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
-        if state is None:
-            return ema_triton.fused_ema(x, self.scan_terms(x.size(0)))
         if self.bidirectional:
             raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
         p_beta, q, gamma = self._step_parameters()

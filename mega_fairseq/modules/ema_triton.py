@@ -14,6 +14,8 @@ Three kernels per term give time parallelism (B x D/32 x L/TC programs):
   1. ``_chunk_states_kernel``: each time chunk's final state from a zero start, unscaled (a = 1);
   2. ``_chunk_prefix_kernel``: the incoming state of every chunk (a loop over chunks);
   3. ``_chunk_outputs_kernel``: each chunk rescanned from its incoming state, writing y.
+``_residual_silu_kernel`` then gives the layer output silu(y + omega * x) (and its backward kernel
+the gradients through it), so the layer reads and writes every (L, B, D) tensor once per pass.
 The backward pass runs the adjoint recurrence (reversed scan of dy with a and b swapped) through
 the same kernels for dx, and ``_param_grads_kernel`` accumulates, per chunk, sum dy * w and
 sum dy * dw/dq (forward-mode derivative of the unscaled state w) for the parameter gradients.
@@ -272,6 +274,34 @@ if triton is not None:
         tl.store(sum_w_ptr + at, sum_w, mask=tile_mask)
         tl.store(sum_v_ptr + at, sum_v, mask=tile_mask)
 
+    @triton.jit
+    def _residual_silu_kernel(y_ptr, x_ptr, omega_ptr, out_ptr, numel, D, BLOCK: tl.constexpr):
+        """out = silu(y + omega * x), elementwise over (L, B, D)."""
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < numel
+        omega = tl.load(omega_ptr + i % D, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(y_ptr + i, mask=mask, other=0.0).to(tl.float32) + omega * tl.load(
+            x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + i, (z * tl.sigmoid(z)).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _residual_silu_backward_kernel(g_ptr, y_ptr, x_ptr, omega_ptr, grad_y_ptr, grad_x_ptr, grad_omega_ptr,
+                                       rows, D, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        """From d out: d y = d z, d x (residual part) = d z * omega, and per row block sum(d z * x) (D,)."""
+        row_block = tl.program_id(0)
+        r = row_block * ROWS + tl.arange(0, ROWS)
+        d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = (r[:, None] < rows) & (d[None, :] < D)
+        at = r[:, None].to(tl.int64) * D + d[None, :]
+        omega = tl.load(omega_ptr + d, mask=d < D, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32) + omega[None, :] * x
+        sig = tl.sigmoid(z)
+        grad_z = tl.load(g_ptr + at, mask=mask, other=0.0).to(tl.float32) * sig * (1.0 + z * (1.0 - sig))
+        tl.store(grad_y_ptr + at, grad_z.to(grad_y_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_x_ptr + at, (grad_z * omega[None, :]).to(grad_x_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_omega_ptr + row_block * D + d, tl.sum(grad_z * x, axis=0), mask=d < D)
+
 
 class ScanTerm:
     """Parameters of one term, each (D, N) float32, and its direction and input shift."""
@@ -330,46 +360,74 @@ def _param_sums(x: Tensor, g: Tensor, q: Tensor, w_in: Tensor, v_in: Tensor, *, 
     return sum_w.sum(0), sum_v.sum(0)
 
 
-class _FusedEMAScan(torch.autograd.Function):
-    """y = sum over terms of term(x); x (L, B, D); params flat (q, a, b) per term, (D, N) float32."""
+EPILOGUE_BLOCK = 1024  # elements per program of the forward epilogue
+EPILOGUE_ROWS, EPILOGUE_CHANNELS = 32, 64  # tile of the backward epilogue
+
+
+def _residual_silu(y: Tensor, x: Tensor, omega: Tensor) -> Tensor:
+    """silu(y + omega * x) for y, x (L, B, D) contiguous, in the dtype torch would promote to."""
+    out = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, omega.dtype))
+    _residual_silu_kernel[(triton.cdiv(x.numel(), EPILOGUE_BLOCK),)](
+        y, x, omega, out, x.numel(), x.size(-1), BLOCK=EPILOGUE_BLOCK, num_warps=4)
+    return out
+
+
+def _residual_silu_backward(grad_out: Tensor, y: Tensor, x: Tensor, omega: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of silu(y + omega * x): for y (y's dtype), for x through the residual (x's dtype),
+    for omega (float32)."""
+    dim = x.size(-1)
+    rows = x.numel() // dim
+    grid = (triton.cdiv(rows, EPILOGUE_ROWS), triton.cdiv(dim, EPILOGUE_CHANNELS))
+    grad_y, grad_x = torch.empty_like(y), torch.empty_like(x)
+    grad_omega = torch.empty(grid[0], dim, device=x.device, dtype=torch.float32)
+    _residual_silu_backward_kernel[grid](
+        grad_out, y, x, omega, grad_y, grad_x, grad_omega, rows, dim,
+        ROWS=EPILOGUE_ROWS, BLOCK=EPILOGUE_CHANNELS, num_warps=4)
+    return grad_y, grad_x, grad_omega.sum(0)
+
+
+class _FusedEMALayer(torch.autograd.Function):
+    """silu(sum over terms of term(signal) + omega * x); x, signal (L, B, D) contiguous (signal: x
+    with pads zeroed, or x itself); omega (D,); params flat (q, a, b) per term, (D, N) float32."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, directions: Tuple[Tuple[bool, int], ...], *params: Tensor) -> Tensor:
-        y = torch.empty_like(x)
-        need_states = any(ctx.needs_input_grad[2:])
+    def forward(ctx, x: Tensor, signal: Tensor, omega: Tensor, directions: Tuple[Tuple[bool, int], ...],
+                *params: Tensor) -> Tensor:
+        y = torch.empty_like(signal)
+        need_states = any(ctx.needs_input_grad[4:])
         transposed = [p.detach().t().contiguous() for p in params]
         saved = []
         for index, (reverse, shift) in enumerate(directions):
             q, a, b = transposed[3 * index: 3 * index + 3]
-            w_in, v_in, chunk = _scan(x, y, q, a, b, reverse=reverse, in_shift=shift, out_shift=0,
-                                      accumulate=index > 0, need_states=need_states)
+            w_in, v_in, ctx.chunk = _scan(signal, y, q, a, b, reverse=reverse, in_shift=shift, out_shift=0,
+                                          accumulate=index > 0, need_states=need_states)
             saved += [w_in, v_in] if need_states else []
-            ctx.chunk = chunk
-        ctx.directions = directions
-        ctx.need_states = need_states
-        ctx.save_for_backward(x, *transposed, *saved)
-        return y
+        ctx.directions, ctx.need_states, ctx.same_input = directions, need_states, signal is x
+        ctx.save_for_backward(x, signal, y, omega, *transposed, *saved)
+        return _residual_silu(y, x, omega)
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        x, *rest = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor):
+        x, signal, y, omega, *rest = ctx.saved_tensors
         num_terms = len(ctx.directions)
         transposed, saved = rest[: 3 * num_terms], rest[3 * num_terms:]
-        grad_y = grad_y.contiguous()
-        grad_x = torch.empty_like(grad_y) if ctx.needs_input_grad[0] else None
+        grad_y, grad_x, grad_omega = _residual_silu_backward(grad_out.contiguous(), y, x, omega.detach())
+        grad_signal = grad_x if ctx.same_input else torch.zeros_like(signal)
         param_grads: List[Optional[Tensor]] = []
         for index, (reverse, shift) in enumerate(ctx.directions):
             q, a, b = transposed[3 * index: 3 * index + 3]
-            if grad_x is not None:
-                _scan(grad_y, grad_x, q, b, a, reverse=not reverse, in_shift=0, out_shift=shift,
-                      accumulate=index > 0, need_states=False)
+            _scan(grad_y, grad_signal, q, b, a, reverse=not reverse, in_shift=0, out_shift=shift,
+                  accumulate=True, need_states=False)
             if ctx.need_states:
                 w_in, v_in = saved[2 * index: 2 * index + 2]
-                sum_w, sum_v = _param_sums(x, grad_y, q, w_in, v_in, reverse=reverse, shift=shift, chunk=ctx.chunk)
+                sum_w, sum_v = _param_sums(signal, grad_y, q, w_in, v_in, reverse=reverse, shift=shift,
+                                           chunk=ctx.chunk)
                 param_grads += [(a * b * sum_v).t(), (b * sum_w).t(), (a * sum_w).t()]
             else:
                 param_grads += [None, None, None]
-        return (grad_x, None, *param_grads)
+        if ctx.same_input:
+            return (grad_x, None, grad_omega.to(omega.dtype), None, *param_grads)
+        return (grad_x, grad_signal, grad_omega.to(omega.dtype), None, *param_grads)
 
 
 def _check_inputs(x: Tensor, params: Sequence[Tensor]) -> None:
@@ -382,13 +440,17 @@ def _check_inputs(x: Tensor, params: Sequence[Tensor]) -> None:
         raise ValueError(f"the fused EMA needs a power-of-two n-dim (EMA order), got {n_dim}; use --ema-impl fft")
 
 
-def fused_ema(x: Tensor, terms: Sequence[ScanTerm]) -> Tensor:
-    """Sum of EMA terms over x (L, B, D), differentiable in x and every term's q, a, b (D, N)."""
+def fused_ema_layer(x: Tensor, omega: Tensor, terms: Sequence[ScanTerm],
+                    padding_mask: Optional[Tensor] = None) -> Tensor:
+    """The EMA sub-layer silu(EMA(x) + omega * x), the EMA the sum of ``terms`` over x (L, B, D)
+    with pads (padding_mask (B, L), True at pads) zeroed; differentiable in x, omega (D,) and every
+    term's q, a, b (D, N). Returns (L, B, D) in the dtype of x * omega."""
     params = [p for term in terms for p in (term.q, term.a, term.b)]
     _check_inputs(x, params)
     x = x.contiguous()
+    signal = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
     directions = tuple((term.reverse, term.shift) for term in terms)
-    return _FusedEMAScan.apply(x, directions, *[p.float() for p in params])
+    return _FusedEMALayer.apply(x, signal, omega, directions, *[p.float() for p in params])
 
 
 @torch.no_grad()
