@@ -150,3 +150,36 @@ def test_fused_carried_state_on_gpu():
         assert fused.use_fused(x, states[0])
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(states[0]["ema_hidden"], states[1]["ema_hidden"], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ compilation for an H100 (CPU)
+
+
+@needs_triton
+def test_kernels_compile_for_h100_with_half_precision_inputs():
+    """Every kernel compiles to an sm_90a cubin (ptxas ships with triton; no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+
+    scan = {"TC": 64, "N": 16, "BLOCK": 32}
+    states = ["*fp32"] * 2
+    kernels = [
+        (ema_triton._chunk_states_kernel, ["*bf16", "*fp32"] + states + ["i32"] * 5,
+         dict(scan, GROUP_SIZE=8, REVERSE=True, NEED_V=True)),
+        (ema_triton._chunk_prefix_kernel, ["*fp32"] * 9 + ["i32"] * 2,
+         dict(scan, NUM_CHUNKS=3, NEED_V=True, HAS_H0=True, STORE_FINAL=True)),
+        (ema_triton._chunk_outputs_kernel, ["*bf16", "*bf16"] + ["*fp32"] * 4 + ["i32"] * 6,
+         dict(scan, GROUP_SIZE=8, REVERSE=False, ACCUMULATE=True)),
+        (ema_triton._param_grads_kernel, ["*bf16", "*bf16"] + ["*fp32"] * 5 + ["i32"] * 7,
+         dict(scan, GROUP_SIZE=8, REVERSE=False)),
+        (ema_triton._residual_silu_kernel, ["*bf16", "*bf16", "*fp32", "*fp32", "i64", "i32"], {"BLOCK": 1024}),
+        (ema_triton._residual_silu_backward_kernel, ["*fp32", "*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*fp32",
+                                                     "i32", "i32"], {"ROWS": 32, "BLOCK": 64}),
+    ]
+    for kernel, types, constants in kernels:
+        names = [name for name in kernel.arg_names if name not in constants]
+        assert len(names) == len(types), kernel.fn.__name__
+        signature = dict(zip(names, types), **{name: "constexpr" for name in constants})
+        compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+        assert compiled.asm["cubin"], kernel.fn.__name__
