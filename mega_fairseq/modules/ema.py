@@ -200,10 +200,9 @@ class MultiDimensionalEMA(nn.Module):
         length, batch, dim = x.shape
         if dim != self.embed_dim:
             raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
-        if self.use_fused(x, state):
-            if state is None:
-                return ema_triton.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
-            return F.silu(self._fused_step(x, padding_mask, state).to(x.dtype) + x * self.omega)
+        fused = self.use_fused(x, state)
+        if fused and state is None:
+            return ema_triton.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
         residual = x * self.omega
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
@@ -217,6 +216,9 @@ class MultiDimensionalEMA(nn.Module):
             if length == 1:
                 y, hidden = ema_step(signal[..., 0], p_beta, q, gamma, hidden)
                 y = y.unsqueeze(-1)
+            elif fused:
+                y, hidden = ema_triton.fused_ema_with_state(signal.permute(2, 0, 1), q, p_beta, gamma, hidden)
+                y = y.permute(1, 2, 0)
             else:
                 y, hidden = ema_chunk_with_state(signal, p_beta, q, gamma, hidden)
             state["ema_hidden"] = hidden
@@ -227,19 +229,6 @@ class MultiDimensionalEMA(nn.Module):
             else:
                 y = fft_ema(signal, kernel)
         return F.silu(y.permute(2, 0, 1).to(x.dtype) + residual)
-
-    def _fused_step(self, x: Tensor, padding_mask: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
-        """The EMA (without residual and activation) from the carried state, updated; x (L, B, D) -> (L, B, D)."""
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
-        if self.bidirectional:
-            raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
-        p_beta, q, gamma = self._step_parameters()
-        if x.size(0) == 1:
-            y, state["ema_hidden"] = ema_step(x[0], p_beta, q, gamma, state.get("ema_hidden"))
-            return y.unsqueeze(0)
-        y, state["ema_hidden"] = ema_triton.fused_ema_with_state(x, q, p_beta, gamma, state.get("ema_hidden"))
-        return y
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, bidirectional={self.bidirectional}, "
