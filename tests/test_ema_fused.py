@@ -168,13 +168,13 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
     states = ["*fp32"] * 2
     kernels = [
         (ema_triton._chunk_states_kernel, ["*bf16", "*fp32"] + states + ["i32"] * 5,
-         dict(scan, GROUP_SIZE=8, REVERSE=True, NEED_V=True)),
+         dict(scan, REVERSE=True, NEED_V=True)),
         (ema_triton._chunk_prefix_kernel, ["*fp32"] * 9 + ["i32"] * 2,
          dict(scan, NUM_CHUNKS=3, NEED_V=True, HAS_H0=True, STORE_FINAL=True)),
         (ema_triton._chunk_outputs_kernel, ["*bf16", "*bf16"] + ["*fp32"] * 4 + ["i32"] * 6,
-         dict(scan, GROUP_SIZE=8, REVERSE=False, ACCUMULATE=True)),
+         dict(scan, REVERSE=False, ACCUMULATE=True)),
         (ema_triton._param_grads_kernel, ["*bf16", "*bf16"] + ["*fp32"] * 5 + ["i32"] * 7,
-         dict(scan, GROUP_SIZE=8, REVERSE=False)),
+         dict(scan, REVERSE=False)),
         (ema_triton._residual_silu_kernel, ["*bf16", "*bf16", "*fp32", "*fp32", "i64", "i32"], {"BLOCK": 1024}),
         (ema_triton._residual_silu_backward_kernel, ["*fp32", "*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*fp32",
                                                      "i32", "i32"], {"ROWS": 32, "BLOCK": 64}),

@@ -22,7 +22,7 @@ sum dy * dw/dq (forward-mode derivative of the unscaled state w) for the paramet
 Every thread owns one channel and all N states (float32); inputs and outputs keep their dtype.
 """
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -34,7 +34,6 @@ except ImportError:  # CPU-only installs: the FFT path is used
     triton = None
 
 BLOCK_D = 32  # channels per program: one channel per thread, BLOCK_D / 32 warps
-GROUP = 8  # time steps whose loads are issued together
 TARGET_PROGRAMS = 8192  # enough warps to cover memory latency on an H100
 
 
@@ -61,12 +60,33 @@ if triton is not None:
     @triton.jit
     def _load_step(ptr, tau, shift, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr):
         """x at scan position tau - shift (0 outside the sequence), (BLOCK_D,) in x's dtype: converted
-    only where used, so that a group's loads are all issued before the first one is waited for."""
+        only where used, so that a group's loads are all issued before the first one is waited for."""
         idx = tau - shift
         valid = (idx >= 0) & (idx < L)
         if REVERSE:
             idx = L - 1 - idx
         return tl.load(ptr + idx.to(tl.int64) * stride_l + offsets, mask=d_mask & valid, other=0.0)
+
+    @triton.jit
+    def _load8(ptr, t0, shift, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr):
+        """The inputs of scan positions t0 .. t0 + 7 (see _load_step), loaded together."""
+        return (_load_step(ptr, t0 + 0, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 1, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 2, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 3, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 4, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 5, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 6, shift, L, stride_l, offsets, d_mask, REVERSE),
+                _load_step(ptr, t0 + 7, shift, L, stride_l, offsets, d_mask, REVERSE))
+
+    @triton.jit
+    def _channel_tile(D, N: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's channels d (BLOCK,), their mask, and the offsets n * D + d of an (N, BLOCK)
+        parameter or state tile with its mask."""
+        d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        n = tl.arange(0, N)
+        d_mask = d < D
+        return d, d_mask, n[:, None] * D + d[None, :], d_mask[None, :] & (n[:, None] < N)
 
     @triton.jit
     def _store_step(ptr, tau, value, L, stride_l, offsets, d_mask, REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr):
@@ -88,38 +108,27 @@ if triton is not None:
         q_step = tl.where(valid, q, 1.0)
         if NEED_V:
             v = q_step * v + tl.where(valid, w, 0.0)
-        w = q_step * w + x[None, :]
+        w = q_step * w + x.to(tl.float32)[None, :]
         return w, v
 
     @triton.jit
     def _chunk_states_kernel(
         x_ptr, q_ptr, w_local_ptr, v_local_ptr,
         L, D, stride_l, stride_b, shift,
-        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
         REVERSE: tl.constexpr, NEED_V: tl.constexpr,
     ):
-        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        batch, chunk = tl.program_id(0), tl.program_id(2)
         num_chunks = tl.num_programs(2)
-        d = block * BLOCK + tl.arange(0, BLOCK)
-        n = tl.arange(0, N)
-        d_mask = d < D
-        tile = n[:, None] * D + d[None, :]
-        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        d, d_mask, tile, tile_mask = _channel_tile(D, N, BLOCK)
         q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
         offsets = batch.to(tl.int64) * stride_b + d
         w = tl.zeros((N, BLOCK), tl.float32)
         v = tl.zeros((N, BLOCK), tl.float32)
         start = chunk * TC
-        for offset in range(0, TC, GROUP_SIZE):
+        for offset in range(0, TC, 8):
             t0 = start + offset
-            x0 = _load_step(x_ptr, t0 + 0, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x1 = _load_step(x_ptr, t0 + 1, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x2 = _load_step(x_ptr, t0 + 2, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x3 = _load_step(x_ptr, t0 + 3, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x4 = _load_step(x_ptr, t0 + 4, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x5 = _load_step(x_ptr, t0 + 5, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x6 = _load_step(x_ptr, t0 + 6, shift, L, stride_l, offsets, d_mask, REVERSE)
-            x7 = _load_step(x_ptr, t0 + 7, shift, L, stride_l, offsets, d_mask, REVERSE)
+            x0, x1, x2, x3, x4, x5, x6, x7 = _load8(x_ptr, t0, shift, L, stride_l, offsets, d_mask, REVERSE)
             w, v = _state_step(w, v, x0, q, t0 + 0, L, NEED_V)
             w, v = _state_step(w, v, x1, q, t0 + 1, L, NEED_V)
             w, v = _state_step(w, v, x2, q, t0 + 2, L, NEED_V)
@@ -140,16 +149,12 @@ if triton is not None:
         NUM_CHUNKS: tl.constexpr, TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
         NEED_V: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
     ):
-        batch, block = tl.program_id(0), tl.program_id(1)
-        d = block * BLOCK + tl.arange(0, BLOCK)
-        n = tl.arange(0, N)
-        d_mask = d < D
-        tile = n[:, None] * D + d[None, :]
-        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        batch = tl.program_id(0)
+        d, d_mask, tile, tile_mask = _channel_tile(D, N, BLOCK)
         q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
         a = tl.load(a_ptr + tile, mask=tile_mask, other=0.0)
         log_q = tl.log(q)
-        state_tile = batch.to(tl.int64) * D * N + d[None, :] * N + n[:, None]
+        state_tile = batch.to(tl.int64) * D * N + d[None, :] * N + tl.arange(0, N)[:, None]
         h0 = tl.zeros((N, BLOCK), tl.float32)
         if HAS_H0:
             h0 = tl.load(h0_ptr + state_tile, mask=tile_mask, other=0.0)
@@ -173,7 +178,7 @@ if triton is not None:
     @triton.jit
     def _output_step(h, x, q, a, b, y_ptr, tau, out_shift, L, stride_l, offsets, d_mask,
                      REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr):
-        h = q * h + a * x[None, :]
+        h = q * h + a * x.to(tl.float32)[None, :]
         _store_step(y_ptr, tau + out_shift, tl.sum(b * h, axis=0), L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
         return h
 
@@ -181,32 +186,21 @@ if triton is not None:
     def _chunk_outputs_kernel(
         x_ptr, y_ptr, q_ptr, a_ptr, b_ptr, h_in_ptr,
         L, D, stride_l, stride_b, in_shift, out_shift,
-        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
         REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr,
     ):
-        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        batch, chunk = tl.program_id(0), tl.program_id(2)
         num_chunks = tl.num_programs(2)
-        d = block * BLOCK + tl.arange(0, BLOCK)
-        n = tl.arange(0, N)
-        d_mask = d < D
-        tile = n[:, None] * D + d[None, :]
-        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        d, d_mask, tile, tile_mask = _channel_tile(D, N, BLOCK)
         q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
         a = tl.load(a_ptr + tile, mask=tile_mask, other=0.0)
         b = tl.load(b_ptr + tile, mask=tile_mask, other=0.0)
         h = tl.load(h_in_ptr + (batch * num_chunks + chunk).to(tl.int64) * N * D + tile, mask=tile_mask, other=0.0)
         offsets = batch.to(tl.int64) * stride_b + d
         start = chunk * TC
-        for offset in range(0, TC, GROUP_SIZE):
+        for offset in range(0, TC, 8):
             t0 = start + offset
-            x0 = _load_step(x_ptr, t0 + 0, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x1 = _load_step(x_ptr, t0 + 1, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x2 = _load_step(x_ptr, t0 + 2, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x3 = _load_step(x_ptr, t0 + 3, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x4 = _load_step(x_ptr, t0 + 4, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x5 = _load_step(x_ptr, t0 + 5, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x6 = _load_step(x_ptr, t0 + 6, in_shift, L, stride_l, offsets, d_mask, REVERSE)
-            x7 = _load_step(x_ptr, t0 + 7, in_shift, L, stride_l, offsets, d_mask, REVERSE)
+            x0, x1, x2, x3, x4, x5, x6, x7 = _load8(x_ptr, t0, in_shift, L, stride_l, offsets, d_mask, REVERSE)
             h = _output_step(h, x0, q, a, b, y_ptr, t0 + 0, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
             h = _output_step(h, x1, q, a, b, y_ptr, t0 + 1, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
             h = _output_step(h, x2, q, a, b, y_ptr, t0 + 2, out_shift, L, stride_l, offsets, d_mask, REVERSE, ACCUMULATE)
@@ -219,23 +213,20 @@ if triton is not None:
     @triton.jit
     def _grad_step(w, v, sum_w, sum_v, x, g, q):
         v = q * v + w
-        w = q * w + x[None, :]
-        return w, v, sum_w + g[None, :] * w, sum_v + g[None, :] * v
+        w = q * w + x.to(tl.float32)[None, :]
+        g = g.to(tl.float32)[None, :]
+        return w, v, sum_w + g * w, sum_v + g * v
 
     @triton.jit
     def _param_grads_kernel(
         x_ptr, g_ptr, q_ptr, w_in_ptr, v_in_ptr, sum_w_ptr, sum_v_ptr,
         L, D, x_stride_l, x_stride_b, g_stride_l, g_stride_b, shift,
-        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, GROUP_SIZE: tl.constexpr,
+        TC: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
         REVERSE: tl.constexpr,
     ):
-        batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        batch, chunk = tl.program_id(0), tl.program_id(2)
         num_chunks = tl.num_programs(2)
-        d = block * BLOCK + tl.arange(0, BLOCK)
-        n = tl.arange(0, N)
-        d_mask = d < D
-        tile = n[:, None] * D + d[None, :]
-        tile_mask = d_mask[None, :] & (n[:, None] < N)
+        d, d_mask, tile, tile_mask = _channel_tile(D, N, BLOCK)
         q = tl.load(q_ptr + tile, mask=tile_mask, other=1.0)
         at = (batch * num_chunks + chunk).to(tl.int64) * N * D + tile
         w = tl.load(w_in_ptr + at, mask=tile_mask, other=0.0)
@@ -245,24 +236,10 @@ if triton is not None:
         x_offsets = batch.to(tl.int64) * x_stride_b + d
         g_offsets = batch.to(tl.int64) * g_stride_b + d
         start = chunk * TC
-        for offset in range(0, TC, GROUP_SIZE):
+        for offset in range(0, TC, 8):
             t0 = start + offset
-            x0 = _load_step(x_ptr, t0 + 0, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x1 = _load_step(x_ptr, t0 + 1, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x2 = _load_step(x_ptr, t0 + 2, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x3 = _load_step(x_ptr, t0 + 3, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            g0 = _load_step(g_ptr, t0 + 0, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g1 = _load_step(g_ptr, t0 + 1, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g2 = _load_step(g_ptr, t0 + 2, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g3 = _load_step(g_ptr, t0 + 3, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            x4 = _load_step(x_ptr, t0 + 4, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x5 = _load_step(x_ptr, t0 + 5, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x6 = _load_step(x_ptr, t0 + 6, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            x7 = _load_step(x_ptr, t0 + 7, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
-            g4 = _load_step(g_ptr, t0 + 4, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g5 = _load_step(g_ptr, t0 + 5, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g6 = _load_step(g_ptr, t0 + 6, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
-            g7 = _load_step(g_ptr, t0 + 7, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
+            x0, x1, x2, x3, x4, x5, x6, x7 = _load8(x_ptr, t0, shift, L, x_stride_l, x_offsets, d_mask, REVERSE)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _load8(g_ptr, t0, 0, L, g_stride_l, g_offsets, d_mask, REVERSE)
             w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x0, g0, q)
             w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x1, g1, q)
             w, v, sum_w, sum_v = _grad_step(w, v, sum_w, sum_v, x2, g2, q)
@@ -303,11 +280,14 @@ if triton is not None:
         tl.store(grad_omega_ptr + row_block * D + d, tl.sum(grad_z * x, axis=0), mask=d < D)
 
 
-class ScanTerm:
+class ScanTerm(NamedTuple):
     """Parameters of one term, each (D, N) float32, and its direction and input shift."""
 
-    def __init__(self, q: Tensor, a: Tensor, b: Tensor, reverse: bool = False, shift: int = 0):
-        self.q, self.a, self.b, self.reverse, self.shift = q, a, b, reverse, shift
+    q: Tensor
+    a: Tensor
+    b: Tensor
+    reverse: bool = False
+    shift: int = 0
 
 
 def _grid(x: Tensor, chunk: int) -> Tuple[int, int, int]:
@@ -331,7 +311,7 @@ def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: boo
     v_local = torch.empty_like(w_local) if need_states else w_local
     _chunk_states_kernel[grid](
         x, q, w_local, v_local, length, dim, x.stride(0), x.stride(1), in_shift,
-        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, NEED_V=need_states, num_warps=BLOCK_D // 32)
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, REVERSE=reverse, NEED_V=need_states, num_warps=BLOCK_D // 32)
     h_in = torch.empty_like(w_local)
     w_in = torch.empty_like(w_local) if need_states else None
     v_in = torch.empty_like(w_local) if need_states else None
@@ -343,7 +323,7 @@ def _scan(x: Tensor, y: Tensor, q: Tensor, a: Tensor, b: Tensor, *, reverse: boo
         STORE_FINAL=h_final is not None, num_warps=BLOCK_D // 32)
     _chunk_outputs_kernel[grid](
         x, y, q, a, b, h_in, length, dim, x.stride(0), x.stride(1), in_shift, out_shift,
-        TC=chunk, N=n_dim, BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, ACCUMULATE=accumulate, num_warps=BLOCK_D // 32)
+        TC=chunk, N=n_dim, BLOCK=BLOCK_D, REVERSE=reverse, ACCUMULATE=accumulate, num_warps=BLOCK_D // 32)
     return w_in, v_in, chunk
 
 
@@ -356,7 +336,7 @@ def _param_sums(x: Tensor, g: Tensor, q: Tensor, w_in: Tensor, v_in: Tensor, *, 
     sum_v = torch.empty_like(w_in)
     _param_grads_kernel[grid](
         x, g, q, w_in, v_in, sum_w, sum_v, length, dim, x.stride(0), x.stride(1), g.stride(0), g.stride(1),
-        shift, TC=chunk, N=q.size(0), BLOCK=BLOCK_D, GROUP_SIZE=GROUP, REVERSE=reverse, num_warps=BLOCK_D // 32)
+        shift, TC=chunk, N=q.size(0), BLOCK=BLOCK_D, REVERSE=reverse, num_warps=BLOCK_D // 32)
     return sum_w.sum(0), sum_v.sum(0)
 
 
