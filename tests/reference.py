@@ -242,6 +242,13 @@ def attention_row_reference(query, keys, bias_row, attention_fn: str, valid, cau
     return weights * valid * causal_ok
 
 
+def query_chunk(position: int, chunk: int, key_length: int):
+    """The chunk [start, stop) of key positions that the query at key position ``position`` attends
+    within, and its index i inside the chunk."""
+    start = (position // chunk) * chunk
+    return start, min(start + chunk, key_length), position - start
+
+
 def chunk_attention_reference(q, k, v, chunk_size: int, attention_fn: str,
                               bias_matrix_fn: Callable[[int, int], float], causal: bool, key_padding_mask=None):
     """Chunked single-head attention by hand.
@@ -260,10 +267,7 @@ def chunk_attention_reference(q, k, v, chunk_size: int, attention_fn: str,
     dense = torch.zeros(batch, query_length, key_length, dtype=DTYPE)
     for b in range(batch):
         for r in range(query_length):
-            position = key_length - query_length + r
-            start = (position // chunk) * chunk
-            stop = min(start + chunk, key_length)
-            i = position - start
+            start, stop, i = query_chunk(key_length - query_length + r, chunk, key_length)
             keys = range(start, stop)
             bias_row = torch.tensor([bias_matrix_fn(i, j - start) for j in keys], dtype=DTYPE)
             valid = torch.tensor([key_padding_mask is None or not bool(key_padding_mask[b, j]) for j in keys])

@@ -13,7 +13,7 @@ from mega_fairseq.modules import (Dropout, MegaConfigError, MegaLayerConfig, Mov
                                   SimpleRelativePositionBias, chunk_attention)
 from mega_fairseq.modules import attention
 from mega_fairseq.modules.attention import select_attention_impl
-from reference import TOL, chunk_attention_reference, mega_block_reference, randn, \
+from reference import TOL, chunk_attention_reference, mega_block_reference, query_chunk, randn, \
     random_padding_mask, randomize_parameters_
 from test_attention import specified_rows
 
@@ -32,9 +32,7 @@ def softmax_reference(q, k, v, table, chunk_size, causal, mask):
     for b in range(batch):
         for r in range(query_length):
             position = key_length - query_length + r
-            start = (position // chunk) * chunk
-            stop = min(start + chunk, key_length)
-            i = position - start
+            start, stop, i = query_chunk(position, chunk, key_length)
             seen = [j for j in range(start, stop) if not causal or j <= position]
             allowed = [j for j in seen if mask is None or not mask[b, j]] or seen
             scores = torch.stack([q[b, r] @ k[b, j] / math.sqrt(z_dim) + table[i, j - start] for j in allowed])
