@@ -2,7 +2,7 @@
 
     python benchmarks/profile_ema.py [--length 16384] [--batch 8] [--dim 1024] [--sweep]
 
-1. torch.profiler: CUDA time per kernel of one causal EMA layer forward+backward (bf16 input);
+1. torch.profiler: CUDA time per kernel, and the host (CPU) time per operation, of one causal EMA layer forward+backward (bf16 input);
 2. forward+backward time of the layer, FFT path and fused, the fused one for channels per program
    (BLOCK_D) x total warps (TARGET_PROGRAMS)."""
 import argparse
@@ -37,10 +37,12 @@ def main():
         layers[impl](x).float().sum().backward()
 
     layer_step("triton")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         layer_step("triton")
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
 
     print(f"L {args.length} B {args.batch} D {args.dim}: layer fft {timed_ms(lambda: layer_step('fft')):.2f} ms, "
           f"layer triton {timed_ms(lambda: layer_step('triton')):.2f} ms")
