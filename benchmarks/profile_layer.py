@@ -6,7 +6,8 @@
    FFN 1024, Z 128, N 16, bf16 autocast), grouped into matrix products, the fused EMA, attention
    softmax, and everything else (elementwise and reductions);
 2. forward+backward time of the Mega layer and of fairseq's Transformer layer, eager, and with
-   --compile also under torch.compile (both layers compiled the same way).
+   --compile also compiled as ``--compile-layers`` compiles Mega layers (in place, dynamic shapes;
+   both layers the same way).
 """
 import argparse
 import collections
@@ -74,7 +75,10 @@ def main():
 
     layers = {"mega": mega, "transformer": transformer_layer(device)}
     if args.compile:
-        layers.update({name + "_compiled": torch.compile(layer) for name, layer in list(layers.items())})
+        for name, build in (("mega", lambda: mega_layer(args.chunk, args.length, True, device)),
+                            ("transformer", lambda: transformer_layer(device))):
+            layers[name + "_compiled"] = build()
+            layers[name + "_compiled"].compile(dynamic=True)
     for name, layer in layers.items():
         def run(layer=layer):
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -34,6 +34,7 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
+from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
 from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
 from .mega import ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP
@@ -57,6 +58,7 @@ class LRAConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + ATTENTION_IMPL_HELP})
+    compile_layers: bool = field(default=False, metadata={"help": "Mega: " + COMPILE_LAYERS_HELP})
     input_type: Optional[INPUT_TYPE_CHOICES] = field(default=None, metadata={
         "help": "text (token embedding) or image (real values: pixels, audio samples); default: the task's"})
     max_positions: int = field(default=4002, metadata={
@@ -236,6 +238,8 @@ class MegaSentenceEncoder(nn.Module):
         self.embed_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_embedding else None
         self.embedding_dropout = nn.Dropout(args.dropout)
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
+        if getattr(args, "compile_layers", False):
+            compile_layers(self.layers)
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.encoder_normalize_before else None
 
     def forward(self, src_tokens: Tensor) -> Tuple[Tensor, Optional[Tensor]]:

@@ -17,6 +17,7 @@ from fairseq.utils import eval_str_list, safe_getattr
 from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
+from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
 from ..modules.config import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
                               check_chunk_size)
@@ -56,6 +57,7 @@ class MegaCommonConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": ATTENTION_IMPL_HELP})
+    compile_layers: bool = field(default=False, metadata={"help": COMPILE_LAYERS_HELP})
 
 
 @dataclass
@@ -189,6 +191,8 @@ class MegaEncoder(FairseqEncoder):
         self.chunk_size = args.encoder_chunk_size
         cfg = layer_config(args, "encoder", args.max_source_positions)
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
+        if safe_getattr(args, "compile_layers", False):
+            compile_layers(self.layers)
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
@@ -255,6 +259,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
         cfg = layer_config(args, "decoder", args.max_target_positions)
         cross_positions = None if no_encoder_attn else max(args.max_source_positions, args.max_target_positions)
         self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
+        if safe_getattr(args, "compile_layers", False):
+            compile_layers(self.layers)
         final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
         self.final_norm = (SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=final_norm_affine)
                            if args.normalize_before else None)
@@ -327,7 +333,9 @@ class MegaDecoder(FairseqIncrementalDecoder):
         inner_states: List[Optional[Tensor]] = [x]
         for index, layer in enumerate(self.layers):
             self_state, cross_state = self._layer_states(incremental_state, index)
-            x, attn = layer(x, memory, memory_padding_mask, padding_mask, self_state, cross_state, position_offset)
+            # incremental steps call forward, which bypasses a compiled layer's __call__ (--compile-layers)
+            run = layer if incremental_state is None else layer.forward
+            x, attn = run(x, memory, memory_padding_mask, padding_mask, self_state, cross_state, position_offset)
             inner_states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x, padding_mask)

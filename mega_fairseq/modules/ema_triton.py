@@ -420,11 +420,15 @@ def _check_inputs(x: Tensor, params: Sequence[Tensor]) -> None:
         raise ValueError(f"the fused EMA needs a power-of-two n-dim (EMA order), got {n_dim}; use --ema-impl fft")
 
 
+@torch.compiler.disable
 def fused_ema_layer(x: Tensor, omega: Tensor, terms: Sequence[ScanTerm],
                     padding_mask: Optional[Tensor] = None) -> Tensor:
     """The EMA sub-layer silu(EMA(x) + omega * x), the EMA the sum of ``terms`` over x (L, B, D)
     with pads (padding_mask (B, L), True at pads) zeroed; differentiable in x, omega (D,) and every
-    term's q, a, b (D, N). Returns (L, B, D) in the dtype of x * omega."""
+    term's q, a, b (D, N). Returns (L, B, D) in the dtype of x * omega.
+
+    Under torch.compile it runs as is, between compiled graphs: its launch shapes are computed from
+    the sequence length, which would make the compiler specialize on every length."""
     params = [p for term in terms for p in (term.q, term.a, term.b)]
     _check_inputs(x, params)
     x = x.contiguous()

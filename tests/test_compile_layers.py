@@ -1,0 +1,106 @@
+"""--compile-layers: every Mega layer compiled in place with dynamic shapes gives the eager model's
+outputs and gradients, keeps its checkpoint format, and decodes step by step (eagerly) like the
+full pass. On the CPU the layers compile with the aot_eager backend (tracing and autograd without
+code generation, fast); the GPU test uses the default inductor backend with the fused EMA."""
+import random
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+from fairseq_helpers import build_model, make_dictionary, random_tokens
+from lra_helpers import TINY_MEGA, build
+from mega_fairseq.models import compile as compile_module
+from test_language_model import build_lm, full_log_probs, random_stream
+from test_lra_model import token_batch
+
+
+@pytest.fixture
+def fast_backend(monkeypatch):
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    yield
+    dynamo.reset()
+
+
+def compiled_layers(model):
+    return [layer for layer in model.modules() if getattr(layer, "_compiled_call_impl", None) is not None]
+
+
+def translation_batch(dictionary, source_lengths, target_lengths, seed):
+    src = random_tokens(dictionary, source_lengths, random.Random(seed), left_pad=True)
+    prev = random_tokens(dictionary, target_lengths, random.Random(seed + 1), left_pad=False)
+    return src, src.ne(dictionary.pad()).sum(1), prev
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    out, _ = model(*batch)
+    loss = out.log_softmax(-1).square().mean()
+    loss.backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_compiled_translation_model_matches_eager(fast_backend):
+    dictionary = make_dictionary()
+    flags = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
+    eager = build_model(flags, dictionary, seed=4)
+    compiled = build_model([*flags, "--compile-layers"], dictionary, seed=4)
+    assert len(compiled_layers(compiled)) == 4 and not compiled_layers(eager)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for seed, sources, targets in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3])):
+        batch = translation_batch(dictionary, sources, targets, seed)
+        (out, grads), (reference, reference_grads) = loss_and_grads(compiled, batch), loss_and_grads(eager, batch)
+        torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+        assert grads.keys() == reference_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_compiled_decoder_steps_match_its_full_pass(fast_backend):
+    dictionary = make_dictionary()
+    model = build_model(["--decoder-chunk-size", "2", "--compile-layers"], dictionary, seed=5)
+    src, src_lengths, prev = translation_batch(dictionary, [6, 4], [5, 5], seed=3)
+    encoder_out = model.encoder(src, src_lengths)
+    with torch.no_grad():
+        full, _ = model.decoder(prev, encoder_out)
+        state, steps = {}, []
+        for step in range(prev.size(1)):
+            out, _ = model.decoder(prev[:, : step + 1], encoder_out, incremental_state=state)
+            steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_language_model_matches_eager(fast_backend):
+    dictionary = make_dictionary(40)
+    eager = build_lm(["--decoder-chunk-size", "4"], dictionary, seed=2)
+    compiled = build_lm(["--decoder-chunk-size", "4", "--compile-layers"], dictionary, seed=2)
+    assert len(compiled_layers(compiled)) == len(compiled.decoder.layers)
+    for length in (13, 8):
+        tokens = random_stream(dictionary, length, seed=length).unsqueeze(0)
+        torch.testing.assert_close(full_log_probs(compiled, tokens), full_log_probs(eager, tokens),
+                                   rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_lra_classifier_matches_eager(fast_backend):
+    eager = build("mega_lra_listop", [*TINY_MEGA, "--chunk-size", "4"], seed=1)
+    compiled = build("mega_lra_listop", [*TINY_MEGA, "--chunk-size", "4", "--compile-layers"], seed=1)
+    assert len(compiled_layers(compiled)) == 2
+    tokens, _ = token_batch([9, 6, 11], extra_pads=2)
+    torch.testing.assert_close(compiled(tokens), eager(tokens), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inductor_compiled_model_with_fused_ema_matches_eager_on_gpu():
+    """inductor, dynamic shapes, fused EMA (run between compiled graphs), float32 on CUDA."""
+    dictionary = make_dictionary()
+    flags = ["--encoder-chunk-size", "4", "--decoder-chunk-size", "4", "--ema-impl", "triton"]
+    eager = build_model(flags, dictionary, seed=4).float().cuda()
+    compiled = build_model([*flags, "--compile-layers"], dictionary, seed=4).float().cuda()
+    for seed, sources, targets in ((0, [13, 9, 5], [11, 7, 12]), (1, [21, 17], [19, 3]), (2, [30], [26])):
+        batch = [t.cuda() for t in translation_batch(dictionary, sources, targets, seed)]
+        (out, grads), (reference, reference_grads) = loss_and_grads(compiled, batch), loss_and_grads(eager, batch)
+        torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+        for name in grads:
+            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    dynamo.reset()
