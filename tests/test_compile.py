@@ -54,10 +54,10 @@ def test_inductor_compiled_layer_with_fused_ema_matches_eager_on_gpu(role):
     for length in (37, 100, 300):
         x = torch.randn(length, 3, 64, device="cuda")
         mask = random_padding_mask(3, length, seed=length).cuda()
+        inputs = (x, mask) if role == "encoder" else (x, torch.randn(29, 3, 64, device="cuda"), None, mask)
         results = []
         for layer in (compiled, eager):
             layer.zero_grad()
-            inputs = (x, mask) if role == "encoder" else (x, torch.randn(29, 3, 64, device="cuda"), None, mask)
             out = layer(*inputs)
             out = out[0] if isinstance(out, tuple) else out
             out.square().mean().backward()

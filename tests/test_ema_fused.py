@@ -84,14 +84,16 @@ def test_kernels_in_triton_interpreter_match_float64_reference():
     """Forward, dx and all parameter gradients (causal, bidirectional, truncated, padded, several
     chunks, channels not a multiple of the block) and the carried state, in float32; a whole encoder
     layer (outputs and gradients) against the same layer on the FFT path; a decoder layer fed step
-    by step against its full forward pass."""
+    by step against its full forward pass; the encoder layer compiled with dynamic shapes (the fused
+    EMA between compiled graphs) against the eager layer."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, os.path.join(HERE, "ema_interpreted.py")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(results) == {"causal", "causal_truncated_padded", "bidirectional_padded",
-                            "bidirectional_truncated", "carried_state", "encoder_layer", "decoder_steps"}
+                            "bidirectional_truncated", "carried_state", "encoder_layer", "decoder_steps",
+                            "compiled_encoder_layer"}
     for case, errors in results.items():
         tolerance = 1e-5 if case == "encoder_layer" else 2e-6  # float32 through norms and attention
         for name, error in errors.items():
