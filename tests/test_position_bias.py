@@ -28,6 +28,19 @@ def test_simple_bias_is_toeplitz_lookup(positions, query_length, key_length, off
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("positions, query_length, key_length, offset", SPANS)
+def test_simple_bias_gradient_sums_over_each_distance(positions, query_length, key_length, offset):
+    module = simple_bias(positions, seed=positions)
+    upstream = torch.randn(query_length, key_length, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(offset))
+    (module(query_length, key_length, offset) * upstream).sum().backward()
+    expected = torch.zeros(2 * positions - 1, dtype=torch.float64)
+    for i in range(query_length):
+        for j in range(key_length):
+            expected[positions - 1 + j - (offset + i)] += upstream[i, j]
+    torch.testing.assert_close(module.weight.grad, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_simple_bias_uses_every_weight_once_per_distance():
     module = SimpleRelativePositionBias(4)
     with torch.no_grad():

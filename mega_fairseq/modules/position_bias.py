@@ -43,10 +43,10 @@ class SimpleRelativePositionBias(RelativePositionBias):
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         self.check_span(query_length, key_length, offset)
-        device = self.weight.device
-        queries = torch.arange(offset, offset + query_length, device=device)
-        keys = torch.arange(key_length, device=device)
-        return self.weight[self.max_positions - 1 + keys.unsqueeze(0) - queries.unsqueeze(1)]
+        # the row of query i is the window w[P - 1 - i : P - 1 - i + Lk]: windows of w, last query's first
+        last_query_start = self.max_positions - offset - query_length
+        windows = self.weight.unfold(0, key_length, 1)[last_query_start: last_query_start + query_length]
+        return windows.flip(0)
 
 
 class RotaryRelativePositionBias(RelativePositionBias):
