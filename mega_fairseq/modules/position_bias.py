@@ -43,7 +43,8 @@ class SimpleRelativePositionBias(RelativePositionBias):
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         self.check_span(query_length, key_length, offset)
-        # the row of query i is the window w[P - 1 - i : P - 1 - i + Lk]: windows of w, last query's first
+        # query position p reads the window w[P - 1 - p : P - 1 - p + Lk]; unfold lists the windows by
+        # increasing start, so the last query's comes first
         last_query_start = self.max_positions - offset - query_length
         windows = self.weight.unfold(0, key_length, 1)[last_query_start: last_query_start + query_length]
         return windows.flip(0)
