@@ -222,7 +222,10 @@ def chunk_attention(
     v = v.view(batch, num_chunks, chunk, v.size(-1))
 
     causal_mask = None
-    if causal:
+    # a single query at the chunk's last position (a decoding step) sees every key: no mask needed, except
+    # for laplace/relu2 with padded keys, where the causal mask also sets the normalizer
+    sees_all_keys = query_offset == chunk - 1 and (attention_fn == "softmax" or key_valid is None)
+    if causal and not sees_all_keys:
         query_pos = torch.arange(query_offset, query_offset + rows, device=q.device)
         causal_mask = torch.arange(chunk, device=q.device).unsqueeze(0) <= query_pos.unsqueeze(1)
     bias = position_bias(rows, chunk, query_offset).to(q.dtype)
