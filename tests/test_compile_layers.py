@@ -1,7 +1,7 @@
 """--compile-layers: every Mega layer compiled in place with dynamic shapes gives the eager model's
 outputs and gradients, keeps its checkpoint format, and decodes step by step (eagerly) like the
-full pass. On the CPU the layers compile with the aot_eager backend (tracing and autograd without
-code generation, fast); the GPU test uses the default inductor backend with the fused EMA."""
+full pass. The layers compile with the aot_eager backend here (tracing and autograd without code
+generation, fast); inductor with the fused EMA on a GPU is tested per layer in test_compile.py."""
 import random
 
 import pytest
@@ -87,20 +87,3 @@ def test_compiled_lra_classifier_matches_eager(fast_backend):
     assert len(compiled_layers(compiled)) == 2
     tokens, _ = token_batch([9, 6, 11], extra_pads=2)
     torch.testing.assert_close(compiled(tokens), eager(tokens), rtol=1e-9, atol=1e-9)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_inductor_compiled_model_with_fused_ema_matches_eager_on_gpu():
-    """inductor, dynamic shapes, fused EMA (run between compiled graphs), float32 on CUDA."""
-    dictionary = make_dictionary()
-    flags = ["--encoder-chunk-size", "4", "--decoder-chunk-size", "4", "--ema-impl", "triton"]
-    eager = build_model(flags, dictionary, seed=4).float().cuda()
-    compiled = build_model([*flags, "--compile-layers"], dictionary, seed=4).float().cuda()
-    for seed, sources, targets in ((0, [13, 9, 5], [11, 7, 12]), (1, [21, 17], [19, 3]), (2, [30], [26])):
-        batch = [t.cuda() for t in translation_batch(dictionary, sources, targets, seed)]
-        (out, grads), (reference, reference_grads) = loss_and_grads(compiled, batch), loss_and_grads(eager, batch)
-        torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
-        for name in grads:
-            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-3, atol=1e-5, msg=name)
-    dynamo.reset()
