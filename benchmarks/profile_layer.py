@@ -14,7 +14,7 @@ import collections
 
 import torch
 
-from bench_layers import mega_layer, median_ms, transformer_layer
+from bench_layers import forward_backward, mega_layer, median_ms, transformer_layer
 
 
 def kernel_group(name: str) -> str:
@@ -31,12 +31,17 @@ def kernel_group(name: str) -> str:
     return "elementwise / reductions"
 
 
-def profile(layer, x) -> None:
-    """Print the per-group and top per-kernel CUDA times of one forward+backward."""
+def bf16_step(layer, x):
+    """One forward+backward of layer(x) under bf16 autocast, as a callable."""
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = layer(x)
-            (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+            forward_backward(layer, x)()
+    return step
+
+
+def profile(layer, x) -> None:
+    """Print the per-group and top per-kernel CUDA times of one forward+backward."""
+    step = bf16_step(layer, x)
     step()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -80,11 +85,7 @@ def main():
             layers[name + "_compiled"] = build()
             layers[name + "_compiled"].compile(dynamic=True)
     for name, layer in layers.items():
-        def run(layer=layer):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = layer(x)
-                (out[0] if isinstance(out, tuple) else out).float().sum().backward()
-        ms = median_ms(run, repeats=args.repeats)
+        ms = median_ms(bf16_step(layer, x), repeats=args.repeats)
         print(f"{name:22s} {ms:7.2f} ms  {args.length * batch / ms / 1e3:8.0f}k tokens/s")
 
 
