@@ -22,7 +22,8 @@ import time
 import torch
 from torch import nn
 
-from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA, ema_triton
+from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA
+from mega_fairseq.ops.triton import ema_scan as ema_triton
 
 
 def device_and_dtype():

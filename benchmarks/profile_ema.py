@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from mega_fairseq.modules import MultiDimensionalEMA, ema_triton
+from mega_fairseq.modules import MultiDimensionalEMA
+from mega_fairseq.ops.triton import ema_scan as ema_triton
 
 
 def timed_ms(fn, repeats=10):

@@ -36,7 +36,7 @@ from fairseq.data import Dictionary
 from torch import Tensor
 
 from .checkpoint_safety import allow_fairseq_checkpoints
-from .modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, MegaConfigError
+from .options import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES, MegaConfigError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 

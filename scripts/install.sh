@@ -27,7 +27,7 @@ fi
 echo "[install] fairseq run-time dependencies, data-script and test tools"
 pip hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu tqdm bitarray cffi scikit-learn packaging \
     sentencepiece tensorboard pytest sacremoses subword-nmt
-# triton: the fused EMA kernels (mega_fairseq/modules/ema_triton.py). CUDA builds of torch bring
+# triton: the fused EMA kernels (mega_fairseq/ops/triton/ema_scan.py). CUDA builds of torch bring
 # it; on a CPU it lets the tests run the kernels through Triton's interpreter. 3.6.0 is the
 # version the GPU machines' torch ships with.
 if ! "$py" -c "import triton" 2>/dev/null; then

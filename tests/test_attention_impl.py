@@ -11,8 +11,8 @@ import torch
 
 from mega_fairseq.modules import (Dropout, MegaConfigError, MegaLayerConfig, MovingAverageGatedAttention,
                                   SimpleRelativePositionBias, chunk_attention)
-from mega_fairseq.modules import attention
-from mega_fairseq.modules.attention import select_attention_impl
+from mega_fairseq.ops import attention
+from mega_fairseq.ops.attention import select_attention_impl
 from reference import TOL, chunk_attention_reference, mega_block_reference, query_chunk, randn, \
     random_padding_mask, randomize_parameters_
 from test_attention import specified_rows

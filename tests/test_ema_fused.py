@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from mega_fairseq.modules import MegaConfigError, MegaLayerConfig, MultiDimensionalEMA, ema_triton
+from mega_fairseq.modules import MegaConfigError, MegaLayerConfig, MultiDimensionalEMA
+from mega_fairseq.ops import triton as ops_triton
+from mega_fairseq.ops.triton import ema_scan as ema_triton
 from reference import randn, random_padding_mask, randomize_parameters_
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -4,6 +4,7 @@ import torch
 
 from mega_fairseq.modules import (MegaConfigError, RotaryRelativePositionBias, SimpleRelativePositionBias,
                                   build_position_bias)
+from mega_fairseq.ops import position_bias
 from reference import randomize_parameters_, rotary_bias_reference, simple_bias_reference
 
 # (max_positions, query_length, key_length, offset) with offset + Lq <= P and Lk <= P
@@ -104,3 +105,21 @@ def test_unknown_bias_kind_and_bad_positions_raise_config_error():
         build_position_bias("alibi", 4, 8)
     with pytest.raises(MegaConfigError):
         SimpleRelativePositionBias(0)
+
+
+@pytest.mark.parametrize("positions, query_length, key_length, offset", SPANS[2:])
+def test_simple_bias_in_row_blocks(monkeypatch, positions, query_length, key_length, offset):
+    """Large biases are flipped in row blocks (a CUDA flip of a >= 4 GiB overlapping view fails):
+    the same values and the same gradient as the one-kernel path."""
+    module = simple_bias(positions, seed=positions + 1)
+    upstream = torch.randn(query_length, key_length, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    whole = module(query_length, key_length, offset)
+    (whole * upstream).sum().backward()
+    whole_grad = module.weight.grad.clone()
+    module.weight.grad = None
+    monkeypatch.setattr(position_bias, "FLIP_BLOCK_ELEMENTS", 2 * key_length)
+    blocked = module(query_length, key_length, offset)
+    (blocked * upstream).sum().backward()
+    assert torch.equal(blocked, whole)
+    assert torch.equal(blocked, simple_bias_reference(module.weight, query_length, key_length, offset))
+    assert torch.allclose(module.weight.grad, whole_grad, rtol=0, atol=1e-12)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
-from ..modules.config import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
+from ..options import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
 from .mega import ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
-from ..modules.config import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
+from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
                               check_chunk_size)
 
 DEFAULT_MAX_POSITIONS = 1024

@@ -8,7 +8,7 @@ from fairseq.utils import eval_str_list, safe_getattr
 from omegaconf import II
 
 from ..modules import MegaConfigError
-from ..modules.config import check_chunk_size
+from ..options import check_chunk_size
 from .autocast import autocast_forward
 from .mega import DEFAULT_MAX_POSITIONS, MegaDecoder, MegaDecoderConfig, build_embedding
 

@@ -1,9 +1,10 @@
 """Mega layers as plain PyTorch modules: importable with torch alone (no fairseq)."""
-from .attention import attention_weights, chunk_attention, laplace, relu2
+from ..ops.attention import attention_weights, chunk_attention, laplace, relu2
 from .config import MegaConfigError, MegaLayerConfig, get_activation
 from .cross_attention import GatedCrossAttention
 from .dropout import Dropout
-from .ema import MultiDimensionalEMA, ema_coefficients, fft_ema
+from ..ops.ema import ema_coefficients, fft_ema
+from .ema import MultiDimensionalEMA
 from .feed_forward import NormalizedFeedForward
 from .gated_attention import MovingAverageGatedAttention
 from .layers import MegaDecoderLayer, MegaEncoderLayer

@@ -1,17 +1,11 @@
 """Options of one Mega layer, checked once when the layer is built."""
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
-import torch
-import torch.nn.functional as F
+from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
+                       MegaConfigError, check_choice, check_chunk_size, get_activation)
 
-ATTENTION_FUNCTIONS = ("softmax", "laplace", "relu2")
-ATTENTION_IMPLS = ("auto", "matmul", "sdpa")
-EMA_IMPLS = ("auto", "fft", "triton")
-NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
-POSITION_BIASES = ("simple", "rotary")
-ACTIVATIONS = ("silu", "relu", "gelu", "gelu_accurate", "tanh", "linear")
-
+__all__ = ["MegaLayerConfig", "MegaConfigError", "get_activation", "check_choice", "check_chunk_size"]
 
 PER_STACK_FLAGS = {"embed_dim": "embed-dim", "hidden_dim": "hidden-dim", "ffn_dim": "ffn-embed-dim",
                    "z_dim": "z-dim", "n_dim": "n-dim", "chunk_size": "chunk-size"}
@@ -21,39 +15,6 @@ GLOBAL_FLAGS = {"max_positions": "--max-source/target-positions", "truncation": 
                 "attention_dropout": "--attention-dropout", "hidden_dropout": "--hidden-dropout",
                 "activation_dropout": "--activation-dropout", "attention_impl": "--attention-impl",
                 "ema_impl": "--ema-impl"}
-
-
-class MegaConfigError(ValueError):
-    """An option has a value that cannot work; the message names the option."""
-
-
-def _gelu_accurate(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Activation function by its fairseq name (--activation-fn)."""
-    functions = {
-        "silu": F.silu,
-        "relu": F.relu,
-        "gelu": F.gelu,
-        "gelu_accurate": _gelu_accurate,
-        "tanh": torch.tanh,
-        "linear": lambda x: x,
-    }
-    if name not in functions:
-        raise MegaConfigError(f"unknown activation {name!r} (--activation-fn); choose one of {', '.join(ACTIVATIONS)}")
-    return functions[name]
-
-
-def check_choice(value: str, choices, option: str) -> None:
-    if value not in choices:
-        raise MegaConfigError(f"unknown value {value!r} for {option}; choose one of {', '.join(choices)}")
-
-
-def check_chunk_size(chunk_size: int, option: str = "--chunk-size") -> None:
-    if chunk_size != -1 and chunk_size <= 0:
-        raise MegaConfigError(f"{option} must be a positive chunk length or -1 (whole sequence), got {chunk_size}")
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import attention_weights
+from ..ops.attention import attention_weights
 from .config import get_activation, MegaLayerConfig
 from .dropout import Dropout
 from .gated_attention import init_linear

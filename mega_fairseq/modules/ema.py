@@ -1,19 +1,7 @@
-"""Multi-dimensional damped exponential moving average (EMA), section 1 of the spec.
+"""The EMA sub-layer of a Mega block as an ``nn.Module`` (docs/math.md, section 1).
 
-For every channel d and every EMA dimension n (independently)::
-
-    h_t = p * beta * x_t + q * h_{t-1},     p = sigmoid(delta), q = 1 - p * sigmoid(alpha)
-    y_t = sqrt(1/N) * sum_n gamma * h_t
-
-which is the causal convolution ``y = x * k`` with kernel
-``k[d, j] = sqrt(1/N) * sum_n gamma * p * beta * q^j``. Parameter roles and the
-bidirectional kernel are those of the spec and of the released original code.
-
-Ways of computing the same function:
-  * ``fft_ema``: FFT convolution of the whole sequence (training / encoding; the reference),
-  * ``ema_step``: the recurrence for one step with a carried hidden state,
-  * ``ema_chunk_with_state``: several steps at once from a carried state,
-  * ``ema_triton.fused_ema_layer``: the recurrence as a fused Triton scan on a GPU (``impl``).
+The functions it computes with live in ``mega_fairseq.ops``: ``ops.ema`` (FFT convolution, steps
+with a carried state) and ``ops.triton.ema_scan`` (the fused GPU scan, chosen by ``impl``).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -22,76 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ema_triton
-from .config import check_choice, EMA_IMPLS, MegaConfigError
-
-
-def ema_coefficients(alpha: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
-    """(D', N) raw parameters -> p = sigmoid(delta) (input weight) and q = 1 - p * sigmoid(alpha)
-    (decay), both (D', N) in (0, 1)."""
-    p = torch.sigmoid(delta)
-    q = 1.0 - p * torch.sigmoid(alpha)
-    return p, q
-
-
-def ema_powers(q: Tensor, length: int) -> Tensor:
-    """q (D', N) -> q^j for j = 0..length-1, shape (D', N, length)."""
-    steps = torch.arange(length, device=q.device, dtype=q.dtype)
-    return torch.exp(steps * torch.log(q).unsqueeze(-1))
-
-
-def fft_ema(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
-    """EMA by FFT convolution.
-
-    x: (B, D, L); forward_kernel: (D, K), entry j weighs x[t - j] (causal);
-    backward_kernel: (D, K) or None, entry m weighs x[t + m] (anti-causal). Both
-    directions include lag 0, so x[t] is weighed by forward[0] + backward[0].
-    Returns (B, D, L) in x's dtype; the convolution runs in float32 (or float64).
-    """
-    length = x.size(-1)
-    kernel_size = forward_kernel.size(-1)
-    fft_len = length + kernel_size
-    if backward_kernel is None:
-        kernel = F.pad(forward_kernel, (0, length))
-    else:
-        lag_zero = F.pad(backward_kernel[:, :1], (0, kernel_size - 1))
-        kernel = (F.pad(forward_kernel + lag_zero, (0, length))
-                  + F.pad(backward_kernel[:, 1:].flip(-1), (length + 1, 0)))
-    compute_dtype = torch.promote_types(x.dtype, torch.float32)
-    x_f = torch.fft.rfft(x.to(compute_dtype), n=fft_len)
-    k_f = torch.fft.rfft(kernel.to(compute_dtype), n=fft_len)
-    return torch.fft.irfft(x_f * k_f, n=fft_len)[..., :length].to(x.dtype)
-
-
-def ema_step(x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """One recurrent step. x: (B, D); p_beta, q, gamma: (D, N) (gamma pre-scaled);
-    hidden: (B, D, N) or None. Returns y (B, D) and the new hidden state (B, D, N)."""
-    new_hidden = p_beta * x.unsqueeze(-1).to(p_beta.dtype)
-    if hidden is not None:
-        new_hidden = new_hidden + q * hidden
-    return torch.einsum("bdn,dn->bd", new_hidden, gamma), new_hidden
-
-
-def ema_chunk_with_state(
-    x: Tensor, p_beta: Tensor, q: Tensor, gamma: Tensor, hidden: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """Several steps from a carried state. x: (B, D, L); hidden: (B, D, N) or None;
-    parameters as in ``ema_step``. The output and state are in the parameters' dtype.
-
-    y_t = conv(x, k)_t + sum_n gamma * q^(t+1) * hidden,
-    new hidden = q^L * hidden + sum_j p * beta * q^(L-1-j) * x_j.
-    Returns y (B, D, L) and the new hidden state (B, D, N).
-    """
-    length = x.size(-1)
-    powers = ema_powers(q, length + 1)  # (D, N, L+1)
-    decay = p_beta.unsqueeze(-1) * powers[..., :length]  # (D, N, L)
-    kernel = torch.einsum("dnl,dn->dl", decay, gamma)
-    y = fft_ema(x.to(kernel.dtype), kernel)
-    new_hidden = torch.einsum("bdl,dnl->bdn", x.to(kernel.dtype), decay.flip(-1))
-    if hidden is not None:
-        y = y + torch.einsum("bdn,dnl->bdl", hidden, powers[..., 1:] * gamma.unsqueeze(-1))
-        new_hidden = new_hidden + powers[..., -1] * hidden
-    return y, new_hidden
+from ..ops.ema import ema_chunk_with_state, ema_coefficients, ema_powers, ema_step, fft_ema
+from ..ops.triton import ema_scan
+from ..options import check_choice, EMA_IMPLS, MegaConfigError
 
 
 class MultiDimensionalEMA(nn.Module):
@@ -155,9 +76,9 @@ class MultiDimensionalEMA(nn.Module):
 
     def fused_unavailable(self, x: Tensor, state: Optional[Dict[str, Tensor]]) -> Optional[str]:
         """Why the fused Triton scan cannot run on x (None when it can)."""
-        if not ema_triton.triton_available():
+        if not ema_scan.triton_available():
             return "triton is not installed"
-        if not (x.is_cuda or ema_triton.interpreting()):
+        if not (x.is_cuda or ema_scan.interpreting()):
             return "the input is not on a CUDA device"
         if self.ndim & (self.ndim - 1):
             return f"the EMA n-dim {self.ndim} is not a power of two"
@@ -174,17 +95,17 @@ class MultiDimensionalEMA(nn.Module):
             raise MegaConfigError(f"--ema-impl triton cannot run: {reason}; use --ema-impl fft or auto")
         return reason is None
 
-    def scan_terms(self, length: int) -> List[ema_triton.ScanTerm]:
+    def scan_terms(self, length: int) -> List[ema_scan.ScanTerm]:
         """The recurrences whose sum is the EMA over ``length`` steps: one per direction, and with
         a truncation K < length, minus the lags >= K (output weight gamma q^K, input shifted by K)."""
         p_beta, q, gamma = self._step_parameters()
         directions = [(slice(0, self.embed_dim), False)]
         if self.bidirectional:
             directions.append((slice(self.embed_dim, 2 * self.embed_dim), True))
-        terms = [ema_triton.ScanTerm(q[rows], p_beta[rows], gamma[rows], reverse) for rows, reverse in directions]
+        terms = [ema_scan.ScanTerm(q[rows], p_beta[rows], gamma[rows], reverse) for rows, reverse in directions]
         if self.truncation is not None and self.truncation < length:
             cut = self.truncation
-            terms += [ema_triton.ScanTerm(q[rows], p_beta[rows], -gamma[rows] * q[rows] ** cut, reverse, shift=cut)
+            terms += [ema_scan.ScanTerm(q[rows], p_beta[rows], -gamma[rows] * q[rows] ** cut, reverse, shift=cut)
                       for rows, reverse in directions]
         return terms
 
@@ -202,7 +123,7 @@ class MultiDimensionalEMA(nn.Module):
             raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
         fused = self.use_fused(x, state)
         if fused and state is None:
-            return ema_triton.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
+            return ema_scan.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
         residual = x * self.omega
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
@@ -217,7 +138,7 @@ class MultiDimensionalEMA(nn.Module):
                 y, hidden = ema_step(signal[..., 0], p_beta, q, gamma, hidden)
                 y = y.unsqueeze(-1)
             elif fused:
-                y, hidden = ema_triton.fused_ema_with_state(signal.permute(2, 0, 1), q, p_beta, gamma, hidden)
+                y, hidden = ema_scan.fused_ema_with_state(signal.permute(2, 0, 1), q, p_beta, gamma, hidden)
                 y = y.permute(1, 2, 0)
             else:
                 y, hidden = ema_chunk_with_state(signal, p_beta, q, gamma, hidden)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import chunk_attention, select_attention_impl
+from ..ops.attention import chunk_attention, select_attention_impl
 from .config import get_activation, MegaLayerConfig
 from .dropout import Dropout
 from .ema import MultiDimensionalEMA

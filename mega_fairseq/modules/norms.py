@@ -6,7 +6,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 
-from .config import check_choice, NORM_TYPES
+from ..options import check_choice, NORM_TYPES
 
 
 class ScaleNorm(nn.Module):

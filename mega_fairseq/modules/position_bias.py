@@ -1,14 +1,13 @@
-"""Relative position biases added to the attention scores (spec, section 2).
+"""Relative position biases as ``nn.Module``s holding their parameters (docs/math.md, section 2).
 
-Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions
-``offset .. offset + Lq - 1`` and key positions ``0 .. Lk - 1``.
+Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions ``offset .. offset + Lq - 1`` and
+key positions ``0 .. Lk - 1``, computed by ``ops.position_bias``.
 """
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .config import MegaConfigError
+from ..ops.position_bias import rotary_position_bias, simple_position_bias
+from ..options import MegaConfigError
 
 
 class RelativePositionBias(nn.Module):
@@ -43,11 +42,7 @@ class SimpleRelativePositionBias(RelativePositionBias):
 
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         self.check_span(query_length, key_length, offset)
-        # query position p reads the window w[P - 1 - p : P - 1 - p + Lk]; unfold lists the windows by
-        # increasing start, so the last query's comes first
-        last_query_start = self.max_positions - offset - query_length
-        windows = self.weight.unfold(0, key_length, 1)[last_query_start: last_query_start + query_length]
-        return windows.flip(0)
+        return simple_position_bias(self.weight, query_length, key_length, offset)
 
 
 class RotaryRelativePositionBias(RelativePositionBias):
@@ -63,20 +58,9 @@ class RotaryRelativePositionBias(RelativePositionBias):
         nn.init.normal_(self.alpha, mean=0.0, std=0.02)
         nn.init.normal_(self.beta, mean=0.0, std=0.02)
 
-    def rotate(self, vector: Tensor, start: int, length: int) -> Tensor:
-        """vector (1, Z) -> (length, Z): the vector rotated to positions start .. start + length - 1."""
-        half = self.z_dim // 2
-        dtype = torch.promote_types(vector.dtype, torch.float32)
-        frequencies = torch.exp(torch.arange(half, device=vector.device, dtype=dtype) * (-math.log(10000.0) / half))
-        positions = torch.arange(start, start + length, device=vector.device, dtype=dtype)
-        angles = positions.unsqueeze(1) * frequencies.unsqueeze(0)
-        sin, cos = torch.sin(angles).to(vector.dtype), torch.cos(angles).to(vector.dtype)
-        first, second = vector.chunk(2, dim=-1)
-        return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         self.check_span(query_length, key_length, offset)
-        return self.rotate(self.alpha, offset, query_length) @ self.rotate(self.beta, 0, key_length).t()
+        return rotary_position_bias(self.alpha, self.beta, query_length, key_length, offset)
 
 
 def build_position_bias(kind: str, z_dim: int, max_positions: int,

@@ -1,4 +1,4 @@
-"""Fused EMA scan in Triton (GPU), forward and backward; the FFT path in ``ema.py`` is the reference.
+"""Fused EMA scan in Triton (GPU), forward and backward; ``ops.ema.fft_ema`` is the reference path.
 
 One *term* of the EMA is the diagonal linear recurrence, per channel d and EMA dimension n,
 run in scan order (time ascending, or descending when ``reverse``)::
@@ -21,11 +21,12 @@ the same kernels for dx, and ``_param_grads_kernel`` accumulates, per chunk, sum
 sum dy * dw/dq (forward-mode derivative of the unscaled state w) for the parameter gradients.
 Every thread owns one channel and all N states (float32); inputs and outputs keep their dtype.
 """
-import os
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from . import interpreting, triton_available
 
 try:
     import triton
@@ -35,15 +36,6 @@ except ImportError:  # CPU-only installs: the FFT path is used
 
 BLOCK_D = 32  # channels per program: one channel per thread, BLOCK_D / 32 warps
 TARGET_PROGRAMS = 8192  # enough warps to cover memory latency on an H100
-
-
-def triton_available() -> bool:
-    return triton is not None
-
-
-def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1, which runs the kernels on CPU tensors (slowly, for tests)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def chunk_length(length: int, channel_programs: int) -> int:

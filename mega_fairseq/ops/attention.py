@@ -1,4 +1,4 @@
-"""Single-head attention within fixed-length chunks (Mega-chunk), spec section 2.
+"""Single-head attention within fixed-length chunks (Mega-chunk), docs/math.md section 2.
 
 ``chunk_attention`` computes, for every chunk of C positions (the whole
 sequence when ``chunk_size`` < 0), ``A @ V`` with A from one of three attention
@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import check_choice, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, MegaConfigError
-from .dropout import Dropout
+from ..options import check_choice, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, MegaConfigError
 
 SDPA_MAX_HEAD_DIM = 128  # widest Z and H for which "auto" picks the fused path
 LAPLACE_MU = math.sqrt(0.5)
@@ -114,7 +113,7 @@ def sdpa_dropout(weight_dropout: Callable[[Tensor], Tensor]) -> Optional[float]:
     reproduce it (only the identity and a plain, non-feature ``Dropout`` can)."""
     if weight_dropout is _identity:
         return 0.0
-    if isinstance(weight_dropout, Dropout) and not weight_dropout.feature:
+    if getattr(weight_dropout, "feature", True) is False:  # modules.Dropout without feature dropout
         return weight_dropout.p if weight_dropout.training else 0.0
     return None
 

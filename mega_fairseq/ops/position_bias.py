@@ -1,0 +1,50 @@
+"""Relative position biases added to the attention scores (docs/math.md, section 2).
+
+Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions ``offset .. offset + Lq - 1`` and
+key positions ``0 .. Lk - 1``; ``ops.position_bias_ref`` computes the same entry by entry.
+"""
+import math
+
+import torch
+from torch import Tensor
+
+# Largest block of bias rows flipped in one kernel: PyTorch's flip of an overlapping (unfolded) view
+# makes an illegal memory access on CUDA once the output reaches 4 GiB (seen at 32k x 32k float32).
+FLIP_BLOCK_ELEMENTS = 1 << 26
+
+
+def simple_position_bias(weight: Tensor, query_length: int, key_length: int, offset: int = 0) -> Tensor:
+    """weight (2P - 1,) -> (Lq, Lk) with ``bias[i, j] = w[P - 1 + j - (offset + i)]``.
+
+    Query position p reads the window w[P - 1 - p : P - 1 - p + Lk]. ``unfold`` lists the windows by
+    increasing start, so the queries come out last first and the rows are flipped; large matrices
+    are flipped in row blocks of at most FLIP_BLOCK_ELEMENTS entries, written into one output."""
+    positions = (weight.numel() + 1) // 2
+    last_query_start = positions - offset - query_length
+    windows = weight.unfold(0, key_length, 1)[last_query_start: last_query_start + query_length]
+    if query_length * key_length <= FLIP_BLOCK_ELEMENTS:
+        return windows.flip(0)
+    bias = weight.new_empty(query_length, key_length)
+    rows = max(1, FLIP_BLOCK_ELEMENTS // key_length)
+    for start in range(0, query_length, rows):
+        stop = min(start + rows, query_length)
+        bias[start:stop] = windows[query_length - stop: query_length - start].flip(0)
+    return bias
+
+
+def rotate(vector: Tensor, start: int, length: int) -> Tensor:
+    """vector (1, Z) -> (length, Z): the vector rotated to positions start .. start + length - 1
+    (rotary sin/cos tables, base 10000, halves of Z)."""
+    half = vector.size(-1) // 2
+    dtype = torch.promote_types(vector.dtype, torch.float32)
+    frequencies = torch.exp(torch.arange(half, device=vector.device, dtype=dtype) * (-math.log(10000.0) / half))
+    positions = torch.arange(start, start + length, device=vector.device, dtype=dtype)
+    angles = positions.unsqueeze(1) * frequencies.unsqueeze(0)
+    sin, cos = torch.sin(angles).to(vector.dtype), torch.cos(angles).to(vector.dtype)
+    first, second = vector.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+def rotary_position_bias(alpha: Tensor, beta: Tensor, query_length: int, key_length: int, offset: int = 0) -> Tensor:
+    """alpha, beta (1, Z) -> (Lq, Lk) with ``bias[i, j] = rot(alpha, offset + i) . rot(beta, j)``."""
+    return rotate(alpha, offset, query_length) @ rotate(beta, 0, key_length).t()
