@@ -29,13 +29,15 @@ def test_incremental_decoding_equals_full_forward(chunk, attention_fn, source_pa
     with torch.no_grad():
         full, _ = model(src, src_lengths, prev)
         encoder_out = model.encoder(src, src_lengths)
-        state = {}
-        for step in range(prev.size(1)):
-            logits, _ = model.decoder(prev[:, : step + 1], encoder_out, incremental_state=state)
-            torch.testing.assert_close(logits[:, 0], full[:, step], rtol=1e-9, atol=1e-9)
-            for name, value in state.items():
-                if name.endswith(".self") and "keys" in value and chunk > 0:
-                    assert value["keys"].size(1) < chunk
+    state = {}
+    for step in range(prev.size(1)):  # with gradients on: the block path (tests/test_decoding_steps.py: steps)
+        logits, _ = model.decoder(prev[:, : step + 1], encoder_out, incremental_state=state)
+        torch.testing.assert_close(logits[:, 0].detach(), full[:, step], rtol=1e-9, atol=1e-9)
+        self_states = [value for name, value in state.items() if name.endswith(".self")]
+        assert len(self_states) == len(model.decoder.layers)
+        for value in self_states:
+            if "keys" in value and chunk > 0:
+                assert value["keys"].size(1) < chunk
 
 
 @pytest.mark.parametrize("chunk", [-1, 2])

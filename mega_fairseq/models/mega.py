@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .compile import COMPILE_LAYERS_HELP, compile_layers
+from .stepping import StepSession, new_entry_cache
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
+from ..modules.decoding import StepBuffers, decoder_layers_step, supports_steps
 from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
                               check_chunk_size)
 
@@ -167,6 +169,17 @@ class TokenEmbedder(nn.Module):
             x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
         return x, padding_mask, embedded
 
+    def embed_step(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
+        """tokens (B, 1) -> x (1, B, D) and the padding mask (B, 1), without host synchronization."""
+        padding = tokens.eq(self.padding_idx)
+        embedded = self.embed_scale * self.embed_tokens(tokens)
+        if self.project_in is not None:
+            embedded = self.project_in(embedded)
+        x = embedded.transpose(0, 1)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.dropout(x).masked_fill(padding.t().unsqueeze(-1), 0.0), padding
+
 
 def rotate_rows(t: Tensor, shifts: Tensor) -> Tensor:
     """Rotate each row of t (B, L, ...) left by shifts (B,) positions along L."""
@@ -246,9 +259,11 @@ class MegaDecoder(FairseqIncrementalDecoder):
     """Stack of Mega decoder layers (causal EMA and attention, gated cross-attention
     unless ``no_encoder_attn``), with a shared, separate or adaptive-softmax output layer.
 
-    Incremental state per layer: the causal block's EMA hidden state and the
-    keys/values of its unfinished chunk, and the cross-attention's projected
-    encoder keys/values; ``reorder_incremental_state`` selects beams.
+    Incremental state: token-by-token inference (beam search, sampling) keeps every layer's state
+    in step buffers (``models.stepping``; replayed from CUDA graphs on a GPU); blocks of several
+    tokens (``extract_block_features``, streamed evaluation) and steps with gradients keep per
+    layer the causal block's EMA hidden state and the keys/values of its unfinished chunk, and the
+    cross-attention's projected encoder keys/values. ``reorder_incremental_state`` selects beams.
     """
 
     def __init__(self, args, dictionary, embed_tokens: nn.Module, no_encoder_attn: bool = False):
@@ -258,7 +273,11 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.embedder = TokenEmbedder(args, embed_tokens, args.decoder_embed_dim)
         cfg = layer_config(args, "decoder", args.max_target_positions)
         cross_positions = None if no_encoder_attn else max(args.max_source_positions, args.max_target_positions)
+        self.cross_positions = cross_positions or 0
         self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
+        self.steps_supported = supports_steps(self.layers) and (
+            self.embedder.embed_norm is None or not self.embedder.embed_norm.is_batch_norm)
+        self.step_entries = new_entry_cache()
         if safe_getattr(args, "compile_layers", False):
             compile_layers(self.layers)
         final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
@@ -292,6 +311,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
     ):
         """prev_output_tokens: (B, T). Returns logits (B, T, V) (features with adaptive softmax
         or ``features_only``) and extras."""
+        if incremental_state is not None and self._steps_apply(incremental_state):
+            return self.decode_step(prev_output_tokens, encoder_out, incremental_state, features_only)
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if not features_only:
             x = self.output_layer(x)
@@ -342,19 +363,69 @@ class MegaDecoder(FairseqIncrementalDecoder):
         x = zero_pads(x, padding_mask)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
+    def _steps_apply(self, incremental_state) -> bool:
+        """Token-by-token inference on step buffers: eval mode, no gradients, supported norms, and no
+        block state already started for this batch."""
+        if self.training or torch.is_grad_enabled() or not self.steps_supported:
+            return False
+        return self._layer_states(incremental_state, 0, create=False)[0] is None
+
+    def decode_step(self, prev_output_tokens: Tensor, encoder_out, incremental_state, features_only: bool):
+        """One token per row: the last of ``prev_output_tokens`` (B, T), at position T - 1."""
+        rows, length = prev_output_tokens.shape
+        position = length - 1
+        memory, memory_padding = None, None
+        if encoder_out is not None and len(self.layers) and self.layers[0].cross_attn is not None:
+            memory = encoder_out["encoder_out"][0]
+            if len(encoder_out["encoder_padding_mask"]) > 0:
+                memory_padding = encoder_out["encoder_padding_mask"][0]
+        self._check_step_positions(position, memory)
+        session = self.get_incremental_state(incremental_state, "steps")
+        if session is None:
+            session = StepSession(self, rows, 0 if memory is None else memory.size(0),
+                                  features_only or self.adaptive_softmax is not None)
+            session.start(prev_output_tokens[:, -1:], memory, memory_padding)
+            self.set_incremental_state(incremental_state, "steps", session)
+        out, attn = session.step(prev_output_tokens[:, -1:], position)
+        return out, {"attn": [attn], "inner_states": None}
+
+    def _check_step_positions(self, position: int, memory: Optional[Tensor]) -> None:
+        """The errors the position biases give on the block path, raised before the step runs."""
+        limits = []
+        if self.chunk_size <= 0:
+            limits.append((position + 1, self.max_target_positions, "--max-target-positions"))
+        if memory is not None:
+            limits.append((max(position + 1, memory.size(0)), self.cross_positions,
+                           "--max-source-positions/--max-target-positions"))
+        for longest, limit, option in limits:
+            if longest > limit:
+                raise ValueError(f"sequence of {longest} positions is longer than the {limit} positions the relative "
+                                 f"position bias covers (raise {option}, or use a chunk size)")
+
+    def step_on_buffers(self, buffers: StepBuffers, features_only: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """The whole decoder at ``buffers.position`` for every buffer row: output (B, 1, V), or features
+        (B, 1, D) with ``features_only``, and the last cross-attention's weights (B, 1, S) or None."""
+        x, padding = self.embedder.embed_step(buffers.tokens)
+        x, attn = decoder_layers_step(self.layers, x, padding, buffers, self.chunk_size)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        x = x.masked_fill(padding.t().unsqueeze(-1), 0.0).transpose(0, 1)
+        return (x if features_only else self.output_layer(x)), attn
+
     def output_layer(self, features: Tensor) -> Tensor:
         """Logits (B, T, V); with an adaptive softmax the features pass through (see get_normalized_probs)."""
         return features if self.adaptive_softmax is not None else self.output_projection(features)
 
-    def _layer_states(self, incremental_state, index: int):
-        """The (self-attention, cross-attention) state dicts of one layer, created on first use."""
+    def _layer_states(self, incremental_state, index: int, create: bool = True):
+        """The (self-attention, cross-attention) state dicts of one layer, created on first use (or
+        None when absent and not ``create``)."""
         if incremental_state is None:
             return None, None
         states = []
         for part in ("self", "cross"):
             key = f"layer{index}.{part}"
             state = self.get_incremental_state(incremental_state, key)
-            if state is None:
+            if state is None and create:
                 state = {}
                 self.set_incremental_state(incremental_state, key, state)
             states.append(state)
@@ -362,6 +433,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
 
     def reorder_incremental_state(self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor):
         """Select beams: every state tensor is batch-first."""
+        session = self.get_incremental_state(incremental_state, "steps")
+        if session is not None:
+            session.reorder(new_order)
+            return
         for index in range(len(self.layers)):
             for state in self._layer_states(incremental_state, index):
                 for name, value in list(state.items()):

@@ -32,14 +32,13 @@ def simple_position_bias(weight: Tensor, query_length: int, key_length: int, off
     return bias
 
 
-def rotate(vector: Tensor, start: int, length: int) -> Tensor:
-    """vector (1, Z) -> (length, Z): the vector rotated to positions start .. start + length - 1
-    (rotary sin/cos tables, base 10000, halves of Z)."""
+def rotate(vector: Tensor, positions: Tensor) -> Tensor:
+    """vector (1, Z) -> (len(positions), Z): the vector rotated to each position (rotary sin/cos tables,
+    base 10000, halves of Z); positions (M,) integer tensor."""
     half = vector.size(-1) // 2
     dtype = torch.promote_types(vector.dtype, torch.float32)
     frequencies = torch.exp(torch.arange(half, device=vector.device, dtype=dtype) * (-math.log(10000.0) / half))
-    positions = torch.arange(start, start + length, device=vector.device, dtype=dtype)
-    angles = positions.unsqueeze(1) * frequencies.unsqueeze(0)
+    angles = positions.to(dtype).unsqueeze(1) * frequencies.unsqueeze(0)
     sin, cos = torch.sin(angles).to(vector.dtype), torch.cos(angles).to(vector.dtype)
     first, second = vector.chunk(2, dim=-1)
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
@@ -47,4 +46,5 @@ def rotate(vector: Tensor, start: int, length: int) -> Tensor:
 
 def rotary_position_bias(alpha: Tensor, beta: Tensor, query_length: int, key_length: int, offset: int = 0) -> Tensor:
     """alpha, beta (1, Z) -> (Lq, Lk) with ``bias[i, j] = rot(alpha, offset + i) . rot(beta, j)``."""
-    return rotate(alpha, offset, query_length) @ rotate(beta, 0, key_length).t()
+    queries = torch.arange(offset, offset + query_length, device=alpha.device)
+    return rotate(alpha, queries) @ rotate(beta, torch.arange(key_length, device=beta.device)).t()
