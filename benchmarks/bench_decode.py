@@ -1,7 +1,8 @@
 """Language-model decoding latency and memory by position: a chunked Mega LM vs fairseq's transformer_lm.
 
-Both models (random weights, architecture defaults) decode greedily, one token at a time through
-fairseq's incremental path, batch 1. Each step is timed on its own (CUDA synchronized); every bucket
+Both models (random weights, architecture defaults, weights cast to the chosen dtype as
+fairseq-generate --fp16 does) decode greedily, one token at a time through fairseq's incremental
+path, batch 1 (Mega: step buffers replayed from CUDA graphs on a GPU). Each step is timed on its own (CUDA synchronized); every bucket
 of tokens reports the mean ms/token, the allocated and peak GPU memory and the size of the incremental
 state (at the bucket's last token: take a bucket size that is a multiple of the chunk size). Mega's
 state is the EMA hidden state plus the unfinished chunk, so it stays flat in position; the
@@ -11,6 +12,7 @@ Transformer's key/value cache grows with every token.
     python benchmarks/bench_decode.py --tokens 300 --bucket 48 --chunk 16 --tiny  # CPU check
 """
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +25,8 @@ from fairseq import models, options
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from mega_fairseq.models.stepping import StepSession
+
 USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mega_fairseq")
 TINY = {
     "mega": ["--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-hidden-dim", "64",
@@ -33,7 +37,7 @@ TINY = {
 MIB = 2 ** 20
 
 
-def build_model(arch, flags, vocab, max_positions, device):
+def build_model(arch, flags, vocab, max_positions, device, dtype):
     """A fairseq language model built as fairseq-train builds it from these options, in eval mode."""
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
@@ -43,21 +47,28 @@ def build_model(arch, flags, vocab, max_positions, device):
     while len(dictionary) < vocab:
         dictionary.add_symbol(f"w{len(dictionary)}")
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
-    return models.build_model(convert_namespace_to_omegaconf(args).model, task).to(device).eval()
+    return models.build_model(convert_namespace_to_omegaconf(args).model, task).to(device, dtype).eval()
 
 
 def state_bytes(incremental_state):
-    """Bytes held by the tensors of a fairseq incremental state."""
-    return sum(value.numel() * value.element_size() for layer in incremental_state.values()
-               for value in layer.values() if torch.is_tensor(value))
+    """Bytes held by the tensors of a fairseq incremental state (Mega's step buffers included)."""
+    total = 0
+    for value in incremental_state.values():
+        if isinstance(value, StepSession):
+            buffers = value.entry.buffers
+            tensors = [getattr(buffers, field.name) for field in dataclasses.fields(buffers)]
+        else:
+            tensors = [tensor for tensor in value.values() if torch.is_tensor(tensor)]
+        total += sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    return total
 
 
-def decode(model, tokens, bucket, device, dtype):
+def decode(model, tokens, bucket, device):
     """Greedy decoding of ``tokens`` tokens; one row per completed bucket (and a note if CUDA ran out of memory)."""
     cuda = device.type == "cuda"
     prefix = torch.full((1, tokens + 1), model.decoder.dictionary.eos(), dtype=torch.long, device=device)
     state, rows, times, note = {}, [], [], None
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with torch.no_grad():
         try:
             for step in range(tokens):
                 if cuda and step % bucket == 0:
@@ -83,10 +94,10 @@ def decode(model, tokens, bucket, device, dtype):
     return rows, note
 
 
-def run(name, model, tokens, bucket, warmup, device, dtype):
+def run(name, model, tokens, bucket, warmup, device):
     """Warm up on a throwaway state, decode, print the table; returns the summary."""
-    decode(model, warmup, warmup, device, dtype)
-    rows, note = decode(model, tokens, bucket, device, dtype)
+    decode(model, warmup, warmup, device)
+    rows, note = decode(model, tokens, bucket, device)
     params = sum(p.numel() for p in model.parameters())
     print(f"\n{name}: {params / 1e6:.2f}M parameters, {tokens} tokens" + (f" ({note})" if note else ""))
     print(f"{'tokens':>13} {'ms/token':>9} {'allocated MiB':>14} {'peak MiB':>9} {'state MiB':>10}")
@@ -119,7 +130,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8000, help="dictionary size")
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                        help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU); weights stay float32")
+                        help="weights and activations (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny models (CPU check)")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
@@ -132,18 +143,18 @@ def main():
     baseline_tokens = args.baseline_max_tokens or args.tokens
     warmup = 2 * args.chunk
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", autocast {dtype_name}, batch 1, greedy, vocabulary {args.vocab}, warm-up {warmup} tokens")
+          + f", {dtype_name} weights, batch 1, greedy, vocabulary {args.vocab}, warm-up {warmup} tokens")
 
     torch.manual_seed(0)
     mega = build_model(args.arch, ["--decoder-chunk-size", str(args.chunk), *(TINY["mega"] if args.tiny else [])],
-                       args.vocab, args.tokens + 1, device)
-    results = [run(f"{args.arch} (chunk {args.chunk})", mega, args.tokens, args.bucket, warmup, device, dtype)]
+                       args.vocab, args.tokens + 1, device, dtype)
+    results = [run(f"{args.arch} (chunk {args.chunk})", mega, args.tokens, args.bucket, warmup, device)]
     del mega
     if device.type == "cuda":
         torch.cuda.empty_cache()
     baseline = build_model(args.baseline_arch, TINY["transformer"] if args.tiny else [],
-                           args.vocab, baseline_tokens + 1, device)
-    results.append(run(args.baseline_arch, baseline, baseline_tokens, args.bucket, warmup, device, dtype))
+                           args.vocab, baseline_tokens + 1, device, dtype)
+    results.append(run(args.baseline_arch, baseline, baseline_tokens, args.bucket, warmup, device))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "dtype": dtype_name, "vocab": args.vocab, "results": results},

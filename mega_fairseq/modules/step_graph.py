@@ -4,8 +4,9 @@
 step uses), captures it in a CUDA graph on the second call and replays the graph from then on:
 the host then launches one graph instead of every kernel of the step. ``fn`` must read its inputs
 from, and write its state to, tensors that stay the same between calls (see ``decoding.StepBuffers``)
-and must not synchronize with the host. On a CPU, or with the environment variable
-``MEGA_CUDA_GRAPHS=0``, every call runs eagerly.
+and must not synchronize with the host. On a CPU, under autocast (whose cast cache would outlive
+neither the graph nor the context), or with the environment variable ``MEGA_CUDA_GRAPHS=0``,
+every call runs eagerly.
 """
 import logging
 import os
@@ -34,6 +35,8 @@ class GraphedStep:
 
     def __call__(self) -> Tuple[Optional[Tensor], ...]:
         self.calls += 1
+        if torch.is_autocast_enabled("cuda"):
+            return self.fn()
         if self.graph is None and self.use_graph and self.calls > 1:
             self._capture()
         if self.graph is None:
