@@ -32,7 +32,8 @@ The two EMA revisions of the original code (docs/conversion.md has the derivatio
 
     main  (every commit of branch main): p = sigmoid(delta), q = 1 - p * sigmoid(alpha); both
           directions of a bidirectional kernel start at lag 0; truncation K caps the kernel at K lags
-          (0 breaks it). Parameters declared delta, alpha, beta, gamma, omega. Ours is the same function.
+          (K < 1 leaves it empty or fails). Parameters declared delta, alpha, beta, gamma, omega.
+          Ours is the same function.
     flash (branch flash, commits 06f2d0e and 7d00ee4): p = sigmoid(alpha), q = 1 - p * sigmoid(delta);
           the backward kernel starts at lag 1; truncation < 1 means none. Parameters declared alpha,
           delta, beta, gamma, omega.
@@ -365,10 +366,14 @@ def _has_bidirectional_ema(state: Dict[str, Tensor]) -> bool:
                for prefix in ema_modules(state))
 
 
+def _revision_of_order(parts: List[str]) -> Optional[str]:
+    """The revision that declares an EMA's parameters in this order, or None."""
+    return next((revision for revision, order in EMA_PARAMETER_ORDER.items() if tuple(parts) == order), None)
+
+
 def _order_evidence(state: Dict[str, Tensor]) -> Tuple[Optional[str], str]:
     """The revision in whose declaration order every EMA module stores its parameters (or None), and why."""
-    orders = Counter(next((revision for revision, order in EMA_PARAMETER_ORDER.items() if tuple(parts) == order),
-                          None) for parts in ema_modules(state).values())
+    orders = Counter(_revision_of_order(parts) for parts in ema_modules(state).values())
     if len(orders) == 1 and None not in orders:
         revision, count = next(iter(orders.items()))
         return revision, (f"its {count} EMA modules store their parameters in {revision}'s declaration order "
@@ -485,7 +490,7 @@ def _backward_from_lag_zero(ema: Dict[str, Tensor], name: str) -> Dict[str, Tens
         warnings.warn(ConversionWarning(
             f"{name}: flash's backward kernel moves a lag-0 weight of up to {largest:.3g} into omega (decay q "
             f"down to {q.min().item():.3g}); the two cancel, but in float32 the converted EMA may differ from "
-            f"the original by about {largest * 6e-8:.1g} times the input"))
+            f"the original by about {largest * torch.finfo(torch.float32).eps:.1g} times the input"))
     return {"beta": torch.cat([ema["beta"][:dim].to(dtype), backward_beta.to(dtype)]),
             "omega": (ema["omega"].double() - lag_zero).to(dtype)}
 
