@@ -280,10 +280,12 @@ def translation_batch(dictionary, seed):
     """Left-padded sources of odd and even lengths and right-padded previous target tokens."""
     generator = random.Random(seed)
     source = random_tokens(dictionary, [7, 4, 1, 6], generator, left_pad=True)
-    target = random_tokens(dictionary, [5, 2, 6, 3], generator, left_pad=False)
-    previous = torch.cat([torch.full((4, 1), dictionary.eos()), target[:, :-1]], dim=1)
-    previous[previous == dictionary.eos()] = dictionary.pad()
+    target_lengths = [5, 2, 6, 3]
+    target = random_tokens(dictionary, target_lengths, generator, left_pad=False)
+    previous = torch.full_like(target, dictionary.pad())  # eos, then the target without its final eos
     previous[:, 0] = dictionary.eos()
+    for row, length in enumerate(target_lengths):
+        previous[row, 1:length] = target[row, : length - 1]
     lengths = source.ne(dictionary.pad()).sum(1)
     return {"src_tokens": source, "src_lengths": lengths, "prev_output_tokens": previous}
 

@@ -235,7 +235,8 @@ def test_sc_checkpoint_converts_loads_and_validates(sc_data, tmp_path, capfd):
     run_validate(sc_data, "speech_commands", checkpoint, capfd)
 
 
-# ------------------------------------------------------------------ same outputs where the layout differs (the EMA: test_convert_ema_revisions.py)
+# ------------------------------------------------------------------ same outputs where the layout differs
+# (the EMA and its two original revisions: test_convert_ema_revisions.py)
 
 def original_simple_bias(weight, max_positions, length):
     """The original SimpleRelativePositionalBias: the 2L-1 window around the centre, padded by L,
