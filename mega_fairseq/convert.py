@@ -4,13 +4,16 @@ An original checkpoint holds ``args`` (the ``argparse.Namespace`` of its trainin
 (the state dict). The conversion
 
 1. reads it with ``torch.load``'s weights-only loader (plus the fairseq allow-list, so no code runs);
-2. ``convert_args``: picks the model family from ``args.arch`` and translates the options into this
-   plugin's command-line flags (task, model, criterion), refusing any option the plugin lacks;
-3. ``convert_state_dict``: renames every parameter and buffer, and rewrites the EMA parameters
-   (see ``convert_ema``);
-4. parses the flags with fairseq's own parser, builds the model, checks the converted state dict
+2. ``convert_args``: picks the model family from ``args.arch`` (this plugin's architectures, read
+   from fairseq's registry) and translates the options into this plugin's command-line flags
+   (task, model, criterion), refusing any option the plugin lacks;
+3. ``detect_ema_revision``: decides which revision of the original ``MultiHeadEMA`` made the
+   checkpoint (``main`` or ``flash``, see below), unless the caller names it;
+4. ``convert_state_dict``: renames every parameter and buffer, and rewrites the EMA parameters
+   for that revision (see ``convert_ema``);
+5. parses the flags with fairseq's own parser, builds the model, checks the converted state dict
    against it (every name and shape, both ways) and loads it strictly;
-5. writes a fairseq 0.12 checkpoint (``cfg``, ``model``) that ``fairseq-generate``,
+6. writes a fairseq 0.12 checkpoint (``cfg``, ``model``) that ``fairseq-generate``,
    ``fairseq-eval-lm`` and ``fairseq-validate`` load with ``--user-dir mega_fairseq``.
 
 Parameter names, original -> ours (everything else keeps its name):
@@ -23,16 +26,30 @@ Parameter names, original -> ours (everything else keeps its name):
     encoder.encoder.*                         -> encoder.*                     (LRA, Speech Commands)
     *.rel_pos_bias.rel_pos_bias               -> *.rel_pos_bias.weight
     *.rel_pos_bias._float_tensor              -> dropped (rotary bias dtype buffer)
-    *.move.{alpha,delta,beta}                 -> same names, (D', N, 1) -> (D', N) (convert_ema)
+    *.move.{alpha,delta,beta}                 -> (D', N, 1) -> (D', N), rewritten for flash (convert_ema)
+
+The two EMA revisions of the original code (docs/conversion.md has the derivation):
+
+    main  (every commit of branch main): p = sigmoid(delta), q = 1 - p * sigmoid(alpha); both
+          directions of a bidirectional kernel start at lag 0; truncation K caps the kernel at K lags
+          (K < 1 leaves it empty or fails). Parameters declared delta, alpha, beta, gamma, omega.
+          Ours is the same function.
+    flash (branch flash, commits 06f2d0e and 7d00ee4): p = sigmoid(alpha), q = 1 - p * sigmoid(delta);
+          the backward kernel starts at lag 1; truncation < 1 means none. Parameters declared alpha,
+          delta, beta, gamma, omega.
 """
 import argparse
+import math
 import os
 import re
+import warnings
+from collections import Counter
 from types import SimpleNamespace
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from fairseq.data import Dictionary
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY
 from torch import Tensor
 
 from .checkpoint_safety import allow_fairseq_checkpoints
@@ -40,15 +57,12 @@ from .options import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIAS
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
-# original --arch -> model family (the same names are architectures of this plugin)
-FAMILIES = {
-    **{arch: "mega" for arch in ("mega", "mega_wmt_en_de", "mega_wmt_en_de_big")},
-    **{arch: "mega_lm" for arch in ("mega_lm", "mega_lm_big", "mega_lm_wiki103", "mega_lm_adaptive_big",
-                                    "mega_lm_adaptive_base", "mega_lm_enwik8_base", "mega_lm_enwik8_large")},
-    **{arch: "lra" for arch in ("lra", "mega_lra_listop", "mega_lra_imdb", "mega_lra_aan", "mega_lra_cifar10",
-                                "mega_lra_pf32", "mega_lra_pf128")},
-    **{arch: "sc_raw" for arch in ("sc_raw", "mega_sc_raw", "mega_sc_raw_base", "mega_sc_raw_big")},
-}
+EMA_REVISIONS = ("main", "flash")
+# the order in which each revision's MultiHeadEMA declares its parameters (its state dicts keep it)
+EMA_PARAMETER_ORDER = {"main": ("delta", "alpha", "beta", "gamma", "omega"),
+                       "flash": ("alpha", "delta", "beta", "gamma", "omega")}
+# a flash backward lag-0 weight above this moves into omega with a float32 cancellation worth a warning
+LAG_ZERO_WARNING = 1e3
 
 # (pattern, replacement) applied in order to every original name; replacement None drops the entry
 _DROPPED = [(r"^(encoder|decoder)\.version$", None), (r"\.rel_pos_bias\._float_tensor$", None)]
@@ -73,6 +87,10 @@ ACTIVATION_ALIASES = {"gelu_fast": "gelu_accurate"}
 
 class ConversionError(ValueError):
     """The checkpoint cannot be converted faithfully; the message names the file, option or parameter."""
+
+
+class ConversionWarning(UserWarning):
+    """The converted model equals the original only under a condition, which the message states."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -164,19 +182,27 @@ class _Flags:
         self.choice("attention_activation_fn", ATTENTION_FUNCTIONS)
         self.choice(norm_option, NORM_TYPES)
         self.choice("rel_pos_bias", POSITION_BIASES, "simple")
-        self.add("--truncation-length", self.get("truncation_length", 0))  # None or 0: no truncation
+        truncation = self.get("truncation_length", 0)
+        self.add("--truncation-length", truncation if truncation >= 1 else 0)  # ours: 0 is none (flash: < 1)
         for name in ("dropout", "attention_dropout"):
             self.copy(name, 0.0)
         self.switch("feature_dropout")
 
 
+def architectures() -> Dict[str, str]:
+    """This plugin's architectures -> model family (mega, mega_lm, lra or sc_raw), from fairseq's
+    registry. The original code uses the same names for the same models."""
+    return {arch: model for arch, model in ARCH_MODEL_NAME_REGISTRY.items() if model in FAMILY_FLAGS}
+
+
 def family_of(args: argparse.Namespace) -> str:
     """The model family of an original checkpoint: mega, mega_lm, lra or sc_raw."""
     arch = getattr(args, "arch", None)
-    if arch not in FAMILIES:
+    known = architectures()
+    if arch not in known:
         raise ConversionError(f"--arch {arch!r} of the original checkpoint is not a Mega architecture this "
-                              f"converter knows ({', '.join(FAMILIES)})")
-    family = FAMILIES[arch]
+                              f"converter knows ({', '.join(sorted(known))})")
+    family = known[arch]
     if family == "lra" and getattr(args, "layer_type", None) != "mega":
         raise ConversionError(f"--layer-type {getattr(args, 'layer_type', None)!r}: only Mega LRA models "
                               f"(--layer-type mega) convert")
@@ -191,7 +217,7 @@ def convert_args(args: argparse.Namespace) -> OurOptions:
     """
     family = family_of(args)
     flags = _Flags(args)
-    {"mega": _translation_flags, "mega_lm": _lm_flags, "lra": _lra_flags, "sc_raw": _sc_flags}[family](flags)
+    FAMILY_FLAGS[family](flags)
     criterion = _criterion(flags, family)
     flags.add("--criterion", criterion)
     if criterion == "label_smoothed_cross_entropy":
@@ -306,25 +332,167 @@ def _sc_flags(f: _Flags) -> None:
     _classifier_flags(f)
 
 
+# model family -> the function that translates its options
+FAMILY_FLAGS = {"mega": _translation_flags, "mega_lm": _lm_flags, "lra": _lra_flags, "sc_raw": _sc_flags}
+
+
 # ---------------------------------------------------------------------------------------------- parameters
 
-def convert_ema(params: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Original EMA parameters -> ours: the same function and roles (p = sigmoid(delta),
-    q = 1 - p * sigmoid(alpha), lag 0 in both directions); alpha, delta and beta lose the
-    trailing axis of the original (D', N, 1) layout."""
-    shapes = {name: tuple(t.shape) for name, t in params.items()}
+class EmaRevision(NamedTuple):
+    """The revision of the original EMA a checkpoint is converted as ('main' or 'flash'), and why."""
+
+    name: str
+    reason: str
+
+
+_EMA_PARAMETER = re.compile(r"^(.*\.move\.)(alpha|delta|beta|gamma|omega)$")
+
+
+def ema_modules(state: Dict[str, Tensor]) -> Dict[str, List[str]]:
+    """The EMA modules of an original state dict: name prefix (ending in ``move.``) -> the names
+    of its parameters in the order the state dict stores them."""
+    modules: Dict[str, List[str]] = {}
+    for name in state:
+        match = _EMA_PARAMETER.match(name)
+        if match:
+            modules.setdefault(match.group(1), []).append(match.group(2))
+    return modules
+
+
+def _has_bidirectional_ema(state: Dict[str, Tensor]) -> bool:
+    """Whether an EMA has twice as many kernels (gamma rows) as channels (omega)."""
+    return any(prefix + "gamma" in state and prefix + "omega" in state
+               and state[prefix + "gamma"].shape[0] == 2 * state[prefix + "omega"].shape[0]
+               for prefix in ema_modules(state))
+
+
+def _revision_of_order(parts: List[str]) -> Optional[str]:
+    """The revision that declares an EMA's parameters in this order, or None."""
+    return next((revision for revision, order in EMA_PARAMETER_ORDER.items() if tuple(parts) == order), None)
+
+
+def _order_evidence(state: Dict[str, Tensor]) -> Tuple[Optional[str], str]:
+    """The revision in whose declaration order every EMA module stores its parameters (or None), and why."""
+    orders = Counter(_revision_of_order(parts) for parts in ema_modules(state).values())
+    if len(orders) == 1 and None not in orders:
+        revision, count = next(iter(orders.items()))
+        return revision, (f"its {count} EMA modules store their parameters in {revision}'s declaration order "
+                          f"({', '.join(EMA_PARAMETER_ORDER[revision])})")
+    found = ", ".join(f"{count} in {revision or 'neither'}'s order" for revision, count in orders.items()) or "none"
+    return None, (f"the order of its EMA parameters matches no revision (EMA modules: {found}; main declares "
+                  f"{', '.join(EMA_PARAMETER_ORDER['main'])}, flash {', '.join(EMA_PARAMETER_ORDER['flash'])})")
+
+
+def _args_evidence(args: argparse.Namespace, bidirectional: bool) -> Tuple[Optional[str], str]:
+    """'flash' where the args only run as trained on flash (truncation_length < 1), else None; and why."""
+    truncation = getattr(args, "truncation_length", None)
+    if truncation is None or truncation >= 1:
+        return None, f"truncation_length {truncation} runs on both revisions"
+    kind = "bidirectional" if bidirectional else "causal"
+    return "flash", (f"truncation_length {truncation} means no truncation on flash, while main cannot run it "
+                     f"(the {kind} EMA kernel of {truncation} lags is empty or fails to build)")
+
+
+def detect_ema_revision(args: argparse.Namespace, state: Dict[str, Tensor],
+                        requested: Optional[str] = None) -> EmaRevision:
+    """The revision of the original EMA that made a checkpoint (original args and state dict).
+
+    Evidence: the order in which the state dict stores each EMA's parameters (the revisions declare
+    alpha and delta in opposite order) and truncation_length < 1 (only flash runs it). ``requested``
+    ('main' or 'flash') overrides the evidence. Raises ConversionError where the evidence is missing
+    or contradicts itself, or where the requested revision cannot be reproduced.
+    """
+    by_order, order_reason = _order_evidence(state)
+    by_args, args_reason = _args_evidence(args, _has_bidirectional_ema(state))
+    evidence = [(revision, reason) for revision, reason in ((by_order, order_reason), (by_args, args_reason))
+                if revision is not None]
+    if requested is not None:
+        if requested not in EMA_REVISIONS:
+            raise ConversionError(f"--ema-revision {requested!r}: expected one of {', '.join(EMA_REVISIONS)}")
+        if requested == "main" and by_args == "flash":
+            raise ConversionError(f"--ema-revision main cannot be reproduced: {args_reason}")
+        contrary = [reason for revision, reason in evidence if revision != requested]
+        note = f", although {'; '.join(contrary)}" if contrary else ""
+        return EmaRevision(requested, f"--ema-revision {requested} was given{note}")
+    ask = "pass --ema-revision main or --ema-revision flash (docs/conversion.md tells them apart)"
+    if not evidence:
+        raise ConversionError(f"cannot tell which revision of the original EMA made this checkpoint: "
+                              f"{order_reason}, and {args_reason}; {ask}")
+    if len({revision for revision, _ in evidence}) > 1:
+        raise ConversionError(f"the checkpoint contradicts itself about the revision of the original EMA: "
+                              f"{order_reason}, but {args_reason}; {ask}")
+    return EmaRevision(evidence[0][0], "; ".join(reason for _, reason in evidence))
+
+
+def warn_truncated_flash(args: argparse.Namespace, state: Dict[str, Tensor]) -> None:
+    """A truncated bidirectional flash EMA converts exactly only for inputs up to the truncation length."""
+    truncation = getattr(args, "truncation_length", None)
+    if truncation is not None and truncation >= 1 and _has_bidirectional_ema(state):
+        warnings.warn(ConversionWarning(
+            f"truncation_length {truncation} with flash's bidirectional EMA: the converted model gives the "
+            f"original's outputs for inputs of at most {truncation} tokens (pads not counted); on longer ones "
+            f"flash's backward kernel also weighs lag {truncation}, which ours (lags 0 to {truncation - 1}) "
+            f"cannot"))
+
+
+def convert_ema(params: Dict[str, Tensor], revision: str, name: str = "EMA") -> Dict[str, Tensor]:
+    """Original EMA parameters (alpha, delta, beta (D', N, 1), gamma (D', N), omega (D,)) -> ours
+    (alpha, delta, beta, gamma (D', N), omega (D,)), for the EMA revision that made them.
+
+    main: the same function and roles as ours; alpha, delta and beta lose their trailing axis.
+    flash: alpha and delta trade names (flash's p = sigmoid(alpha) is our sigmoid(delta); p and q
+    are unchanged). A bidirectional flash EMA's backward kernel starts at lag 1: ours, from lag 0,
+    gets beta / q in the backward rows, and omega gives back the lag-0 weight this adds
+    (docs/conversion.md). ``name`` names the module in a warning.
+    """
+    if revision not in EMA_REVISIONS:
+        raise ConversionError(f"EMA revision {revision!r}: expected one of {', '.join(EMA_REVISIONS)}")
+    shapes = {part: tuple(t.shape) for part, t in params.items()}
     if len(shapes["gamma"]) != 2 or len(shapes["omega"]) != 1:
         raise ConversionError(f"EMA gamma {shapes['gamma']} and omega {shapes['omega']}: expected (D', N) and (D,)")
     kernel_dim, ndim = shapes["gamma"]
-    for name in ("alpha", "delta", "beta"):
-        if shapes[name] != (kernel_dim, ndim, 1):
-            raise ConversionError(f"EMA parameter '{name}' has shape {shapes[name]}, expected {(kernel_dim, ndim, 1)} "
+    for part in ("alpha", "delta", "beta"):
+        if shapes[part] != (kernel_dim, ndim, 1):
+            raise ConversionError(f"EMA parameter '{part}' has shape {shapes[part]}, expected {(kernel_dim, ndim, 1)} "
                                   f"(the original layout, like gamma {(kernel_dim, ndim)})")
     embed_dim = shapes["omega"][0]
     if kernel_dim not in (embed_dim, 2 * embed_dim):
         raise ConversionError(f"EMA gamma has {kernel_dim} rows for omega of {embed_dim} channels: expected "
                               f"{embed_dim} (causal) or {2 * embed_dim} (bidirectional)")
-    return {name: (t[..., 0] if name in ("alpha", "delta", "beta") else t) for name, t in params.items()}
+    ours = {part: (t[..., 0] if part in ("alpha", "delta", "beta") else t) for part, t in params.items()}
+    if revision == "main":
+        return ours
+    ours["alpha"], ours["delta"] = ours["delta"], ours["alpha"]
+    if kernel_dim == embed_dim:
+        return ours
+    return {**ours, **_backward_from_lag_zero(ours, name)}
+
+
+def _backward_from_lag_zero(ema: Dict[str, Tensor], name: str) -> Dict[str, Tensor]:
+    """beta and omega (our roles, float64 arithmetic) for which our backward kernel from lag 0 plus
+    omega equal flash's backward kernel from lag 1 plus its omega.
+
+    Flash weighs x[t + m], m >= 1, by c q^(m-1) (c = scale gamma p beta, summed over N); ours by
+    c' q^m from m = 0. c' = c / q matches every m >= 1 and adds sum(c / q) at m = 0, removed from omega.
+    """
+    dim = ema["omega"].shape[0]
+    dtype = torch.promote_types(ema["beta"].dtype, torch.float32)
+    alpha, delta, beta, gamma = (ema[part][dim:].double() for part in ("alpha", "delta", "beta", "gamma"))
+    p = torch.sigmoid(delta)
+    q = 1.0 - p * torch.sigmoid(alpha)
+    if not bool((q > 0).all()):
+        raise ConversionError("an EMA decay q = 1 - sigmoid(alpha) sigmoid(delta) is 0 in float64 (the "
+                              "original's kernel is NaN there)")
+    backward_beta = beta / q
+    lag_zero = (gamma * p * backward_beta).sum(-1) / math.sqrt(gamma.shape[1])  # (D,)
+    largest = lag_zero.abs().max().item()
+    if largest > LAG_ZERO_WARNING:
+        warnings.warn(ConversionWarning(
+            f"{name}: flash's backward kernel moves a lag-0 weight of up to {largest:.3g} into omega (decay q "
+            f"down to {q.min().item():.3g}); the two cancel, but in float32 the converted EMA may differ from "
+            f"the original by about {largest * torch.finfo(torch.float32).eps:.1g} times the input"))
+    return {"beta": torch.cat([ema["beta"][:dim].to(dtype), backward_beta.to(dtype)]),
+            "omega": (ema["omega"].double() - lag_zero).to(dtype)}
 
 
 def rename(name: str, family: str) -> Optional[str]:
@@ -337,8 +505,9 @@ def rename(name: str, family: str) -> Optional[str]:
     return name
 
 
-def convert_state_dict(state: Dict[str, Tensor], family: str) -> Dict[str, Tensor]:
-    """Original state dict -> ours (renamed, EMA reshaped). Two entries mapping to one name are an error."""
+def convert_state_dict(state: Dict[str, Tensor], family: str, ema_revision: str) -> Dict[str, Tensor]:
+    """Original state dict -> ours (renamed, EMA rewritten for ``ema_revision``, 'main' or 'flash').
+    Two entries mapping to one name are an error."""
     converted, sources = {}, {}
     for name, tensor in state.items():
         new_name = rename(name, family)
@@ -353,7 +522,7 @@ def convert_state_dict(state: Dict[str, Tensor], family: str) -> Dict[str, Tenso
         if absent:
             raise ConversionError(f"incomplete EMA {prefix[:-1]}: the original checkpoint lacks {', '.join(absent)}")
         try:
-            new = convert_ema({part: converted[n] for part, n in names.items()})
+            new = convert_ema({part: converted[n] for part, n in names.items()}, ema_revision, prefix[:-1])
         except ConversionError as exc:
             raise ConversionError(f"{prefix[:-1]}: {exc}") from None
         converted.update({names[part]: tensor for part, tensor in new.items()})
@@ -454,13 +623,25 @@ def build_converted_model(ours: OurOptions, state: Dict[str, Tensor], data: str)
     return cfg, model
 
 
-def convert_checkpoint(in_path: str, out_path: str) -> OurOptions:
-    """Convert an original checkpoint file; returns the translated options (for the log)."""
+class Conversion(NamedTuple):
+    """What convert_checkpoint did: the translated options and the EMA revision it assumed."""
+
+    options: OurOptions
+    ema_revision: EmaRevision
+
+
+def convert_checkpoint(in_path: str, out_path: str, ema_revision: Optional[str] = None) -> Conversion:
+    """Convert an original checkpoint file. ``ema_revision`` ('main' or 'flash') names the revision
+    of the original EMA that trained it; None detects it (detect_ema_revision). Conditions under
+    which the result is not exact are issued as ConversionWarning."""
     from omegaconf import OmegaConf
 
     original = load_original(in_path)
     ours = convert_args(original["args"])
-    state = convert_state_dict(original["model"], ours.family)
+    revision = detect_ema_revision(original["args"], original["model"], ema_revision)
+    if revision.name == "flash":
+        warn_truncated_flash(original["args"], original["model"])
+    state = convert_state_dict(original["model"], ours.family, revision.name)
     data = original["args"].data if isinstance(getattr(original["args"], "data", None), str) else "DATA"
     cfg, model = build_converted_model(ours, state, data)
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -471,8 +652,8 @@ def convert_checkpoint(in_path: str, out_path: str) -> OurOptions:
         "model": model.state_dict(),
         "optimizer_history": [{"criterion_name": "converted", "optimizer_name": "none",
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {"converted_from": os.path.basename(in_path)},
+        "extra_state": {"converted_from": os.path.basename(in_path), "ema_revision": revision.name},
         "last_optimizer_state": None,
     }
     torch.save(checkpoint, out_path)
-    return ours
+    return Conversion(ours, revision)
