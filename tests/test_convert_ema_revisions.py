@@ -268,6 +268,7 @@ def original_model(checkpoint, data, original, args, revision):
             params = {part: original[f"{name}.{part}"] for part in ("alpha", "delta", "beta", "gamma", "omega")}
             layer = model.get_submodule(name[: -len(".move")])
             layer.move = OriginalEMA(params, revision, args.truncation_length)
+    model.decoder.steps_supported = False  # the loop reference runs on the block path only
     return model, task
 
 
