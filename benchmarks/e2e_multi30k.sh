@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# End-to-end throughput on Multi30k en->de: fairseq-train mega_wmt_en_de and transformer_wmt_en_de
-# (arch defaults, --share-all-embeddings) for the same number of updates at the same --max-tokens and
+# End-to-end throughput on Multi30k en->de: fairseq-train a Mega and a Transformer
+# (--share-all-embeddings) for the same number of updates at the same --max-tokens and
 # optimizer settings as benchmarks/multi30k_translation.sh (its learning-rate schedule of a 2,000-update
 # run, stopped after UPDATES), then time fairseq-generate (beam 5, batch 128) on the test split with
 # each trained checkpoint. Prints a table, writes OUT_DIR/e2e.json; a failing step prints its log tail.
 #   bash benchmarks/e2e_multi30k.sh DATA_BIN OUT_DIR
-#   UPDATES          training updates per model (default 300)
+#   PAIR             wmt: mega_wmt_en_de vs transformer_wmt_en_de (arch defaults; default);
+#                    multi30k: the sizes of benchmarks/multi30k_translation.sh (Mega H 512, FFN 640)
+#                    vs transformer_iwslt_de_en
+#   UPDATES          training updates per model (default 400)
+#   WARMUP_UPDATES   updates left out of the averages (default 150: two epochs of Multi30k at 8192
+#                    tokens, so that every batch shape has been seen once; fairseq's Transformer
+#                    pays ~0.1 s for each new shape in its first epoch, Mega does not)
 #   MAX_TOKENS       --max-tokens of both models (default 8192)
 #   PRECISION        fp16 | bf16 | fp32 (default fp16 with CUDA, fp32 without; fp16/bf16 need CUDA).
 #                    bf16: Mega trains with --bf16-autocast; fairseq's transformer has no bf16 on GPUs
 #                    (its --bf16 means TPU), so it trains with --fp16; both decode with --fp16
 #                    (--bf16-autocast covers the model's forward, not fairseq-generate's decoder steps).
-#   LOG_INTERVAL     updates per train_inner record (default 50); train wps and ups average the
-#                    records after the first (warm-up) one
+#   LOG_INTERVAL     updates per train_inner record (default 25); train wps and ups average the
+#                    records past WARMUP_UPDATES
 #   EXTRA_MEGA_ARGS  extra fairseq-train options for Mega only, e.g. "--ema-impl triton"
 # Peak memory: fairseq logs gb_free = GPU total - peak allocated of the update before each record;
 # peak_gb = total - min(gb_free) over the records (GiB, CUDA only). Generation speed is fairseq-generate's
@@ -20,7 +26,8 @@
 # hypotheses can differ in length.
 set -euo pipefail
 data=$1 out=$2
-updates=${UPDATES:-300} max_tokens=${MAX_TOKENS:-8192} log_interval=${LOG_INTERVAL:-50}
+updates=${UPDATES:-400} max_tokens=${MAX_TOKENS:-8192} log_interval=${LOG_INTERVAL:-25}
+warmup_updates=${WARMUP_UPDATES:-150} pair=${PAIR:-wmt}
 read -ra extra_mega <<< "${EXTRA_MEGA_ARGS:-}"
 total_updates=$((updates > 2000 ? updates : 2000))
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,17 +70,23 @@ run_model() {  # run_model NAME ARCH [TRAIN OPTIONS...]: train, then decode the 
         || fail "$out/$name/generate.out"
 }
 
+case "$pair" in
+    wmt) mega_arch=(mega_wmt_en_de) transformer_arch=transformer_wmt_en_de ;;
+    multi30k) mega_arch=(mega_wmt_en_de --encoder-hidden-dim 512 --encoder-ffn-embed-dim 640)
+              transformer_arch=transformer_iwslt_de_en ;;
+    *) echo "unknown PAIR '$pair': use wmt or multi30k" >&2; exit 2 ;;
+esac
 mkdir -p "$out"
-run_model mega mega_wmt_en_de "${mega_train[@]}" "${extra_mega[@]}"
-run_model transformer transformer_wmt_en_de "${transformer_train[@]}"
+run_model mega "${mega_arch[@]}" "${mega_train[@]}" "${extra_mega[@]}"
+run_model transformer "$transformer_arch" "${transformer_train[@]}"
 
-python3 - "$out" "$precision" "$updates" "$max_tokens" "${EXTRA_MEGA_ARGS:-}" <<'EOF'
+python3 - "$out" "$precision" "$updates" "$max_tokens" "${EXTRA_MEGA_ARGS:-}" "$warmup_updates" "$pair" <<'EOF'
 """Read both models' train.log and generate.out; print the table and write e2e.json."""
 import json
 import re
 import sys
 
-out, precision, updates, max_tokens, extra_mega = sys.argv[1:]
+out, precision, updates, max_tokens, extra_mega, warmup_updates, pair = sys.argv[1:]
 train_precision = {"fp16": ("fp16", "fp16"), "bf16": ("bf16-autocast", "fp16"), "fp32": ("fp32", "fp32")}
 decode_precision = "fp32" if precision == "fp32" else "fp16"
 
@@ -86,7 +99,7 @@ def summarize(name, train_as):
     train_log = open(f"{out}/{name}/train.log").read()
     records = [json.loads(line.split("| train_inner | ", 1)[1])
                for line in train_log.splitlines() if "| train_inner | " in line]
-    timed = records[1:] or records
+    timed = [r for r in records if int(r["num_updates"]) > int(warmup_updates)] or records[-1:]
     params = re.search(r"num\. shared model params: ([\d,]+)", train_log)
     total_gb = re.search(r"total memory = ([\d.]+) GB", train_log)
     gb_free = [float(r["gb_free"]) for r in records if "gb_free" in r]
@@ -104,6 +117,8 @@ def summarize(name, train_as):
         "generate_seconds": float(translated.group(3)),
         "generate_sentences_per_s": float(translated.group(4)),
         "generate_tokens_per_s": float(translated.group(5)),
+        "records": [{"num_updates": int(r["num_updates"]), "wps": float(r["wps"]), "ups": float(r["ups"])}
+                    for r in records],
     }
 
 
@@ -112,11 +127,13 @@ models = {name: summarize(name, train_as)
 mega, transformer = models["mega"], models["transformer"]
 ratios = {key: mega[key] / transformer[key]
           for key in ("train_wps", "train_ups", "generate_sentences_per_s", "generate_tokens_per_s")}
-result = {"updates": int(updates), "max_tokens": int(max_tokens), "precision": precision,
+result = {"pair": pair, "updates": int(updates), "warmup_updates": int(warmup_updates),
+          "max_tokens": int(max_tokens), "precision": precision,
           "extra_mega_args": extra_mega, "models": models, "ratios_mega_over_transformer": ratios}
 json.dump(result, open(f"{out}/e2e.json", "w"), indent=2)
 
-print(f"\n{updates} updates, --max-tokens {max_tokens}, PRECISION={precision}, EXTRA_MEGA_ARGS='{extra_mega}'")
+print(f"\nPAIR={pair}: {updates} updates (averages past update {warmup_updates}), --max-tokens {max_tokens}, "
+      f"PRECISION={precision}, EXTRA_MEGA_ARGS='{extra_mega}'")
 print(f"{'model':<12} {'params':>8} {'train as':>14} {'train wps':>10} {'ups':>6} {'peak GiB':>8} "
       f"{'decode as':>9} {'sentences/s':>11} {'tokens/s':>9}")
 for name, m in models.items():

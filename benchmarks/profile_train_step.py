@@ -113,7 +113,7 @@ def main():
     parser.add_argument("--arch", required=True)
     parser.add_argument("--label", default=None)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=150, help="untimed updates first: two Multi30k epochs, so that every batch shape was seen (fairseq's Transformer pays ~0.1 s per new shape)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--json", default=None)

@@ -1,0 +1,77 @@
+"""Plots of the benchmark results (matplotlib; benchmarks only, not a dependency of the package).
+
+    python benchmarks/plot_results.py layer LAYER_JSON OUT_PNG    # bench_layers.py layer --json
+    python benchmarks/plot_results.py e2e E2E_JSON OUT_PNG        # e2e_multi30k.sh's e2e.json
+
+layer: tokens/s and peak memory against sequence length for every layer of the run (Mega with the
+fast kernels, Mega with the original algorithm, fairseq's Transformer layer).
+e2e: fairseq-train words/s over updates for the Mega and the Transformer of the run.
+"""
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {
+    "transformer": "Transformer layer (fairseq)",
+    "mega_chunk128": "Mega-chunk 128",
+    "mega_chunk128_original": "Mega-chunk 128, original algorithm",
+    "mega_unchunked": "Mega, unchunked",
+    "mega_unchunked_original": "Mega unchunked, original algorithm",
+}
+
+
+def plot_layer(results: dict, out: str) -> None:
+    rows = results["rows"]
+    lengths = [row["L"] for row in rows]
+    names = [name for name in rows[0] if isinstance(rows[0][name], dict)]
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        style = "--" if name.endswith("_original") else "-"
+        speed.plot(lengths, [row[name]["tokens/s"] / 1e3 for row in rows], style, marker="o",
+                   label=LABELS.get(name, name))
+        memory.plot(lengths, [row[name]["peak_MiB"] / 1024 for row in rows], style, marker="o",
+                    label=LABELS.get(name, name))
+    for axis, label in ((speed, "thousand tokens/s (forward+backward)"), (memory, "peak memory (GiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("sequence length (tokens per batch fixed)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    speed.legend(fontsize=8)
+    figure.suptitle(f"One layer, {results.get('device', '')}")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+def plot_e2e(results: dict, out: str) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, model in results["models"].items():
+        records = model["records"]
+        axis.plot([r["num_updates"] for r in records], [r["wps"] / 1e3 for r in records], marker="o",
+                  label=f"{name} ({model['params'] / 1e6:.0f}M)")
+    axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
+    axis.set_xlabel("update")
+    axis.set_ylabel("thousand target words/s (fairseq-train)")
+    axis.set_title(f"Multi30k, PAIR={results['pair']}, --max-tokens {results['max_tokens']}, {results['precision']}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["layer", "e2e"])
+    parser.add_argument("results")
+    parser.add_argument("out")
+    args = parser.parse_args()
+    with open(args.results) as handle:
+        results = json.load(handle)
+    (plot_layer if args.what == "layer" else plot_e2e)(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
