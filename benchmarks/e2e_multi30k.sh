@@ -20,6 +20,8 @@
 #   LOG_INTERVAL     updates per train_inner record (default 25); train wps and ups average the
 #                    records past WARMUP_UPDATES
 #   EXTRA_MEGA_ARGS  extra fairseq-train options for Mega only, e.g. "--ema-impl triton"
+#   GENERATE         1 (default): also time fairseq-generate; 0: training only (models trained for a
+#                    few hundred updates decode unrepresentatively long hypotheses)
 # Peak memory: fairseq logs gb_free = GPU total - peak allocated of the update before each record;
 # peak_gb = total - min(gb_free) over the records (GiB, CUDA only). Generation speed is fairseq-generate's
 # own figure (model loading excluded, first batch included); compare tokens/s too, since the two models'
@@ -27,7 +29,7 @@
 set -euo pipefail
 data=$1 out=$2
 updates=${UPDATES:-400} max_tokens=${MAX_TOKENS:-8192} log_interval=${LOG_INTERVAL:-25}
-warmup_updates=${WARMUP_UPDATES:-150} pair=${PAIR:-wmt}
+warmup_updates=${WARMUP_UPDATES:-150} pair=${PAIR:-wmt} generate=${GENERATE:-1}
 read -ra extra_mega <<< "${EXTRA_MEGA_ARGS:-}"
 total_updates=$((updates > 2000 ? updates : 2000))
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +65,7 @@ run_model() {  # run_model NAME ARCH [TRAIN OPTIONS...]: train, then decode the 
         --max-tokens "$max_tokens" --seed 1 --num-workers 2 "${device[@]}" "$@" \
         --save-dir "$out/$name/checkpoints" --no-epoch-checkpoints --save-interval 1000 --disable-validation \
         --log-format json --log-interval "$log_interval" > "$out/$name/train.log" 2>&1 || fail "$out/$name/train.log"
+    [ "$generate" = 1 ] || return 0
     echo "[e2e] $name: beam 5 on the test split (output: $out/$name/generate.out)"
     python3 -m fairseq_cli.generate "$data" --user-dir "$repo/mega_fairseq" \
         --path "$out/$name/checkpoints/checkpoint_last.pt" --gen-subset test --beam 5 --lenpen 1.0 \
@@ -80,13 +83,13 @@ mkdir -p "$out"
 run_model mega "${mega_arch[@]}" "${mega_train[@]}" "${extra_mega[@]}"
 run_model transformer "$transformer_arch" "${transformer_train[@]}"
 
-python3 - "$out" "$precision" "$updates" "$max_tokens" "${EXTRA_MEGA_ARGS:-}" "$warmup_updates" "$pair" <<'EOF'
+python3 - "$out" "$precision" "$updates" "$max_tokens" "${EXTRA_MEGA_ARGS:-}" "$warmup_updates" "$pair" "$generate" <<'EOF'
 """Read both models' train.log and generate.out; print the table and write e2e.json."""
 import json
 import re
 import sys
 
-out, precision, updates, max_tokens, extra_mega, warmup_updates, pair = sys.argv[1:]
+out, precision, updates, max_tokens, extra_mega, warmup_updates, pair, generate = sys.argv[1:]
 train_precision = {"fp16": ("fp16", "fp16"), "bf16": ("bf16-autocast", "fp16"), "fp32": ("fp32", "fp32")}
 decode_precision = "fp32" if precision == "fp32" else "fp16"
 
@@ -103,30 +106,34 @@ def summarize(name, train_as):
     params = re.search(r"num\. shared model params: ([\d,]+)", train_log)
     total_gb = re.search(r"total memory = ([\d.]+) GB", train_log)
     gb_free = [float(r["gb_free"]) for r in records if "gb_free" in r]
-    translated = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "
-                           r"\(([\d.]+) sentences/s, ([\d.]+) tokens/s\)", open(f"{out}/{name}/generate.out").read())
-    return {
+    summary = {
         "params": int(number(params.group(1))),
         "train_precision": train_as,
         "train_records_averaged": len(timed),
         "train_wps": sum(float(r["wps"]) for r in timed) / len(timed),
         "train_ups": sum(float(r["ups"]) for r in timed) / len(timed),
         "peak_gb": float(total_gb.group(1)) - min(gb_free) if total_gb and gb_free else None,
-        "decode_precision": decode_precision,
-        "generate_sentences": int(number(translated.group(1))),
-        "generate_seconds": float(translated.group(3)),
-        "generate_sentences_per_s": float(translated.group(4)),
-        "generate_tokens_per_s": float(translated.group(5)),
         "records": [{"num_updates": int(r["num_updates"]), "wps": float(r["wps"]), "ups": float(r["ups"])}
                     for r in records],
     }
+    if generate == "1":
+        translated = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "
+                               r"\(([\d.]+) sentences/s, ([\d.]+) tokens/s\)", open(f"{out}/{name}/generate.out").read())
+        summary.update({
+            "decode_precision": decode_precision,
+            "generate_sentences": int(number(translated.group(1))),
+            "generate_seconds": float(translated.group(3)),
+            "generate_sentences_per_s": float(translated.group(4)),
+            "generate_tokens_per_s": float(translated.group(5)),
+        })
+    return summary
 
 
 models = {name: summarize(name, train_as)
           for name, train_as in zip(("mega", "transformer"), train_precision[precision])}
 mega, transformer = models["mega"], models["transformer"]
 ratios = {key: mega[key] / transformer[key]
-          for key in ("train_wps", "train_ups", "generate_sentences_per_s", "generate_tokens_per_s")}
+          for key in ("train_wps", "train_ups", "generate_sentences_per_s", "generate_tokens_per_s") if key in mega}
 result = {"pair": pair, "updates": int(updates), "warmup_updates": int(warmup_updates),
           "max_tokens": int(max_tokens), "precision": precision,
           "extra_mega_args": extra_mega, "models": models, "ratios_mega_over_transformer": ratios}
@@ -138,11 +145,11 @@ print(f"{'model':<12} {'params':>8} {'train as':>14} {'train wps':>10} {'ups':>6
       f"{'decode as':>9} {'sentences/s':>11} {'tokens/s':>9}")
 for name, m in models.items():
     peak = f"{m['peak_gb']:.1f}" if m["peak_gb"] is not None else "-"
+    decoded = (f"{m['decode_precision']:>9} {m['generate_sentences_per_s']:>11.2f} {m['generate_tokens_per_s']:>9.1f}"
+               if "decode_precision" in m else f"{'-':>9} {'-':>11} {'-':>9}")
     print(f"{name:<12} {m['params'] / 1e6:>7.1f}M {m['train_precision']:>14} {m['train_wps']:>10.0f} "
-          f"{m['train_ups']:>6.2f} {peak:>8} {m['decode_precision']:>9} {m['generate_sentences_per_s']:>11.2f} "
-          f"{m['generate_tokens_per_s']:>9.1f}")
-print(f"mega/transformer: train wps {ratios['train_wps']:.2f}x, ups {ratios['train_ups']:.2f}x, generate "
-      f"sentences/s {ratios['generate_sentences_per_s']:.2f}x, tokens/s {ratios['generate_tokens_per_s']:.2f}x")
+          f"{m['train_ups']:>6.2f} {peak:>8} {decoded}")
+print("mega/transformer: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios.items()))
 if precision == "bf16":
     print("note: the transformer trained with --fp16 (fairseq's --bf16 means TPU); both decoded with --fp16")
 print(f"wrote {out}/e2e.json")
