@@ -1,7 +1,9 @@
 """Relative position biases added to the attention scores (docs/math.md, section 2).
 
 Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions ``offset .. offset + Lq - 1`` and
-key positions ``0 .. Lk - 1``; ``ops.position_bias_ref`` computes the same entry by entry.
+key positions ``0 .. Lk - 1``; ``ops.position_bias_ref`` computes the same entry by entry. Both depend
+on j - i only: ``rotary_relative_vector`` gives the rotary bias as one value per distance, the form the
+fused attention kernel reads (the simple bias's weight already is).
 """
 import math
 
@@ -48,3 +50,9 @@ def rotate(vector: Tensor, start: int, length: int) -> Tensor:
 def rotary_position_bias(alpha: Tensor, beta: Tensor, query_length: int, key_length: int, offset: int = 0) -> Tensor:
     """alpha, beta (1, Z) -> (Lq, Lk) with ``bias[i, j] = rot(alpha, offset + i) . rot(beta, j)``."""
     return rotate(alpha, offset, query_length) @ rotate(beta, 0, key_length).t()
+
+
+def rotary_relative_vector(alpha: Tensor, beta: Tensor, positions: int) -> Tensor:
+    """alpha, beta (1, Z) -> (2P - 1,) with ``vector[P - 1 + d] = rot(alpha, 0) . rot(beta, d)``, which is
+    ``bias[i, i + d]`` of rotary_position_bias for every i (a rotation by i of both sides cancels)."""
+    return rotate(beta, 1 - positions, 2 * positions - 1) @ alpha.reshape(-1)
