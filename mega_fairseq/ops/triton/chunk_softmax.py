@@ -38,7 +38,7 @@ except ImportError:  # CPU-only installs: the PyTorch path is used
 FUNCTIONS = {"softmax": 0, "laplace": 1, "relu2": 2}
 BIAS_VECTOR, BIAS_MATRIX = 1, 2
 MAX_BLOCK_N = 128  # columns per tile (a power of two)
-TILE_ELEMENTS = 4096  # rows x columns per tile
+TILE_ELEMENTS = 1024  # rows x columns per tile: 8 per thread (more spills registers on an H100)
 NUM_WARPS = 4
 
 if triton is not None:
@@ -200,7 +200,7 @@ if triton is not None:
             if STORE_WEIGHTS:
                 tl.store(a_ptr + offsets, weights.to(a_ptr.dtype.element_ty), mask=inside)
             if DROPOUT:
-                dropped = tl.where(_keep(seed, offsets, dropout), weights / (1.0 - dropout), 0.0)
+                dropped = tl.where(_keep(seed, offsets, dropout), weights / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
                 tl.store(p_ptr + offsets, dropped.to(p_ptr.dtype.element_ty), mask=inside)
             j0 += BLOCK_N
 
@@ -256,7 +256,7 @@ if triton is not None:
                 x = _logits(a_ptr, bias_ptr, row_base, i, j, position, row_scale, allowed, bias_center,
                             bias_stride, BIAS, COMPUTE)
                 if DROPOUT:
-                    g = tl.where(_keep(seed, offsets, dropout), g / (1.0 - dropout), 0.0)
+                    g = tl.where(_keep(seed, offsets, dropout), g / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
                 dx = tl.where(allowed, g * _derivative(x, FUNCTION), 0.0)
             tl.store(ds_ptr + offsets, (dx * row_scale[:, None]).to(ds_ptr.dtype.element_ty), mask=inside)
             if BIAS == 1:
@@ -296,7 +296,8 @@ def _common(scores: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], layo
     block_m, block_n = _blocks(rows, columns)
     fn = FUNCTIONS[function]
     tail = layout.chunks * layout.chunk_stride > layout.key_length
-    key_stats = (fn == 0 and mask is not None and not backward) or (fn != 0 and not causal and (mask is not None or tail))
+    key_stats = ((fn == 0 and mask is not None and not backward)
+                 or (fn != 0 and not causal and (mask is not None or tail)))
     bias_mode = 0 if bias is None else (BIAS_VECTOR if bias.dim() == 1 else BIAS_MATRIX)
     geometry = (rows, columns, layout.chunks, layout.chunk_stride, layout.key_length, layout.query_offset,
                 (bias.numel() - 1) // 2 if bias_mode == BIAS_VECTOR else 0,
@@ -313,12 +314,14 @@ def weights_forward(scores: Tensor, weights: Optional[Tensor], dropped: Optional
                     mask: Optional[Tensor], layout: Layout, *, function: str, causal: bool, scale: float,
                     dropout: float, seed: int, mask_is_valid: bool = False) -> None:
     """scores (G, Cq, Ck) contiguous -> weights (same shape; may be scores itself; None: not written, which
-    needs dropout) and, with dropout, the dropped weights. bias: vector (2P - 1,) centred at P - 1, contiguous,
-    or (Cq, Ck) matrix with unit column stride, or None; mask (B, Lk) bool or None; scale: the softmax scale
-    (laplace / relu2 use their normalizer)."""
-    grid, geometry, mask_strides, constants = _common(scores, bias, mask, layout, function, causal, mask_is_valid, False)
+    needs dropout) and, with dropout, the dropped weights. bias: vector (2P - 1,) centred at P - 1, or
+    (Cq, Ck) matrix, contiguous, or None; mask (B, Lk) bool or None; scale: the softmax scale (laplace /
+    relu2 use their normalizer)."""
+    grid, geometry, mask_strides, constants = _common(scores, bias, mask, layout, function, causal, mask_is_valid,
+                                                      False)
     _forward_kernel[grid](
-        scores, weights if weights is not None else dropped, dropped if dropped is not None else weights, bias if bias is not None else scores,
+        scores, weights if weights is not None else dropped, dropped if dropped is not None else weights,
+        bias if bias is not None else scores,
         mask if mask is not None else scores, *geometry, *mask_strides, scale, dropout, seed,
         DROPOUT=dropout > 0.0, STORE_WEIGHTS=weights is not None, num_warps=NUM_WARPS, **constants)
 
@@ -328,10 +331,11 @@ def weights_backward(grad: Tensor, grad_scores: Tensor, saved: Tensor, dropped: 
                      function: str, causal: bool, scale: float, dropout: float, seed: int,
                      mask_is_valid: bool = False) -> None:
     """grad: dP (G, Cq, Ck), the gradient of the (dropped) weights -> grad_scores (may be grad itself);
-    adds the bias gradient into grad_bias (float32/64, contiguous, the bias's shape; a matrix bias is then
-    contiguous too). saved: the weights A (softmax)
-    or the scores S (laplace / relu2); dropped: the dropped weights (softmax with dropout)."""
-    grid, geometry, mask_strides, constants = _common(saved, bias, mask, layout, function, causal, mask_is_valid, True)
+    adds the bias gradient into grad_bias (float32/64, the bias's shape, contiguous like the bias).
+    saved: the weights A (softmax) or the scores S (laplace / relu2); dropped: the dropped weights
+    (softmax with dropout)."""
+    grid, geometry, mask_strides, constants = _common(saved, bias, mask, layout, function, causal, mask_is_valid,
+                                                      True)
     bias_numel = bias.numel() if bias is not None else 0
     _backward_kernel[grid](
         grad, grad_scores, saved, dropped if dropped is not None else saved, bias if bias is not None else saved,
