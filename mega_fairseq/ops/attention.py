@@ -93,11 +93,24 @@ def attention_weights(
     key_valid: (..., 1, Ck) bool, False at padded keys (or None);
     causal_mask: (Cq, Ck) bool, True where the key may be seen (or None);
     bias: (Cq, Ck) relative position bias.
-    On CUDA with triton and no causal mask, one fused kernel computes them (forward and backward).
+    On CUDA with triton and no causal mask, one fused kernel computes them (forward and backward);
+    ``unfused_attention_weights`` is the PyTorch path.
     """
     check_choice(attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
     if causal_mask is None and scores.is_cuda and triton_available() and bias.dim() == 2:
         return fused_attention.fused_attention_weights(scores, attention_fn, key_valid, bias, z_dim)
+    return unfused_attention_weights(scores, attention_fn, key_valid, causal_mask, bias, z_dim)
+
+
+def unfused_attention_weights(
+    scores: Tensor,
+    attention_fn: str,
+    key_valid: Optional[Tensor],
+    causal_mask: Optional[Tensor],
+    bias: Tensor,
+    z_dim: int,
+) -> Tensor:
+    """attention_weights by PyTorch ops (the reference and CPU path); arguments as there."""
     if attention_fn == "softmax":
         scores = scores * (z_dim ** -0.5) + bias
         allowed = softmax_allowed(key_valid, causal_mask)
@@ -159,6 +172,7 @@ def select_attention_impl(
     the device only when it runs: layers are built on the CPU).
     """
     check_choice(impl, ATTENTION_IMPLS, "--attention-impl")
+    check_choice(attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
     if impl == "matmul":
         return impl
     problems = []
@@ -282,7 +296,8 @@ def chunk_attention(
     if impl == "sdpa":
         out = sdpa_chunks(q, k, v, softmax_allowed(key_valid, causal_mask), bias, sdpa_dropout(weight_dropout))
     else:
-        weights = attention_weights(q @ k.transpose(-1, -2), attention_fn, key_valid, causal_mask, bias, z_dim)
+        weights = unfused_attention_weights(q @ k.transpose(-1, -2), attention_fn, key_valid, causal_mask, bias,
+                                            z_dim)
         out = weight_dropout(weights) @ v
     out = out.reshape(batch, num_chunks * rows, -1)[:, front: front + query_length]
     return out, (weights if return_weights else None)
