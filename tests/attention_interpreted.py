@@ -20,12 +20,13 @@ import torch
 
 sys.modules["fairseq"] = None  # the torch-only modules suffice: skip fairseq's import (5 s)
 sys.path.insert(0, os.path.dirname(__file__))
-from mega_fairseq.modules import Dropout, RotaryRelativePositionBias, SimpleRelativePositionBias  # noqa: E402
+from mega_fairseq.modules import (Dropout, MegaLayerConfig, MovingAverageGatedAttention,  # noqa: E402
+                                  RotaryRelativePositionBias, SimpleRelativePositionBias)
 from mega_fairseq.ops import attention  # noqa: E402
 from mega_fairseq.ops.attention import chunk_attention  # noqa: E402
 from mega_fairseq.ops.triton import chunk_softmax  # noqa: E402
-from reference import (chunk_attention_reference, randn, random_padding_mask, randomize_parameters_,  # noqa: E402
-                       rotary_bias_reference)
+from reference import (chunk_attention_reference, mega_block_reference, randn, random_padding_mask,  # noqa: E402
+                       randomize_parameters_, rotary_bias_reference)
 from test_attention import specified_rows  # noqa: E402
 
 SMALL_TILES = (8, 32)  # columns, elements: several row and column blocks at tiny sizes
@@ -257,12 +258,36 @@ def check_compiled(seed=50):
     return {"largest": worst, "graphs": counters["stats"]["unique_graphs"]}
 
 
+def check_block_steps(seed=60):
+    """A causal Mega block on the fused path, fed in steps (cached keys of the unfinished chunk; over
+    several chunks those calls take the matmul path) and whole, against the float64 block reference."""
+    errors = {}
+    for chunk_size in (-1, 4):
+        cfg = MegaLayerConfig(embed_dim=8, hidden_dim=6, ffn_dim=10, z_dim=4, n_dim=3, max_positions=40,
+                              chunk_size=chunk_size, attention_impl="triton")
+        block = randomize_parameters_(MovingAverageGatedAttention(cfg, bidirectional=False, causal=True).double(),
+                                      seed).eval()
+        x = randn(15, 2, 8, seed=seed + 1)
+        mask = random_padding_mask(2, 15, seed + 2)
+        expected = mega_block_reference(block, x, mask)
+        state, steps, start = {}, [], 0
+        with torch.no_grad():
+            whole = block(x, mask)[0]
+            for size in (3, 1, 5, 2, 4):
+                steps.append(block(x[start:start + size], mask[:, start:start + size], state)[0])
+                start += size
+        errors[f"chunk{chunk_size}_whole"] = largest(whole, expected)
+        errors[f"chunk{chunk_size}_steps"] = largest(torch.cat(steps), expected)
+    return errors
+
+
 def main():
     results = {name: check(*case) for name, case in CASES.items()}
     results["dropout_softmax"] = check_dropout("softmax")
     results["dropout_laplace"] = check_dropout("laplace", chunk_size=4, length=10, causal=False)
     results["dropout_rate"] = check_dropout_rate()
     results["attention_weights"] = check_attention_weights()
+    results["block_steps"] = check_block_steps()
     with full_tiles():
         results["compiled"] = check_compiled()
     print(json.dumps(results))

@@ -99,7 +99,8 @@ def test_kernels_in_triton_interpreter_match_references():
     against central differences of that reference and against the matmul path; dropout reproducible,
     applying the forward's mask in the backward, keeping 1 - p of the weights; attention_weights
     against its PyTorch path; torch.compile (aot_eager, fullgraph, dynamic) of both ops equal to eager with
-    one graph for three lengths and two batch sizes."""
+    one graph for three lengths and two batch sizes; a causal Mega block on the fused path, whole and fed
+    in steps (incremental decoding), against the float64 block reference."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, os.path.join(HERE, "attention_interpreted.py")], env=env,
                          capture_output=True, text=True, timeout=600)
@@ -333,7 +334,8 @@ def test_fused_dropout_on_gpu():
 @needs_triton
 def test_inductor_compiled_fused_attention_matches_eager_on_gpu():
     """torch.compile (inductor, fullgraph, dynamic) over the fused path: eager outputs and gradients at
-    three lengths, and no recompilation after the first."""
+    three lengths, and no recompilation after the first; with dropout (its seed drawn in the graph),
+    reproducible under a seed and finite."""
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
 
@@ -357,6 +359,19 @@ def test_inductor_compiled_fused_attention_matches_eager_on_gpu():
         for a, b in zip(*results):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1
+
+    def with_dropout(q, k, v, mask):
+        return attend("triton", q, k, v, module, "laplace", 128, False, mask, weight_dropout=Dropout(0.2))
+    compiled = torch.compile(with_dropout, fullgraph=True, dynamic=True)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        torch.manual_seed(1)
+        out = compiled(*leaves, mask)
+        out.square().sum().backward()
+        runs.append([out] + [t.grad for t in leaves])
+    for a, b in zip(*runs):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
     dynamo.reset()
 
 
