@@ -199,9 +199,9 @@ def select_attention_impl(
     return "triton" if triton_available() else "matmul"
 
 
-def fused_chunk_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, attention_fn: str,
-                          position_bias: Callable[[int, int, int], Tensor], causal: bool,
-                          key_padding_mask: Optional[Tensor], dropout: float) -> Optional[Tensor]:
+def triton_chunk_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, attention_fn: str,
+                           position_bias: Callable[[int, int, int], Tensor], causal: bool,
+                           key_padding_mask: Optional[Tensor], dropout: float) -> Optional[Tensor]:
     """The "triton" path of chunk_attention: (B, Lq, H), or None for cached keys of a chunked
     decoder (queries fewer than keys over several chunks), which take the matmul path.
 
@@ -247,8 +247,8 @@ def chunk_attention(
     impl = select_attention_impl(impl, attention_fn, q.device, max(q.size(-1), v.size(-1)), return_weights,
                                  weight_dropout)
     if impl == "triton":
-        out = fused_chunk_attention(q, k, v, chunk_size, attention_fn, position_bias, causal, key_padding_mask,
-                                    sdpa_dropout(weight_dropout))
+        out = triton_chunk_attention(q, k, v, chunk_size, attention_fn, position_bias, causal, key_padding_mask,
+                                     sdpa_dropout(weight_dropout))
         if out is not None:
             return out, None
         impl = "matmul"

@@ -1,5 +1,5 @@
 """Attention weights from raw scores in one Triton launch, forward and backward (GPU; on a CPU through
-Triton's interpreter in tests); ``ops.attention.attention_weights`` is the reference path.
+Triton's interpreter in tests); ``ops.attention.unfused_attention_weights`` is the reference path.
 
 The scores ``S = Q K^T`` of G groups (batch x chunks), each (Cq, Ck), become the weights
 
@@ -21,13 +21,14 @@ vector bias, per entry for a matrix). Softmax needs no random numbers there: wit
 weights, ``dX = P * dP - A * sum_j(P * dP)``; laplace / relu2 recompute X from S and regenerate the
 dropout mask. The second pass walks each row block along diagonals (rows i, distances u: key
 j = i - i0 + u), so that summing a tile over its rows gives the bias gradient per distance.
+
+Loops with run-time bounds are ``while`` loops: Triton's interpreter (numpy 2) cannot take a run-time
+bound in ``range``. Tiles hold 1024 elements (8 per thread): more spills registers on an H100.
 """
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
-
-from . import triton_available  # noqa: F401  (re-exported for the callers' checks)
 
 try:
     import triton
