@@ -265,9 +265,9 @@ if triton is not None:
                 wanted = (index >= 0) & (index < bias_numel)
                 if CAUSAL:
                     wanted = wanted & (u <= i0 + query_offset)
-                tl.atomic_add(grad_bias_ptr + index, tl.sum(dx, axis=0), mask=wanted)
+                tl.atomic_add(grad_bias_ptr + index, tl.sum(dx, axis=0), mask=wanted, sem="relaxed")
             elif BIAS == 2:
-                tl.atomic_add(grad_bias_ptr + i[:, None].to(tl.int64) * bias_stride + j, dx, mask=seen)
+                tl.atomic_add(grad_bias_ptr + i[:, None].to(tl.int64) * bias_stride + j, dx, mask=seen, sem="relaxed")
             u0 += BLOCK_N
 
 
