@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace", "relu2")
-ATTENTION_IMPLS = ("auto", "matmul", "sdpa")
+ATTENTION_IMPLS = ("auto", "matmul", "sdpa", "triton")
 EMA_IMPLS = ("auto", "fft", "triton")
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 POSITION_BIASES = ("simple", "rotary")

@@ -227,8 +227,10 @@ def test_block_with_sdpa_matches_block_reference(causal, chunk_size):
     (CUDA, "relu2", 64, False, None, "matmul"),
     (CUDA, "softmax", 64, True, None, "matmul"),
 ])
-def test_auto_selection(device, attention_fn, head_dim, return_weights, dropout, expected):
-    """head_dim = max(Z, H): the fused kernel is slower than matmul beyond 128 (see attention.py)."""
+def test_auto_selection(monkeypatch, device, attention_fn, head_dim, return_weights, dropout, expected):
+    """head_dim = max(Z, H): the fused kernel is slower than matmul beyond 128 (see attention.py). Without
+    triton (with it, "triton" replaces matmul on CUDA: test_attention_fused.py)."""
+    monkeypatch.setattr(attention, "triton_available", lambda: False)
     options = {} if dropout is None else dict(weight_dropout=dropout)
     assert select_attention_impl("auto", attention_fn, device, head_dim, return_weights, **options) == expected
     assert select_attention_impl("matmul", attention_fn, device, head_dim, return_weights, **options) == "matmul"
@@ -245,7 +247,7 @@ def test_auto_uses_matmul_on_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("impl, options, message", [
-    ("fast", {}, "unknown value 'fast' for --attention-impl; choose one of auto, matmul, sdpa"),
+    ("fast", {}, "unknown value 'fast' for --attention-impl; choose one of auto, matmul, sdpa, triton"),
     ("SDPA", {}, "--attention-impl"),
     ("sdpa", dict(attention_fn="laplace"), "--attention-impl sdpa needs softmax attention .*laplace"),
     ("sdpa", dict(return_weights=True), "--attention-impl sdpa needs that the attention weights are not returned"),

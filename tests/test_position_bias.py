@@ -123,3 +123,36 @@ def test_simple_bias_in_row_blocks(monkeypatch, positions, query_length, key_len
     assert torch.equal(blocked, whole)
     assert torch.equal(blocked, simple_bias_reference(module.weight, query_length, key_length, offset))
     assert torch.allclose(module.weight.grad, whole_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind, z_dim", [("simple", 4), ("rotary", 2), ("rotary", 8)])
+@pytest.mark.parametrize("positions, query_length, key_length, offset", SPANS)
+def test_relative_vector_holds_the_bias_per_distance(kind, z_dim, positions, query_length, key_length, offset):
+    """bias[i, j] = vector[P - 1 + j - (offset + i)] (the fused kernel's reading), values and gradients."""
+    module = randomize_parameters_(build_position_bias(kind, z_dim, positions).double(), positions, scale=1.0)
+    vector = module.relative_vector(max(offset + query_length, key_length))
+    assert vector.shape == (2 * positions - 1,)
+    rows = torch.arange(offset, offset + query_length).unsqueeze(1)
+    read = vector[positions - 1 + torch.arange(key_length) - rows]
+    expected = module(query_length, key_length, offset)
+    torch.testing.assert_close(read, expected, rtol=0.0, atol=1e-12)
+    upstream = torch.randn(query_length, key_length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = [torch.autograd.grad((m * upstream).sum(), list(module.parameters())) for m in (read, expected)]
+    for grad, expected_grad in zip(*grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=0.0, atol=1e-12)
+
+
+def test_rotary_relative_vector_is_accurate_at_64k_positions():
+    """Angles in float64: float32 parameters give the float64 bias to float32 rounding at distance 65535."""
+    module = randomize_parameters_(RotaryRelativePositionBias(8, 65536), 0, scale=1.0).requires_grad_(False)
+    vector = module.relative_vector(65536)
+    exact = module.double()(1, 1, 65535)[0, 0]  # distance -65535, float64 angles
+    assert abs(float(vector[0]) - float(exact)) < 1e-5 * float(module.alpha.abs().sum() * module.beta.abs().sum())
+
+
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+def test_relative_vector_checks_the_span(kind):
+    module = build_position_bias(kind, 4, 8)
+    assert module.relative_vector(8).shape == (15,)
+    with pytest.raises(ValueError, match=r"9 positions.*\b8 positions"):
+        module.relative_vector(9)

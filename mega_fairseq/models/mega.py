@@ -35,8 +35,8 @@ POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
 EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
-ATTENTION_IMPL_HELP = ("attention computation: auto (PyTorch's fused attention for softmax on a GPU when Z and H "
-                       "are <= 128, matmul otherwise), matmul (reference), sdpa")
+ATTENTION_IMPL_HELP = ("attention computation: auto (on a GPU: PyTorch's fused attention for softmax when Z and H "
+                       "are <= 128, else the fused Triton kernel; matmul on a CPU), matmul (reference), sdpa, triton")
 
 
 @dataclass

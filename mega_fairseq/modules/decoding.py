@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.attention import attention_weights
-from ..ops.position_bias import rotate
-from .position_bias import RelativePositionBias, SimpleRelativePositionBias
+from .position_bias import RelativePositionBias
 
 
 @dataclass
@@ -103,12 +102,10 @@ class StepBuffers:
 
 
 def position_bias_row(bias: RelativePositionBias, query_position: Tensor, key_length: int) -> Tensor:
-    """(1, Lk) bias between the query at ``query_position`` (a () int64 tensor) and keys 0 .. Lk - 1:
-    the row ``query_position`` of the module's bias matrix, gathered on the device."""
+    """(1, Lk) bias between the query at ``query_position`` (a () int64 tensor) and keys 0 .. Lk - 1,
+    gathered on the device from the bias's values per distance."""
     keys = torch.arange(key_length, device=query_position.device)
-    if isinstance(bias, SimpleRelativePositionBias):
-        return bias.weight[bias.max_positions - 1 - query_position + keys].unsqueeze(0)
-    return rotate(bias.alpha, query_position.view(1)) @ rotate(bias.beta, keys).t()
+    return bias.relative_vector(key_length)[bias.max_positions - 1 - query_position + keys].unsqueeze(0)
 
 
 def ema_step_(ema, x: Tensor, padding: Tensor, hidden: Tensor) -> Tensor:

@@ -1,12 +1,13 @@
 """Relative position biases as ``nn.Module``s holding their parameters (docs/math.md, section 2).
 
 Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions ``offset .. offset + Lq - 1`` and
-key positions ``0 .. Lk - 1``, computed by ``ops.position_bias``.
+key positions ``0 .. Lk - 1``, computed by ``ops.position_bias``; ``relative_vector`` gives the same
+values per distance, ``bias[i, j] = vector[P - 1 + j - i]`` (the fused attention kernel reads it).
 """
 import torch
 from torch import Tensor, nn
 
-from ..ops.position_bias import rotary_position_bias, simple_position_bias
+from ..ops.position_bias import rotary_position_bias, rotary_relative_vector, simple_position_bias
 from ..options import MegaConfigError
 
 
@@ -44,6 +45,11 @@ class SimpleRelativePositionBias(RelativePositionBias):
         self.check_span(query_length, key_length, offset)
         return simple_position_bias(self.weight, query_length, key_length, offset)
 
+    def relative_vector(self, span: int) -> Tensor:
+        """(2P - 1,) with bias[i, j] = vector[P - 1 + j - i], for positions below ``span`` (checked)."""
+        self.check_span(span, span, 0)
+        return self.weight
+
 
 class RotaryRelativePositionBias(RelativePositionBias):
     """``bias[i, j] = rot(alpha, i) . rot(beta, j)`` with rotary sin/cos tables (base 10000, halves of Z)."""
@@ -61,6 +67,11 @@ class RotaryRelativePositionBias(RelativePositionBias):
     def forward(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
         self.check_span(query_length, key_length, offset)
         return rotary_position_bias(self.alpha, self.beta, query_length, key_length, offset)
+
+    def relative_vector(self, span: int) -> Tensor:
+        """(2P - 1,) with bias[i, j] = vector[P - 1 + j - i], for positions below ``span`` (checked)."""
+        self.check_span(span, span, 0)
+        return rotary_relative_vector(self.alpha, self.beta, self.max_positions)
 
 
 def build_position_bias(kind: str, z_dim: int, max_positions: int,

@@ -15,17 +15,24 @@ sequence (incremental decoding passes the keys of the unfinished chunk first).
 The key sequence starts at a chunk border; it is padded to a chunk multiple
 here and the padding is dropped from the output.
 
-Two implementations of the chunk core (``impl``): "matmul" forms the weights
-explicitly (the reference, any attention function); "sdpa" hands softmax
-attention to ``torch.nn.functional.scaled_dot_product_attention`` with the bias
-and masks as one additive float mask. With a float mask that needs a gradient
-and values wider than the queries (H != Z), only PyTorch's memory-efficient and
-math backends apply: the flash backend takes no mask and needs equal head
-dims <= 256, the cuDNN backend needs head dims <= 256 and a mask without
-gradient. The memory-efficient kernel is fast only for widths up to 128: on an
-H100 (torch 2.11, bf16, forward+backward) it takes 0.2-0.55x the matmul time
-with Z, H <= 128, but 1.2-4.5x with H = 1024 (its backward is slow for wide
-values), so "auto" picks sdpa only for narrow heads on a GPU.
+Three implementations of the chunk core (``impl``): "matmul" forms the weights
+with PyTorch ops (the reference, any attention function); "triton" (ops/triton/fused_attention.py)
+runs the same computation as one custom operator: a batched matmul for the scores of every chunk,
+one Triton kernel for the scale, the position bias (read from the simple bias's weight vector, or the
+rotary bias as a vector over distances: no (C, C) bias matrix), the masks, the attention function and
+the dropout, and a second batched matmul; its backward is one kernel (dS and the bias gradient)
+between four matmuls. "sdpa" hands softmax attention to
+``torch.nn.functional.scaled_dot_product_attention`` with the bias and masks as one additive float
+mask. With a float mask that needs a gradient and values wider than the queries (H != Z), only
+PyTorch's memory-efficient and math backends apply: the flash backend takes no mask and needs equal
+head dims <= 256, the cuDNN backend needs head dims <= 256 and a mask without gradient. The
+memory-efficient kernel is fast only for widths up to 128: on an H100 (torch 2.11, bf16,
+forward+backward) it takes 0.2-0.55x the matmul time with Z, H <= 128, but 1.2-4.5x with H = 1024
+(its backward is slow for wide values).
+
+"auto" on a GPU: sdpa for softmax with narrow heads (Z, H <= 128), where it never writes the (C, C)
+scores or weights in the forward pass and so moves about a third of the fused path's memory for
+them; "triton" for everything else it can run (wide heads, laplace / relu2); matmul on a CPU.
 """
 import math
 from typing import Callable, Optional, Tuple
@@ -35,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..options import check_choice, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, MegaConfigError
+from .triton import fused_attention, triton_available
 
-SDPA_MAX_HEAD_DIM = 128  # widest Z and H for which "auto" picks the fused path
+SDPA_MAX_HEAD_DIM = 128  # widest Z and H for which "auto" picks sdpa
 LAPLACE_MU = math.sqrt(0.5)
 LAPLACE_SIGMA = math.sqrt(0.25 / math.pi)
 
@@ -85,8 +93,24 @@ def attention_weights(
     key_valid: (..., 1, Ck) bool, False at padded keys (or None);
     causal_mask: (Cq, Ck) bool, True where the key may be seen (or None);
     bias: (Cq, Ck) relative position bias.
+    On CUDA with triton and no causal mask, one fused kernel computes them (forward and backward);
+    ``unfused_attention_weights`` is the PyTorch path.
     """
     check_choice(attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
+    if causal_mask is None and scores.is_cuda and triton_available() and bias.dim() == 2:
+        return fused_attention.fused_attention_weights(scores, attention_fn, key_valid, bias, z_dim)
+    return unfused_attention_weights(scores, attention_fn, key_valid, causal_mask, bias, z_dim)
+
+
+def unfused_attention_weights(
+    scores: Tensor,
+    attention_fn: str,
+    key_valid: Optional[Tensor],
+    causal_mask: Optional[Tensor],
+    bias: Tensor,
+    z_dim: int,
+) -> Tensor:
+    """attention_weights by PyTorch ops (the reference and CPU path); arguments as there."""
     if attention_fn == "softmax":
         scores = scores * (z_dim ** -0.5) + bias
         allowed = softmax_allowed(key_valid, causal_mask)
@@ -109,8 +133,8 @@ def attention_weights(
 
 
 def sdpa_dropout(weight_dropout: Callable[[Tensor], Tensor]) -> Optional[float]:
-    """The dropout probability SDPA must apply for ``weight_dropout``, or None if SDPA cannot
-    reproduce it (only the identity and a plain, non-feature ``Dropout`` can)."""
+    """The dropout probability SDPA or the fused kernel must apply for ``weight_dropout``, or None if
+    they cannot reproduce it (only the identity and a plain, non-feature ``Dropout`` can)."""
     if weight_dropout is _identity:
         return 0.0
     if getattr(weight_dropout, "feature", True) is False:  # modules.Dropout without feature dropout
@@ -140,28 +164,62 @@ def select_attention_impl(
     return_weights: bool = False,
     weight_dropout: Callable[[Tensor], Tensor] = _identity,
 ) -> str:
-    """Resolve ``impl`` ("auto", "matmul", "sdpa") to "matmul" or "sdpa" for tensors on ``device``.
+    """Resolve ``impl`` ("auto", "matmul", "sdpa", "triton") to the implementation for tensors on ``device``.
 
-    "auto" picks sdpa for softmax attention on CUDA when the weights are not returned, the
-    dropout is one SDPA applies itself and head_dim = max(Z, H) <= SDPA_MAX_HEAD_DIM;
-    "sdpa" raises where it does not apply.
+    "auto" on CUDA, when the weights are not returned and the dropout is one the fused paths apply
+    themselves: sdpa for softmax with head_dim = max(Z, H) <= SDPA_MAX_HEAD_DIM, else triton (if
+    installed); matmul otherwise. "sdpa" and "triton" raise where they do not apply ("triton" checks
+    the device only when it runs: layers are built on the CPU).
     """
     check_choice(impl, ATTENTION_IMPLS, "--attention-impl")
+    check_choice(attention_fn, ATTENTION_FUNCTIONS, "--attention-activation-fn")
     if impl == "matmul":
         return impl
     problems = []
-    if attention_fn != "softmax":
-        problems.append(f"softmax attention (got --attention-activation-fn {attention_fn})")
     if return_weights:
         problems.append("that the attention weights are not returned")
     if sdpa_dropout(weight_dropout) is None:
         problems.append("no dropout or a plain Dropout (not feature dropout) on the attention weights")
+    sdpa_problems = ([f"softmax attention (got --attention-activation-fn {attention_fn})"]
+                     if attention_fn != "softmax" else []) + problems
     if impl == "sdpa":
-        if problems:
-            raise MegaConfigError("--attention-impl sdpa needs " + " and ".join(problems))
+        if sdpa_problems:
+            raise MegaConfigError("--attention-impl sdpa needs " + " and ".join(sdpa_problems))
         return impl
-    fast = torch.device(device).type == "cuda" and head_dim <= SDPA_MAX_HEAD_DIM
-    return "sdpa" if fast and not problems else "matmul"
+    if impl == "triton":
+        if not triton_available():
+            problems.append("triton (not installed)")
+        if problems:
+            raise MegaConfigError("--attention-impl triton needs " + " and ".join(problems))
+        return impl
+    if torch.device(device).type != "cuda" or problems:
+        return "matmul"
+    if not sdpa_problems and head_dim <= SDPA_MAX_HEAD_DIM:
+        return "sdpa"
+    return "triton" if triton_available() else "matmul"
+
+
+def triton_chunk_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, attention_fn: str,
+                           position_bias: Callable[[int, int, int], Tensor], causal: bool,
+                           key_padding_mask: Optional[Tensor], dropout: float) -> Optional[Tensor]:
+    """The "triton" path of chunk_attention: (B, Lq, H), or None for cached keys of a chunked
+    decoder (queries fewer than keys over several chunks), which take the matmul path.
+
+    A bias module with ``relative_vector`` gives its values per distance, read by the kernel;
+    any other ``position_bias`` callable gives a (Cq, Ck) matrix."""
+    fused_attention.check_usable(q.device, "--attention-impl triton")
+    query_length, key_length = q.size(1), k.size(1)
+    if query_length > key_length:
+        raise ValueError(f"attention got {query_length} queries for only {key_length} keys")
+    if chunk_size > 0 and query_length != key_length and key_length > chunk_size:
+        return None
+    if hasattr(position_bias, "relative_vector"):
+        bias = position_bias.relative_vector(key_length if chunk_size < 0 else torch.sym_min(chunk_size, key_length))
+    else:
+        _, chunk, rows, offset, _ = fused_attention.chunk_geometry(query_length, key_length, chunk_size)
+        bias = position_bias(rows, chunk, offset)
+    return fused_attention.fused_chunk_attention(q, k, v, bias, key_padding_mask, chunk_size, attention_fn,
+                                                 causal, dropout)
 
 
 def chunk_attention(
@@ -183,11 +241,17 @@ def chunk_attention(
     q: (B, Lq, Z); k: (B, Lk, Z); v: (B, Lk, H), Lq <= Lk; the queries are key
     positions Lk - Lq .. Lk - 1. key_padding_mask: (B, Lk) bool, True at pads.
     position_bias(query_length, key_length, query_offset) -> (Lq', Lk') bias.
-    impl: "auto", "matmul" or "sdpa" (see select_attention_impl).
+    impl: "auto", "matmul", "sdpa" or "triton" (see select_attention_impl).
     Returns the output (B, Lq, H) and, if asked, the weights (B, nC, Cq, Ck).
     """
     impl = select_attention_impl(impl, attention_fn, q.device, max(q.size(-1), v.size(-1)), return_weights,
                                  weight_dropout)
+    if impl == "triton":
+        out = triton_chunk_attention(q, k, v, chunk_size, attention_fn, position_bias, causal, key_padding_mask,
+                                     sdpa_dropout(weight_dropout))
+        if out is not None:
+            return out, None
+        impl = "matmul"
     batch, key_length, z_dim = k.shape
     query_length = q.size(1)
     lead = key_length - query_length
@@ -232,7 +296,8 @@ def chunk_attention(
     if impl == "sdpa":
         out = sdpa_chunks(q, k, v, softmax_allowed(key_valid, causal_mask), bias, sdpa_dropout(weight_dropout))
     else:
-        weights = attention_weights(q @ k.transpose(-1, -2), attention_fn, key_valid, causal_mask, bias, z_dim)
+        weights = unfused_attention_weights(q @ k.transpose(-1, -2), attention_fn, key_valid, causal_mask, bias,
+                                            z_dim)
         out = weight_dropout(weights) @ v
     out = out.reshape(batch, num_chunks * rows, -1)[:, front: front + query_length]
     return out, (weights if return_weights else None)

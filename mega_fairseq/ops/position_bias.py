@@ -1,7 +1,9 @@
 """Relative position biases added to the attention scores (docs/math.md, section 2).
 
 Both return a (Lq, Lk) matrix ``bias[i, j]`` for query positions ``offset .. offset + Lq - 1`` and
-key positions ``0 .. Lk - 1``; ``ops.position_bias_ref`` computes the same entry by entry.
+key positions ``0 .. Lk - 1``; ``ops.position_bias_ref`` computes the same entry by entry. Both depend
+on j - i only: ``rotary_relative_vector`` gives the rotary bias as one value per distance, the form the
+fused attention kernel reads (the simple bias's weight already is).
 """
 import math
 
@@ -48,3 +50,18 @@ def rotary_position_bias(alpha: Tensor, beta: Tensor, query_length: int, key_len
     """alpha, beta (1, Z) -> (Lq, Lk) with ``bias[i, j] = rot(alpha, offset + i) . rot(beta, j)``."""
     queries = torch.arange(offset, offset + query_length, device=alpha.device)
     return rotate(alpha, queries) @ rotate(beta, torch.arange(key_length, device=beta.device)).t()
+
+
+def rotary_relative_vector(alpha: Tensor, beta: Tensor, positions: int) -> Tensor:
+    """alpha, beta (1, Z) -> (2P - 1,) with ``vector[P - 1 + d] = bias[i, i + d]`` of rotary_position_bias for
+    every i: rot(a, i) . rot(b, i + d) = sum_k (a1 b1 + a2 b2) cos(d f_k) + (a2 b1 - a1 b2) sin(d f_k), with
+    (a1, a2), (b1, b2) the halves and f_k the frequencies. The angles d f_k are taken in float64, exact to the
+    parameters' precision at any distance (float32 angles are off by up to 4e-3 rad at 64k positions)."""
+    half = alpha.size(-1) // 2
+    frequencies = torch.exp(torch.arange(half, device=alpha.device, dtype=torch.float64) * (-math.log(10000.0) / half))
+    distances = torch.arange(1 - positions, positions, device=alpha.device, dtype=torch.float64)
+    angles = distances.unsqueeze(1) * frequencies
+    dtype = torch.promote_types(alpha.dtype, torch.float32)
+    (a1, a2), (b1, b2) = alpha.to(dtype).chunk(2, dim=-1), beta.to(dtype).chunk(2, dim=-1)
+    cosine_weight, sine_weight = (a1 * b1 + a2 * b2).t(), (a2 * b1 - a1 * b2).t()
+    return (angles.cos().to(dtype) @ cosine_weight + angles.sin().to(dtype) @ sine_weight).squeeze(1)
