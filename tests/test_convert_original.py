@@ -30,7 +30,8 @@ from fairseq_cli import eval_lm, generate, preprocess, validate
 from fairseq_helpers import REPO, USER_DIR
 from mega_fairseq import stream_eval
 from mega_fairseq.convert import ConversionError, convert_checkpoint, convert_state_dict, load_original
-from mega_fairseq.data import listops, lra_prepare
+from mega_fairseq.prepare import listops
+from mega_fairseq.prepare import lra as lra_prepare
 from mega_fairseq.modules import MultiDimensionalEMA, RotaryRelativePositionBias, SimpleRelativePositionBias
 
 SCRIPT = os.path.join(REPO, "scripts", "convert_original_checkpoint.py")

@@ -2,7 +2,8 @@
 
 scripts/prepare-wikitext-103.sh and scripts/prepare-enwik8.sh in --local-raw mode
 (binarized splits, token counts, the enwik8 split and its byte-token round trip),
-their error paths (no network, missing input) and scripts/enwik8_bytes.py.
+their error paths (no network, missing, empty or non-UTF-8 input, nothing half-made) and the
+byte tokens of mega_fairseq/prepare/language_model.py.
 """
 import os
 import random
@@ -16,14 +17,13 @@ import pytest
 pytest.importorskip("fairseq")
 from fairseq.data import Dictionary, data_utils  # noqa: E402
 
+from mega_fairseq.prepare import language_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT = REPO / "scripts" / "prepare-wikitext-103.sh"
 ENWIK8 = REPO / "scripts" / "prepare-enwik8.sh"
 SPLITS = ("train", "valid", "test")
 TEST_BYTES = 5000
-
-sys.path.insert(0, str(REPO / "scripts"))
-import enwik8_bytes  # noqa: E402
 
 
 def run_script(script, *args, env_extra=None, timeout=120):
@@ -186,18 +186,18 @@ def test_enwik8_byte_token_round_trip(enwik8):
 
 @pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\nbc", b"\n\nx\n", bytes(range(256)) * 2],
                          ids=["empty", "newline", "one", "two-lines", "blank-lines", "all-bytes"])
-def test_enwik8_bytes_module(data, tmp_path):
-    assert enwik8_bytes.bytes_to_tokens(data) == awd_lstm_format(data)
-    assert enwik8_bytes.tokens_to_bytes(enwik8_bytes.bytes_to_tokens(data)) == data
+def test_enwik8_byte_tokens(data, tmp_path):
+    assert language_model.bytes_to_tokens(data) == awd_lstm_format(data)
+    assert language_model.tokens_to_bytes(language_model.bytes_to_tokens(data)) == data
     with open(tmp_path / "x.txt", "wb") as f:  # streamed in chunks of 7 bytes
-        enwik8_bytes.write_tokens(data, f, chunk_bytes=7)
+        language_model.write_tokens(data, f, chunk_bytes=7)
     assert (tmp_path / "x.txt").read_bytes() == awd_lstm_format(data)
 
 
 def test_enwik8_split_needs_training_bytes():
-    assert [len(p) for p in enwik8_bytes.split_bytes(bytes(25), 10)] == [5, 10, 10]
+    assert [len(p) for p in language_model.split_bytes(bytes(25), 10)] == [5, 10, 10]
     with pytest.raises(ValueError, match="no training data"):
-        enwik8_bytes.split_bytes(bytes(20), 10)
+        language_model.split_bytes(bytes(20), 10)
 
 
 # ---------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import torch
 
 from fairseq_helpers import REPO
 from lra_helpers import TINY_MEGA, run_train, setup
-from mega_fairseq.data.speech_commands_prepare import ALL_CLASSES, ORIGINAL_EPSILON, SUBSET_CLASSES
-from mega_fairseq.data.speech_commands_prepare import prepare_speech_commands
+from mega_fairseq.prepare.speech_commands import ALL_CLASSES, ORIGINAL_EPSILON, SUBSET_CLASSES
+from mega_fairseq.prepare.speech_commands import prepare_speech_commands
 
 SCRIPT = os.path.join(REPO, "scripts", "prepare-speech-commands.py")
 SC = ["--task", "speech_commands"]
