@@ -15,6 +15,7 @@ from PIL import Image
 
 from fairseq_helpers import REPO
 from mega_fairseq.prepare import listops, lra
+from mega_fairseq.prepare.common import Replacements
 
 SCRIPT = os.path.join(REPO, "scripts", "prepare-lra.py")
 
@@ -118,6 +119,48 @@ def test_aan_pairs_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"new_aan_pairs\.test\.tsv: line 1 has 4 tab-separated fields"):
         lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
 
+
+
+def test_imdb_text_that_is_not_utf8_is_named_or_replaced_and_counted(tmp_path):
+    for part in ("train", "test"):
+        for polarity in ("neg", "pos"):
+            (tmp_path / "aclImdb" / part / polarity).mkdir(parents=True)
+            (tmp_path / "aclImdb" / part / polarity / "0_1.txt").write_text("fine\nfilm", encoding="utf-8")
+    (tmp_path / "aclImdb" / "train" / "pos" / "1_9.txt").write_bytes(b"Herr\nM\xfcller \xe9")
+    with pytest.raises(ValueError, match=r"pos.1_9\.txt: line 2: not UTF-8 text \(byte 0xfc at byte 2 of the line\)"
+                                         r".*--replace-invalid-utf8"):
+        lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    replacements = Replacements()
+    counts = lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"), replacements=replacements)
+    assert counts == {"train": 3, "valid": 2, "test": 2}
+    assert replacements.report() == [f"{tmp_path / 'aclImdb' / 'train' / 'pos' / '1_9.txt'}: replaced 2 invalid "
+                                     f"UTF-8 sequence(s) by U+FFFD (the first on line 2)"]
+    train = read_binarized(tmp_path / "out" / "src-bin", "train")
+    assert bytes(int(t) for t in train[2]).decode() == "Herr\nM\ufffdller \ufffd"
+
+
+def test_aan_line_that_is_not_utf8_is_named(tmp_path):
+    rows = [("1", "a", "b", "first doc", "second doc")]
+    write_aan(tmp_path / "raw", {"train": rows, "valid": rows, "test": rows})
+    with open(tmp_path / "raw" / "new_aan_pairs.train.tsv", "ab") as f:
+        f.write(b"0\tc\td\tna\xefve\ty\n")
+    with pytest.raises(ValueError, match=r"new_aan_pairs\.train\.tsv: line 2: not UTF-8 text"):
+        lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
+
+
+def test_empty_split_is_refused_and_the_output_left_as_it_was(tmp_path):
+    raw = tmp_path / "raw"
+    listops.write_splits(str(raw), {"train": 4, "valid": 2, "test": 2}, seed=2, max_depth=4, max_args=4,
+                         min_length=6, max_length=40)
+    out = tmp_path / "out"
+    lra.prepare_listops(str(raw), str(out))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (raw / "basic_val.tsv").write_text("Source\tTarget\n")
+    with pytest.raises(ValueError, match=r"no examples in the valid split: .*basic_val\.tsv"):
+        lra.prepare_listops(str(raw), str(out))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(os.listdir(tmp_path)) == ["out", "raw"]  # no staging folder left
 
 # ---------------------------------------------------------------------------------------------- images
 
