@@ -155,7 +155,7 @@ def listops_examples(path: str) -> Iterator[Tuple[List[str], str]]:
 
 def prepare_listops(input_dir: str, out_dir: str) -> Dict[str, int]:
     """LRA's ListOps TSV files (basic_train/val/test.tsv, from lra_release/listops-1000 or
-    scripts/generate_listops.py); the tokens are the source without parentheses."""
+    scripts/generate-listops.py); the tokens are the source without parentheses."""
     paths = {split: os.path.join(input_dir, name) for split, name in LRA_FILE_NAMES.items()}
     examples = {split: (lambda p=path: listops_examples(p)) for split, path in paths.items()}
     return write_text_task(out_dir, examples, paths, VOCABULARY, classes=10, paired=False)

@@ -99,52 +99,56 @@ def copy_text(src, dst, replacements=None):
     return n
 
 
-def map_file(in_path, out_path, init, initargs, func, workers):
-    """Apply func (list of lines -> list of lines) to in_path, in order.
+def _run_job(job):
+    func, settings, lines = job
+    return func(settings, lines)
 
-    init(*initargs) sets up per-process state (tokenizer, BPE model); with
-    workers > 1 the chunks are spread over a process pool.
-    """
+
+def map_file(in_path, out_path, func, settings, pool=None):
+    """Apply func(settings, list of lines) -> list of lines to in_path, chunk by chunk, in order;
+    with a process pool the chunks are spread over its processes."""
+    jobs = ((func, settings, chunk) for chunk in iter_chunks(in_path))
+    results = pool.imap(_run_job, jobs, chunksize=1) if pool is not None else map(_run_job, jobs)
     n = 0
     with open(out_path, "w", encoding="utf-8", newline="\n") as fout:
-        if workers <= 1:
-            init(*initargs)
-            for chunk in iter_chunks(in_path):
-                out = func(chunk)
-                write_lines(fout, out)
-                n += len(out)
-        else:
-            with Pool(workers, initializer=init, initargs=initargs) as pool:
-                for out in pool.imap(func, iter_chunks(in_path), chunksize=1):
-                    write_lines(fout, out)
-                    n += len(out)
+        for out in results:
+            write_lines(fout, out)
+            n += len(out)
     return n
 
 
 # --------------------------------------------------------------------------- #
-# per-process workers (module level so that they can be pickled)
+# per-process workers (module level so that they can be pickled); each process
+# builds the tools of a setting (tokenizer, BPE model) once, on first use
 # --------------------------------------------------------------------------- #
-_W = {}
+_TOOLS = {}
 
 
-def _init_text(lang, moses, normalize, aggressive_dash):
+def _tools(build, settings):
+    key = (build.__name__, settings)
+    if key not in _TOOLS:
+        _TOOLS[key] = build(*settings)
+    return _TOOLS[key]
+
+
+def _text_tools(lang, moses, normalize, aggressive_dash):
     import regex  # dependency of sacremoses
 
-    _W.clear()
-    # remove-non-printing-char.perl: every \p{C} character becomes a space
-    _W["nonprint"] = regex.compile(r"\p{C}") if normalize else None
-    _W["aggressive"] = aggressive_dash
-    _W["norm"] = _W["tok"] = None
+    tools = {"aggressive": aggressive_dash, "norm": None, "tok": None,
+             # remove-non-printing-char.perl: every \p{C} character becomes a space
+             "nonprint": regex.compile(r"\p{C}") if normalize else None}
     if moses:
         from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
         if normalize:
-            _W["norm"] = MosesPunctNormalizer(lang=lang)
-        _W["tok"] = MosesTokenizer(lang=lang)
+            tools["norm"] = MosesPunctNormalizer(lang=lang)
+        tools["tok"] = MosesTokenizer(lang=lang)
+    return tools
 
 
-def _text_chunk(lines):
-    nonprint, norm, tok = _W["nonprint"], _W["norm"], _W["tok"]
+def _text_chunk(settings, lines):
+    tools = _tools(_text_tools, settings)
+    nonprint, norm, tok = tools["nonprint"], tools["norm"], tools["tok"]
     out = []
     for line in lines:
         if nonprint is not None and not line.isprintable():
@@ -154,7 +158,7 @@ def _text_chunk(lines):
         if tok is not None:
             line = tok.tokenize(
                 line,
-                aggressive_dash_splits=_W["aggressive"],
+                aggressive_dash_splits=tools["aggressive"],
                 escape=False,
                 return_str=True,
             )
@@ -164,28 +168,26 @@ def _text_chunk(lines):
     return out
 
 
-def _init_subword_nmt(codes_path):
+def _subword_nmt_tools(codes_path):
     from subword_nmt.apply_bpe import BPE
 
-    _W.clear()
     with open(codes_path, encoding="utf-8") as f:
-        _W["bpe"] = BPE(f)
+        return BPE(f)
 
 
-def _subword_nmt_chunk(lines):
-    bpe = _W["bpe"]
+def _subword_nmt_chunk(settings, lines):
+    bpe = _tools(_subword_nmt_tools, settings)
     return [bpe.process_line(line) if line else "" for line in lines]
 
 
-def _init_spm(model_path):
+def _spm_tools(model_path):
     import sentencepiece as spm
 
-    _W.clear()
-    _W["spm"] = spm.SentencePieceProcessor(model_file=model_path)
+    return spm.SentencePieceProcessor(model_file=model_path)
 
 
-def _spm_chunk(lines):
-    pieces = _W["spm"].encode(lines, out_type=str)
+def _spm_chunk(settings, lines):
+    pieces = _tools(_spm_tools, settings).encode(lines, out_type=str)
     return [" ".join(p) for p in pieces]
 
 
@@ -363,16 +365,23 @@ def run(args):
     check_modules(args.bpe)
     if args.bpe_size <= 0:
         raise DataError("--bpe-size must be positive")
-    normalize_splits = {
-        "all": set(names),
-        "train": {"train"},
-        "none": set(),
-    }[args.normalize]
-    moses = args.bpe == "subword-nmt"
-    work = args.work_dir
-    os.makedirs(work, exist_ok=True)
+    os.makedirs(args.work_dir, exist_ok=True)
+    counts, texts = check_inputs(args, names, files, args.work_dir)
+    pool = Pool(args.workers) if args.workers > 1 else None  # one pool for every step
+    try:
+        kept = prepare(args, names, files, counts, texts, pool, t0)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    log("done in %.1f s: %s (train %d pairs after cleaning)" % (time.time() - t0, args.dest_dir, kept))
 
-    counts, texts = check_inputs(args, names, files, work)
+
+def prepare(args, names, files, counts, texts, pool, t0):
+    """Steps 1-5 into a staging folder that becomes DEST_DIR; returns the train pairs kept."""
+    langs = (args.src, args.tgt)
+    moses = args.bpe == "subword-nmt"
+    normalize_splits = {"all": set(names), "train": {"train"}, "none": set()}[args.normalize]
+    work = args.work_dir
     with staged_output(args.dest_dir) as dest:
         os.makedirs(os.path.join(dest, "raw"))
         for name in names:
@@ -387,11 +396,8 @@ def run(args):
             for lang in langs:
                 out = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
                 log("step 1/5 %s: %s -> %s" % (what, files[(name, lang)], out))
-                map_file(
-                    texts[(name, lang)], out, _init_text,
-                    (lang, moses, name in normalize_splits, args.aggressive_dash),
-                    _text_chunk, args.workers,
-                )
+                settings = (lang, moses, name in normalize_splits, args.aggressive_dash)
+                map_file(texts[(name, lang)], out, _text_chunk, settings, pool)
 
         # 2. learn the joint subword model --------------------------------------
         train_text = [os.path.join(work, "train.%s.%s" % (stage, lang)) for lang in langs]
@@ -400,7 +406,7 @@ def run(args):
             log("step 2/5 learn joint subword-nmt BPE, %d merges -> %s" % (args.bpe_size, model))
             learn_subword_nmt(args, train_text, model)
             shutil.copy(model, os.path.join(dest, "bpe.codes"))
-            init, func, initargs = _init_subword_nmt, _subword_nmt_chunk, (model,)
+            func = _subword_nmt_chunk
         else:
             prefix = os.path.join(work, "spm")
             model = prefix + ".model"
@@ -413,7 +419,7 @@ def run(args):
                 log("note: corpus too small for %d pieces, sentencepiece made %d" % (args.bpe_size, size))
             for ext in ("model", "vocab"):
                 shutil.copy(prefix + "." + ext, os.path.join(dest, "spm." + ext))
-            init, func, initargs = _init_spm, _spm_chunk, (model,)
+            func = _spm_chunk
 
         # 3. apply it ------------------------------------------------------------
         for name in names:
@@ -421,7 +427,7 @@ def run(args):
                 inp = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
                 out = os.path.join(work, "%s.bpe.%s" % (name, lang))
                 log("step 3/5 apply %s: %s -> %s" % (args.bpe, inp, out))
-                map_file(inp, out, init, initargs, func, args.workers)
+                map_file(inp, out, func, (model,), pool)
 
         # 4. clean the train split ---------------------------------------------
         prefixes = {name: os.path.join(work, "%s.bpe" % name) for name in names}
@@ -465,7 +471,7 @@ def run(args):
         with open(os.path.join(dest, "prepare.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
             f.write("\n")
-    log("done in %.1f s: %s (train %d pairs after cleaning)" % (time.time() - t0, args.dest_dir, kept))
+    return kept
 
 
 def build_parser():
