@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import uuid
+import zipfile
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -120,12 +121,12 @@ def write_checkpoints_atomically() -> None:
 # ----------------------------------------------------------------------------------------------
 
 def unreadable_reason(path: str) -> Optional[str]:
-    """Why ``path`` cannot be loaded as a checkpoint (None when it can). The tensors are memory-mapped,
-    not read, so this costs little even for a large checkpoint."""
+    """Why ``path`` cannot be loaded as a checkpoint (None when it can). The tensors of a zip-format
+    checkpoint (what torch.save writes) are memory-mapped, not read, so this costs little."""
     if os.path.getsize(path) == 0:
         return "an empty file"
     try:
-        torch.load(path, map_location="cpu", mmap=True)
+        torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
     except Exception as error:  # any failure to load means unreadable: say which
         return f"{type(error).__name__}: {error}".splitlines()[0]
     return None
@@ -163,10 +164,12 @@ def _resume_from_readable(load_checkpoint):
     def wrapper(cfg, trainer, **passthrough_args):
         suffix = trainer.checkpoint_suffix
         last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
-        if cfg.restore_file != "checkpoint_last.pt" or not _is_local(last) or not os.path.isfile(last):
+        if not _is_local(last) or not os.path.isdir(cfg.save_dir):
             return load_checkpoint(cfg, trainer, **passthrough_args)
         if trainer.data_parallel_rank == 0:
             remove_partial_files(cfg.save_dir)
+        if cfg.restore_file != "checkpoint_last.pt" or not os.path.isfile(last):
+            return load_checkpoint(cfg, trainer, **passthrough_args)
         reason = unreadable_reason(last)
         if reason is None:
             return load_checkpoint(cfg, trainer, **passthrough_args)

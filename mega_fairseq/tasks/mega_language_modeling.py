@@ -99,7 +99,7 @@ class MegaLanguageModelingTask(LanguageModelingTask):
                              "blocks (--valid-block, --tokens-per-sample, --variant-block-multiple-max)")
         return super().get_batch_iterator(dataset, max_tokens, *args, **kwargs)
 
-    def eval_lm_dataloader(self, dataset, *args, max_positions=None, **kwargs):
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None, **kwargs):
         """fairseq-eval-lm's batches; refuses blocks longer than the model takes, which fairseq
         would skip (scoring only part of the split)."""
         limit = max_positions[0] if isinstance(max_positions, tuple) else max_positions
@@ -112,4 +112,4 @@ class MegaLanguageModelingTask(LanguageModelingTask):
                 f"tokens) are longer than the model's {limit} positions (its --max-target-positions), and "
                 f"fairseq-eval-lm would leave them out: use blocks of at most {limit} tokens ({option}, e.g. "
                 f"--valid-block size:{limit}), or score the whole split with python -m mega_fairseq.stream_eval")
-        return super().eval_lm_dataloader(dataset, *args, max_positions=max_positions, **kwargs)
+        return super().eval_lm_dataloader(dataset, max_tokens, batch_size, max_positions, **kwargs)
