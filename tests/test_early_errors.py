@@ -27,7 +27,7 @@ LM_FLAGS = ["--user-dir", USER_DIR, "--task", "mega_language_modeling", "--arch"
             "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24", "--decoder-ffn-embed-dim", "24",
             "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--tokens-per-sample", "16", "--max-target-positions", "16",
             "--max-tokens", "256", "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "0.003",
-            "--no-epoch-checkpoints", "--num-workers", "0", "--log-format", "simple"]
+            "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0", "--log-format", "simple"]
 
 
 @pytest.fixture(scope="module")
