@@ -33,7 +33,7 @@ transformer_args=${TRANSFORMER_ARGS---batch-size 32 --update-freq 2}
 mkdir -p "$out"
 
 if [ ! -f "$out/data/label-bin/dict.txt" ]; then
-    "$python" "$repo/scripts/generate_listops.py" --out-dir "$out/listops-raw" --seed 1 \
+    "$python" "$repo/scripts/generate-listops.py" --out-dir "$out/listops-raw" --seed 1 \
         --train "${TRAIN:-96000}" --valid "${VALID:-2000}" --test "${TEST:-2000}" \
         --min-length "${MIN_LENGTH:-500}" --max-length "${MAX_LENGTH:-2000}" \
         --max-depth "${DEPTH:-10}" --max-args "${ARGS:-10}" --jobs "${GEN_JOBS:-1}"

@@ -2,7 +2,9 @@
 
 ``--user-dir mega_fairseq`` (or ``--user-dir user_dir`` once installed) registers
 the models, architectures, learning-rate schedulers and the checkpoint-loading
-allow-list, and fixes two fairseq bugs (see fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
+allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety),
+checks fairseq's run options up front (see run_checks) and fixes fairseq bugs (see
+fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -12,8 +14,13 @@ except ImportError:  # the torch-only modules stay usable without fairseq
     fairseq = None
 
 if fairseq is not None:
-    from . import checkpoint_safety, criterions, fairseq_fixes, models, optim, tasks  # noqa: F401
+    from . import checkpoint_safety, criterions, fairseq_fixes, models, optim, run_checks, tasks  # noqa: F401
 
     checkpoint_safety.allow_fairseq_checkpoints()
+    checkpoint_safety.write_checkpoints_atomically()
+    checkpoint_safety.resume_from_readable_checkpoint()
+    checkpoint_safety.refuse_non_finite_checkpoints()
     fairseq_fixes.keep_last_batch()
     fairseq_fixes.restore_numpy_compat()
+    fairseq_fixes.end_process_group_after_success()
+    run_checks.check_options_before_training()

@@ -8,12 +8,19 @@ translates and scores only part of the test set, and validation skips examples
 ``restore_numpy_compat``: fairseq uses ``numpy.compat.long``, removed in numpy 2, where it builds
 blocks for inference (``fairseq-interactive``/``fairseq-generate`` with a language model) and
 bucketed translation batches; without it they crash. ``numpy.compat.long`` was Python's ``int``.
+
+``end_process_group_after_success``: fairseq never destroys the process group of a distributed
+run, so a successful multi-GPU run ends with PyTorch's "destroy_process_group() was not called"
+stack trace and TCPStore errors of the ranks that outlive rank 0 (which hosts the store). After
+fairseq's ``main`` returns, every rank now waits for the others and destroys the group.
 """
 import functools
 import types
 
 import numpy as np
+import torch
 from fairseq.data import data_utils
+from fairseq.distributed import utils as distributed_utils
 
 
 def _batches_keeping_remainder(batch_by_size):
@@ -40,3 +47,28 @@ def restore_numpy_compat() -> None:
     """Give numpy 2 back the ``numpy.compat.long`` alias (= int) that fairseq still uses."""
     if not hasattr(np, "compat"):
         np.compat = types.SimpleNamespace(long=int)
+
+
+def _main_then_end_process_group(main, cfg, **kwargs):
+    """fairseq's main, then (in a distributed run) a barrier and the end of the process group."""
+    result = main(cfg, **kwargs)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _ending_process_group(call_main):
+    @functools.wraps(call_main)
+    def wrapper(cfg, main, **kwargs):
+        # a partial of a module-level function: spawned workers unpickle it by name
+        return call_main(cfg, functools.partial(_main_then_end_process_group, main), **kwargs)
+
+    wrapper.ends_process_group = True
+    return wrapper
+
+
+def end_process_group_after_success() -> None:
+    """Patch ``fairseq.distributed.utils.call_main`` once so that a successful run ends its process group."""
+    if not getattr(distributed_utils.call_main, "ends_process_group", False):
+        distributed_utils.call_main = _ending_process_group(distributed_utils.call_main)

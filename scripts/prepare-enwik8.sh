@@ -5,7 +5,8 @@
 # awd-lstm-lm's prep_enwik8.py (last 5M bytes test, the 5M before valid, the
 # rest train; every byte as its decimal value, space separated, a newline byte
 # ending a line), binarized with fairseq-preprocess --only-source.
-# The byte conversion is scripts/enwik8_bytes.py.
+# This script downloads and unzips; the split, the byte tokens and the
+# binarization are mega_fairseq/prepare/language_model.py.
 # Needs: fairseq, numpy; curl or wget and unzip (download mode only).
 
 set -euo pipefail
@@ -50,6 +51,8 @@ bits per byte (bpc), the figure reported for enwik8.
 An archive already in the download directory is not downloaded again. Without
 network the download stops at once: put $ZIP_NAME into the download directory
 by hand, or unzip it anywhere and use --local-raw PATH/enwik8.
+The output directory is built in a staging folder and appears only when
+complete: a failed run leaves nothing half-made.
 
 Train and evaluate with examples/language_model/enwik8.sh.
 EOF
@@ -90,10 +93,6 @@ extract() {  # leaves DOWNLOAD_DIR/enwik8
 [[ -z "$LOCAL_RAW" || -f "$LOCAL_RAW" ]] || die "missing input file: $LOCAL_RAW (--local-raw)"
 raw_data "$DOWNLOAD_DIR/enwik8" file
 
-step "splitting $RAW (test and valid: $TEST_BYTES bytes each) into byte tokens in $WORK_DIR"
-"$PYTHON" "$SCRIPT_DIR/enwik8_bytes.py" "$RAW" "$WORK_DIR" --test-bytes "$TEST_BYTES" \
-  || die "cannot split $RAW"
-
-binarize "$WORK_DIR/train.txt" "$WORK_DIR/valid.txt" "$WORK_DIR/test.txt"
-
-step "done: $OUTPUT (fairseq-eval-lm's \"Loss (base 2)\" on this data is bits per byte)"
+step "splitting $RAW (test and valid: $TEST_BYTES bytes each) into byte tokens in $WORK_DIR, binarizing into $OUTPUT"
+run_prepare language_model enwik8 "$RAW" "$WORK_DIR" "$OUTPUT" --test-bytes "$TEST_BYTES" --workers "$WORKERS" \
+  || die "cannot prepare enwik8 from $RAW (see above); $OUTPUT is unchanged"

@@ -7,7 +7,7 @@
 #   mosesdecoder checkout); subword-nmt is the joint BPE of the classic
 #   recipes, from PyPI.
 #
-# The text pipeline itself lives in scripts/prepare_translation.py (shared
+# The text pipeline itself is mega_fairseq/prepare/translation.py (shared
 # with prepare-wmt16-en-de.sh).
 #
 # Cleaning uses a length ratio of 3, not the WMT value 1.5: the Multi30k
@@ -17,11 +17,10 @@
 
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-PIPELINE="${SCRIPT_DIR}/prepare_translation.py"
 
 usage() {
   cat <<EOF
-Usage: $(basename "$0") RAW_DIR OUT_DIR [options] [-- extra options for prepare_translation.py]
+Usage: $(basename "$0") RAW_DIR OUT_DIR [options] [-- extra options for mega_fairseq.prepare.translation]
 
 RAW_DIR holds the raw Multi30k en-de files (gzip-compressed or plain):
   train.{en,de}[.gz] val.{en,de}[.gz] test_2016_flickr.{en,de}[.gz]
@@ -40,11 +39,16 @@ Options:
                      operations (default: 8000)
   --work-dir DIR     intermediate text files (default: OUT_DIR.work)
   --aggressive-dash  Moses tokenizer -a (subword-nmt mode only)
+  --replace-invalid-utf8  replace bytes that are not UTF-8 by U+FFFD (counted
+                     and reported) instead of stopping at the first one
   -h, --help         this help
 
 Text handling: sentencepiece mode trains on raw text (no Moses tokenisation);
 subword-nmt mode Moses-normalises and -tokenises first. Only train is
 length-filtered (1..250 subword tokens, ratio <= 3, on the subword text).
+A missing or empty input, or text that is not UTF-8 (the error names the file
+and line), stops the script before anything is written; OUT_DIR is built in a
+staging folder and appears only when complete.
 
 After training, post-process fairseq-generate output with:
   --bpe sentencepiece:  fairseq-generate OUT_DIR ... --remove-bpe sentencepiece
@@ -62,9 +66,10 @@ BPE="sentencepiece"
 BPE_SIZE=8000
 WORK_DIR=""
 AGGRESSIVE_DASH=0
-EXTRA=()  # the arguments after --, for prepare_translation.py
+REPLACE_INVALID_UTF8=0
+EXTRA=()  # the arguments after --, for mega_fairseq.prepare.translation
 VALUE_OPTIONS="--workers --bpe --bpe-size --work-dir"
-FLAG_OPTIONS="--aggressive-dash"
+FLAG_OPTIONS="--aggressive-dash --replace-invalid-utf8"
 parse_options "$@"
 
 (( ${#POSITIONAL[@]} == 2 )) || { usage >&2; die "expected RAW_DIR and OUT_DIR"; }
@@ -104,9 +109,10 @@ for s in "${SPLITS[@]}"; do
   ARGS+=(--split "${s%%=*}=$RAW_DIR/${s#*=}")
 done
 if (( AGGRESSIVE_DASH )); then ARGS+=(--aggressive-dash); fi
+if (( REPLACE_INVALID_UTF8 )); then ARGS+=(--replace-invalid-utf8); fi
 
 step "tokenize -> BPE ($BPE, $BPE_SIZE) -> clean -> binarize into $OUT_DIR"
-"$PYTHON" "$PIPELINE" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+run_prepare translation "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 
 if [[ "$BPE" == subword-nmt ]]; then RM='--remove-bpe'; else RM='--remove-bpe sentencepiece'; fi
 step "done: $OUT_DIR (fairseq-generate $OUT_DIR ... $RM; raw references in $OUT_DIR/raw/)"

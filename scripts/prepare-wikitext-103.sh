@@ -5,6 +5,8 @@
 # already tokenized, <unk> for rare words), binarized with
 #   fairseq-preprocess --only-source --trainpref wiki.train.tokens
 #       --validpref wiki.valid.tokens --testpref wiki.test.tokens --destdir ... --workers N
+# This script downloads and unzips; the checks and the binarization are
+# mega_fairseq/prepare/language_model.py.
 # Needs: fairseq (fairseq-preprocess), curl or wget and unzip (download mode only).
 
 set -euo pipefail
@@ -16,7 +18,6 @@ DEFAULT_URLS=(
   "https://wikitext.smerity.com/wikitext-103-v1.zip"
   "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
 )
-SPLITS=(train valid test)
 
 usage() {
   cat <<EOF
@@ -32,6 +33,8 @@ Options:
   --workers N          fairseq-preprocess workers (default: $DEFAULT_WORKERS)
   --local-raw DIR      no download: binarize DIR/wiki.train.tokens,
                        DIR/wiki.valid.tokens and DIR/wiki.test.tokens
+  --replace-invalid-utf8  replace bytes that are not UTF-8 by U+FFFD (counted
+                       and reported) instead of stopping at the first one
   --force              replace an existing output directory
   -h, --help           this help
 
@@ -48,6 +51,10 @@ An archive already in the download directory is not downloaded again. Without
 network the download stops at once: put $ZIP_NAME into the download directory
 by hand, or unzip it anywhere and use --local-raw DIR/wikitext-103.
 
+A missing or empty split, or text that is not UTF-8 (the error names the file
+and line), stops the script before anything is written; the output directory
+is built in a staging folder and appears only when complete.
+
 Train and evaluate with examples/language_model/wikitext103.sh.
 EOF
 }
@@ -56,8 +63,9 @@ DOWNLOAD_DIR="downloads/wikitext-103"
 OUTPUT="data-bin/wikitext-103"
 LOCAL_RAW=""
 FORCE=0
+REPLACE_INVALID_UTF8=0
 VALUE_OPTIONS="--download-dir --output --workers --local-raw"
-FLAG_OPTIONS="--force"
+FLAG_OPTIONS="--force --replace-invalid-utf8"
 parse_options "$@"
 need_positive_int --workers
 check_output
@@ -91,10 +99,12 @@ extract() {  # prints nothing; leaves DOWNLOAD_DIR/wikitext-103/wiki.*.tokens
 [[ -z "$LOCAL_RAW" || -d "$LOCAL_RAW" ]] || die "--local-raw: no such directory: $LOCAL_RAW"
 raw_data "$DOWNLOAD_DIR/wikitext-103" "text in"
 
-for split in "${SPLITS[@]}"; do
+for split in train valid test; do
   [[ -f "$RAW/wiki.$split.tokens" ]] || die "missing input file: $RAW/wiki.$split.tokens"
 done
 
-binarize "$RAW/wiki.train.tokens" "$RAW/wiki.valid.tokens" "$RAW/wiki.test.tokens"
-
-step "done: $OUTPUT ($(($(wc -l < "$OUTPUT/dict.txt") + 4)) types with the 4 special symbols)"
+step "checking and binarizing $RAW/wiki.{train,valid,test}.tokens into $OUTPUT"
+REPLACE=()
+if (( REPLACE_INVALID_UTF8 )); then REPLACE=(--replace-invalid-utf8); fi
+run_prepare language_model wikitext-103 "$RAW" "$OUTPUT" --workers "$WORKERS" ${REPLACE[@]+"${REPLACE[@]}"} \
+  || die "cannot prepare WikiText-103 from $RAW (see above); $OUTPUT is unchanged"

@@ -17,16 +17,15 @@
 #   a git clone. sentencepiece is only needed for --bpe sentencepiece.
 # Also needed: curl or wget, tar, sed (download mode only).
 #
-# The text pipeline itself lives in scripts/prepare_translation.py (shared
+# The text pipeline itself is mega_fairseq/prepare/translation.py (shared
 # with prepare-multi30k.sh).
 
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-PIPELINE="${SCRIPT_DIR}/prepare_translation.py"
 
 usage() {
   cat <<EOF
-Usage: $(basename "$0") [options] [-- extra options for prepare_translation.py]
+Usage: $(basename "$0") [options] [-- extra options for mega_fairseq.prepare.translation]
 
 Download and prepare WMT'16 en-de (Mega / fairseq recipe) into a fairseq
 data-bin directory (splits train, valid = newstest2013, test = newstest2014).
@@ -47,6 +46,8 @@ Options:
                        (one sentence per line; .gz also accepted)
   --aggressive-dash    Moses tokenizer -a (hyphens split as @-@; the Mega
                        recipe does not use it)
+  --replace-invalid-utf8  replace bytes that are not UTF-8 by U+FFFD (counted
+                       and reported) instead of stopping at the first one
   --download-only      stop after download/extraction/assembly of raw text
   -h, --help           this help
 
@@ -69,6 +70,10 @@ After training, post-process fairseq-generate output with:
                         (or --post-process sentencepiece); output is
                         detokenised text: sacrebleu against OUTPUT/raw/test.de
 The raw (untokenised) valid/test text is kept in OUTPUT/raw/.
+
+A missing or empty input, or text that is not UTF-8 (the error names the file
+and line), stops the script before anything is written; the output directory
+is built in a staging folder and appears only when complete.
 EOF
 }
 
@@ -79,10 +84,11 @@ BPE="subword-nmt"
 BPE_SIZE=32000
 LOCAL_RAW=""
 AGGRESSIVE_DASH=0
+REPLACE_INVALID_UTF8=0
 DOWNLOAD_ONLY=0
-EXTRA=()  # the arguments after --, for prepare_translation.py
+EXTRA=()  # the arguments after --, for mega_fairseq.prepare.translation
 VALUE_OPTIONS="--download-dir --work-dir --output --workers --bpe --bpe-size --local-raw"
-FLAG_OPTIONS="--aggressive-dash --download-only"
+FLAG_OPTIONS="--aggressive-dash --replace-invalid-utf8 --download-only"
 parse_options "$@"
 
 case "$BPE" in
@@ -220,8 +226,9 @@ ARGS=(
   --nwords "$((BPE_SIZE + 1000))"
 )
 if (( AGGRESSIVE_DASH )); then ARGS+=(--aggressive-dash); fi
+if (( REPLACE_INVALID_UTF8 )); then ARGS+=(--replace-invalid-utf8); fi
 step "tokenize -> BPE ($BPE, $BPE_SIZE) -> clean -> binarize into $OUTPUT"
-"$PYTHON" "$PIPELINE" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+run_prepare translation "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 
 if [[ "$BPE" == subword-nmt ]]; then RM='--remove-bpe'; else RM='--remove-bpe sentencepiece'; fi
 step "done: $OUTPUT (fairseq-generate $OUTPUT ... $RM; raw references in $OUTPUT/raw/)"

@@ -32,7 +32,8 @@ from fairseq_helpers import USER_DIR
 from mega_fairseq import stream_eval
 from mega_fairseq.convert import (ConversionError, architectures, convert_args, convert_checkpoint, convert_state_dict,
                                   load_original)
-from mega_fairseq.data import listops, lra_prepare
+from mega_fairseq.prepare import listops
+from mega_fairseq.prepare import lra as lra_prepare
 from mega_fairseq.modules import RotaryRelativePositionBias, SimpleRelativePositionBias
 from original_checkpoints import (LRA_TASKS, SCRIPT, assert_every_tensor_landed, classifier_state, convert,
                                   dictionary_size, load, lm_args, lm_state, lra_args, make_translation_data, mega_args,

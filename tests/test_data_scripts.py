@@ -244,6 +244,55 @@ def test_wmt16_missing_local_file(tmp_path, wmt_raw):
     assert not (tmp_path / "o").exists()
 
 
+def pipeline(raw, tmp_path, *extra):
+    """mega_fairseq.prepare.translation on RAW/{train,valid,test}.{en,de}, in this process; returns its exit code."""
+    from mega_fairseq.prepare import translation
+
+    splits = [arg for split in ("train", "valid", "test") for arg in ("--split", f"{split}={raw / split}")]
+    return translation.main([*splits, "--work-dir", str(tmp_path / "work"), "--dest-dir", str(tmp_path / "out"),
+                             "--bpe", "sentencepiece", "--bpe-size", "200", "--workers", "1", *extra])
+
+
+def copy_raw(wmt_raw, raw):
+    raw.mkdir()
+    for f in wmt_raw.iterdir():
+        (raw / f.name).write_bytes(f.read_bytes())
+
+
+def test_translation_text_that_is_not_utf8_is_named_or_replaced(tmp_path, wmt_raw, capsys):
+    raw = tmp_path / "raw"
+    copy_raw(wmt_raw, raw)
+    with open(raw / "valid.en", "ab") as f:
+        f.write(b"Mr Mueller comes.\n")
+    with open(raw / "valid.de", "ab") as f:
+        f.write(b"Herr M\xfcller kommt.\n")  # Latin-1
+    assert pipeline(raw, tmp_path) == 1
+    assert f"{raw / 'valid.de'}: line 21: not UTF-8 text (byte 0xfc" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert pipeline(raw, tmp_path, "--replace-invalid-utf8") == 0
+    assert "valid.de: replaced 1 invalid UTF-8 sequence(s) by U+FFFD (the first on line 21)" in capsys.readouterr().out
+    # the references hold what the model sees, so that sacrebleu can read them
+    assert read_lines(tmp_path / "out" / "raw" / "valid.de")[-1] == "Herr M\ufffdller kommt."
+
+
+def test_translation_empty_split_is_refused(tmp_path, wmt_raw, capsys):
+    raw = tmp_path / "raw"
+    copy_raw(wmt_raw, raw)
+    (raw / "test.en").write_text("\n")
+    (raw / "test.de").write_text("\n")
+    assert pipeline(raw, tmp_path) == 1
+    assert "no text in: %s, %s" % (raw / "test.en", raw / "test.de") in capsys.readouterr().err
+
+
+def test_translation_failure_leaves_the_output_as_it_was(tmp_path, wmt_raw, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dict.en.txt").write_text("old\n")
+    assert pipeline(wmt_raw, tmp_path, "--clean-min", "1000") == 1
+    assert "cleaning removed every train sentence pair" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["dict.en.txt"] and (tmp_path / "out" / "dict.en.txt").read_text() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["out", "work"]
+
+
 def test_wmt16_download_without_network_fails_fast(tmp_path):
     start = time.time()
     res = run_script(

@@ -66,6 +66,7 @@ def run_two_workers(data, save_dir, extra):
     logs = [worker.communicate(timeout=300)[0] for worker in workers]
     for worker, log in zip(workers, logs):
         assert worker.returncode == 0, log[-3000:]
+        assert "destroy_process_group" not in log and "recvValue" not in log, log[-3000:]
     return logs[0]
 
 

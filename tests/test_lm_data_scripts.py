@@ -2,7 +2,8 @@
 
 scripts/prepare-wikitext-103.sh and scripts/prepare-enwik8.sh in --local-raw mode
 (binarized splits, token counts, the enwik8 split and its byte-token round trip),
-their error paths (no network, missing input) and scripts/enwik8_bytes.py.
+their error paths (no network, missing, empty or non-UTF-8 input, nothing half-made) and the
+byte tokens of mega_fairseq/prepare/language_model.py.
 """
 import os
 import random
@@ -16,14 +17,13 @@ import pytest
 pytest.importorskip("fairseq")
 from fairseq.data import Dictionary, data_utils  # noqa: E402
 
+from mega_fairseq.prepare import language_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT = REPO / "scripts" / "prepare-wikitext-103.sh"
 ENWIK8 = REPO / "scripts" / "prepare-enwik8.sh"
 SPLITS = ("train", "valid", "test")
 TEST_BYTES = 5000
-
-sys.path.insert(0, str(REPO / "scripts"))
-import enwik8_bytes  # noqa: E402
 
 
 def run_script(script, *args, env_extra=None, timeout=120):
@@ -186,18 +186,18 @@ def test_enwik8_byte_token_round_trip(enwik8):
 
 @pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\nbc", b"\n\nx\n", bytes(range(256)) * 2],
                          ids=["empty", "newline", "one", "two-lines", "blank-lines", "all-bytes"])
-def test_enwik8_bytes_module(data, tmp_path):
-    assert enwik8_bytes.bytes_to_tokens(data) == awd_lstm_format(data)
-    assert enwik8_bytes.tokens_to_bytes(enwik8_bytes.bytes_to_tokens(data)) == data
+def test_enwik8_byte_tokens(data, tmp_path):
+    assert language_model.bytes_to_tokens(data) == awd_lstm_format(data)
+    assert language_model.tokens_to_bytes(language_model.bytes_to_tokens(data)) == data
     with open(tmp_path / "x.txt", "wb") as f:  # streamed in chunks of 7 bytes
-        enwik8_bytes.write_tokens(data, f, chunk_bytes=7)
+        language_model.write_tokens(data, f, chunk_bytes=7)
     assert (tmp_path / "x.txt").read_bytes() == awd_lstm_format(data)
 
 
 def test_enwik8_split_needs_training_bytes():
-    assert [len(p) for p in enwik8_bytes.split_bytes(bytes(25), 10)] == [5, 10, 10]
+    assert [len(p) for p in language_model.split_bytes(bytes(25), 10)] == [5, 10, 10]
     with pytest.raises(ValueError, match="no training data"):
-        enwik8_bytes.split_bytes(bytes(20), 10)
+        language_model.split_bytes(bytes(20), 10)
 
 
 # ---------------------------------------------------------------------------
@@ -228,18 +228,51 @@ def test_wikitext_missing_local_file(tmp_path):
     assert str(raw / "wiki.valid.tokens") in result.stderr
 
 
+def write_wikitext(raw, valid=b" a b \n c \n"):
+    raw.mkdir()
+    for split in SPLITS:
+        (raw / f"wiki.{split}.tokens").write_bytes(valid if split == "valid" else " a b \n = c = \n".encode())
+
+
+def test_wikitext_text_that_is_not_utf8_stops_with_file_and_line(tmp_path, capsys):
+    write_wikitext(tmp_path / "raw", valid=b" a b \n caf\xe9 \n")
+    assert language_model.main(["wikitext-103", str(tmp_path / "raw"), str(tmp_path / "out")]) == 1
+    assert f"{tmp_path / 'raw' / 'wiki.valid.tokens'}: line 2: not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert os.listdir(tmp_path) == ["raw"]
+
+
+def test_wikitext_replace_invalid_utf8_reports_the_count(tmp_path, capsys):
+    write_wikitext(tmp_path / "raw", valid=b" a b \n caf\xe9 \xff \n")
+    command = ["wikitext-103", str(tmp_path / "raw"), str(tmp_path / "out"), "--replace-invalid-utf8"]
+    assert language_model.main(command) == 0
+    assert "wiki.valid.tokens: replaced 2 invalid UTF-8 sequence(s) by U+FFFD (the first on line 2)" in \
+        capsys.readouterr().out
+    dictionary, dataset = load_split(tmp_path / "out", "valid")
+    assert dictionary.string(dataset[1]) == "<unk> <unk>"  # caf\ufffd and \ufffd are not in train
+    assert sorted(os.listdir(tmp_path)) == ["out", "raw"]
+
+
+def test_wikitext_empty_split_is_refused(tmp_path, capsys):
+    write_wikitext(tmp_path / "raw")
+    (tmp_path / "raw" / "wiki.train.tokens").write_text("")
+    assert language_model.main(["wikitext-103", str(tmp_path / "raw"), str(tmp_path / "out")]) == 1
+    assert f"no text in: {tmp_path / 'raw' / 'wiki.train.tokens'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_enwik8_missing_local_file(tmp_path):
     result = run_script(ENWIK8, "--local-raw", tmp_path / "nothing" / "enwik8", "--output", tmp_path / "out")
     assert result.returncode != 0
     assert str(tmp_path / "nothing" / "enwik8") in result.stderr
 
 
-def test_enwik8_too_small_for_test_bytes(tmp_path):
+def test_enwik8_too_small_for_test_bytes(tmp_path, capsys):
     (tmp_path / "small").write_bytes(b"abc\n" * 100)
-    result = run_script(ENWIK8, "--local-raw", tmp_path / "small", "--test-bytes", 200,
-                        "--download-dir", tmp_path / "dl", "--output", tmp_path / "out")
-    assert result.returncode != 0
-    assert "no training data" in result.stderr
+    command = ["enwik8", str(tmp_path / "small"), str(tmp_path / "tokens"), str(tmp_path / "out"), "--test-bytes", "200"]
+    assert language_model.main(command) == 1
+    assert "no training data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_help():

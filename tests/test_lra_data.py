@@ -1,4 +1,4 @@
-"""scripts/prepare-lra.py (mega_fairseq/data/lra_prepare.py) on small local inputs: binarized text read back,
+"""scripts/prepare-lra.py (mega_fairseq/data/lra.py) on small local inputs: binarized text read back,
 images against Pillow and torch's random_split as references, and the errors for malformed inputs."""
 import io
 import os
@@ -14,7 +14,8 @@ from fairseq.data import Dictionary, data_utils
 from PIL import Image
 
 from fairseq_helpers import REPO
-from mega_fairseq.data import listops, lra_prepare
+from mega_fairseq.prepare import listops, lra
+from mega_fairseq.prepare.common import Replacements
 
 SCRIPT = os.path.join(REPO, "scripts", "prepare-lra.py")
 
@@ -63,7 +64,7 @@ def test_listops_bad_lines_name_file_and_line(tmp_path, line, message):
     with open(raw / "basic_val.tsv", "a") as f:
         f.write(line + "\n")
     with pytest.raises(ValueError, match=r"basic_val\.tsv: " + message):
-        lra_prepare.prepare_listops(str(raw), str(tmp_path / "out"))
+        lra.prepare_listops(str(raw), str(tmp_path / "out"))
 
 
 def test_script_reports_missing_input(tmp_path, monkeypatch):
@@ -82,7 +83,7 @@ def test_imdb_bytes_truncation_and_labels(tmp_path):
         for i, review in enumerate(reviews):
             (tmp_path / "aclImdb" / part / polarity / f"{i}_7.txt").write_text(review, encoding="utf-8")
     (tmp_path / "aclImdb" / "train" / "unsup").mkdir()  # ignored
-    counts = lra_prepare.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"), max_length=20)
+    counts = lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"), max_length=20)
     assert counts == {"train": 4, "valid": 2, "test": 2}
     train = read_binarized(tmp_path / "out" / "src-bin", "train")
     assert bytes(int(t) for t in train[2]).decode() == "great fun é"  # byte level: é is two bytes
@@ -92,19 +93,19 @@ def test_imdb_bytes_truncation_and_labels(tmp_path):
     assert read_binarized(tmp_path / "out" / "src-bin", "valid") == read_binarized(tmp_path / "out" / "src-bin", "test")
     os.rename(tmp_path / "aclImdb" / "test" / "pos", tmp_path / "aclImdb" / "test" / "positive")
     with pytest.raises(FileNotFoundError, match=r"missing IMDB folder .*test.pos"):
-        lra_prepare.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out2"))
+        lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out2"))
 
 
 def write_aan(folder, rows_by_split):
     folder.mkdir(exist_ok=True)
-    for split, name in lra_prepare.AAN_FILE_NAMES.items():
+    for split, name in lra.AAN_FILE_NAMES.items():
         (folder / name).write_text("".join("\t".join(row) + "\n" for row in rows_by_split[split]), encoding="utf-8")
 
 
 def test_aan_pairs_and_errors(tmp_path):
     rows = [("1.0", "a", "b", "first doc", "second doc"), ("0", "c", "d", "x", "y")]
     write_aan(tmp_path / "raw", {"train": rows, "valid": rows[:1], "test": rows[1:]})
-    lra_prepare.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
+    lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
     first = read_binarized(tmp_path / "out" / "src-bin", "train")
     second = read_binarized(tmp_path / "out" / "src1-bin", "train", Dictionary.load(
         str(tmp_path / "out" / "src-bin" / "dict.txt")))
@@ -113,11 +114,53 @@ def test_aan_pairs_and_errors(tmp_path):
     assert read_binarized(tmp_path / "out" / "label-bin", "train") == [["1"], ["0"]]
     write_aan(tmp_path / "raw", {"train": rows, "valid": [("2", "a", "b", "c", "d")], "test": rows})
     with pytest.raises(ValueError, match=r"new_aan_pairs\.eval\.tsv: line 1: unknown label '2'"):
-        lra_prepare.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
+        lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
     write_aan(tmp_path / "raw", {"train": rows, "valid": rows, "test": [("1", "a", "b", "c")]})
     with pytest.raises(ValueError, match=r"new_aan_pairs\.test\.tsv: line 1 has 4 tab-separated fields"):
-        lra_prepare.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
+        lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
 
+
+
+def test_imdb_text_that_is_not_utf8_is_named_or_replaced_and_counted(tmp_path):
+    for part in ("train", "test"):
+        for polarity in ("neg", "pos"):
+            (tmp_path / "aclImdb" / part / polarity).mkdir(parents=True)
+            (tmp_path / "aclImdb" / part / polarity / "0_1.txt").write_text("fine\nfilm", encoding="utf-8")
+    (tmp_path / "aclImdb" / "train" / "pos" / "1_9.txt").write_bytes(b"Herr\nM\xfcller \xe9")
+    with pytest.raises(ValueError, match=r"pos.1_9\.txt: line 2: not UTF-8 text \(byte 0xfc at byte 2 of the line\)"
+                                         r".*--replace-invalid-utf8"):
+        lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    replacements = Replacements()
+    counts = lra.prepare_imdb(str(tmp_path / "aclImdb"), str(tmp_path / "out"), replacements=replacements)
+    assert counts == {"train": 3, "valid": 2, "test": 2}
+    assert replacements.report() == [f"{tmp_path / 'aclImdb' / 'train' / 'pos' / '1_9.txt'}: replaced 2 invalid "
+                                     f"UTF-8 sequence(s) by U+FFFD (the first on line 2)"]
+    train = read_binarized(tmp_path / "out" / "src-bin", "train")
+    assert bytes(int(t) for t in train[2]).decode() == "Herr\nM\ufffdller \ufffd"
+
+
+def test_aan_line_that_is_not_utf8_is_named(tmp_path):
+    rows = [("1", "a", "b", "first doc", "second doc")]
+    write_aan(tmp_path / "raw", {"train": rows, "valid": rows, "test": rows})
+    with open(tmp_path / "raw" / "new_aan_pairs.train.tsv", "ab") as f:
+        f.write(b"0\tc\td\tna\xefve\ty\n")
+    with pytest.raises(ValueError, match=r"new_aan_pairs\.train\.tsv: line 2: not UTF-8 text"):
+        lra.prepare_aan(str(tmp_path / "raw"), str(tmp_path / "out"))
+
+
+def test_empty_split_is_refused_and_the_output_left_as_it_was(tmp_path):
+    raw = tmp_path / "raw"
+    listops.write_splits(str(raw), {"train": 4, "valid": 2, "test": 2}, seed=2, max_depth=4, max_args=4,
+                         min_length=6, max_length=40)
+    out = tmp_path / "out"
+    lra.prepare_listops(str(raw), str(out))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (raw / "basic_val.tsv").write_text("Source\tTarget\n")
+    with pytest.raises(ValueError, match=r"no examples in the valid split: .*basic_val\.tsv"):
+        lra.prepare_listops(str(raw), str(out))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(os.listdir(tmp_path)) == ["out", "raw"]  # no staging folder left
 
 # ---------------------------------------------------------------------------------------------- images
 
@@ -153,7 +196,7 @@ def test_cifar10_grayscale_and_split(tmp_path, kind, packed):
         source = tmp_path / "cifar.tar.gz"
         with tarfile.open(source, "w:gz") as archive:
             archive.add(folder, arcname=folder.name)
-    counts = lra_prepare.prepare_cifar10(str(source), str(tmp_path / "out"))
+    counts = lra.prepare_cifar10(str(source), str(tmp_path / "out"))
     assert counts == {"train": 27, "valid": 3, "test": 4}
     train_images = np.concatenate([batches[f"data_batch_{k}"][0] for k in range(1, 6)])
     train_labels = np.concatenate([batches[f"data_batch_{k}"][1] for k in range(1, 6)])
@@ -175,21 +218,21 @@ def test_cifar10_wrong_image_size_and_label(tmp_path):
     with open(tmp_path / "bin" / "data_batch_3.bin", "ab") as f:
         f.write(b"\0" * 100)
     with pytest.raises(ValueError, match=r"data_batch_3\.bin: .* not a whole number of 3073-byte .*wrong image size"):
-        lra_prepare.prepare_cifar10(str(tmp_path / "bin"), str(tmp_path / "out"))
+        lra.prepare_cifar10(str(tmp_path / "bin"), str(tmp_path / "out"))
     images, labels = batches["test_batch"]
     batches["test_batch"] = (images, np.array([1, 2, 12, 3]))
     write_cifar(tmp_path / "bin2", "binary", batches)
     with pytest.raises(ValueError, match=r"test_batch\.bin: image 2 has unknown label 12"):
-        lra_prepare.prepare_cifar10(str(tmp_path / "bin2"), str(tmp_path / "out"))
+        lra.prepare_cifar10(str(tmp_path / "bin2"), str(tmp_path / "out"))
     write_cifar(tmp_path / "py", "python", cifar_batches())
     with open(tmp_path / "py" / "data_batch_2", "wb") as f:
         pickle.dump({b"data": np.zeros((6, 1024), np.uint8), b"labels": [0] * 6}, f, protocol=2)
     with pytest.raises(ValueError, match=r"data_batch_2: images of shape \(1024,\).*wrong image size"):
-        lra_prepare.prepare_cifar10(str(tmp_path / "py"), str(tmp_path / "out"))
+        lra.prepare_cifar10(str(tmp_path / "py"), str(tmp_path / "out"))
     with open(tmp_path / "py" / "data_batch_2", "wb") as f:
         pickle.dump({b"data": io.BytesIO(b"x"), b"labels": []}, f, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
-        lra_prepare.prepare_cifar10(str(tmp_path / "py"), str(tmp_path / "out"))
+        lra.prepare_cifar10(str(tmp_path / "py"), str(tmp_path / "out"))
 
 
 def write_pathfinder(root, count, resolution, difficulty="curv_contour_length_14", bad_size_index=None):
@@ -216,7 +259,7 @@ def write_pathfinder(root, count, resolution, difficulty="curv_contour_length_14
 
 def test_pathfinder_images_labels_and_split(tmp_path):
     images, labels = write_pathfinder(tmp_path / "pathfinder32", 20, 8)
-    counts = lra_prepare.prepare_pathfinder(str(tmp_path / "pathfinder32"), str(tmp_path / "out"), resolution=8)
+    counts = lra.prepare_pathfinder(str(tmp_path / "pathfinder32"), str(tmp_path / "out"), resolution=8)
     assert counts == {"train": 16, "valid": 2, "test": 2}
     subsets = torch.utils.data.random_split(range(20), (16, 2, 2), generator=torch.Generator().manual_seed(42))
     for split, subset in zip(("train", "valid", "test"), subsets):
@@ -227,16 +270,16 @@ def test_pathfinder_images_labels_and_split(tmp_path):
 
 
 def test_pathfinder_wrong_size_and_bad_label(tmp_path):
-    write_pathfinder(tmp_path / "a", 6, 8, bad_size_index=4)
+    write_pathfinder(tmp_path / "a", 10, 8, bad_size_index=6)
     with pytest.raises(ValueError, match=r"imgs.1.sample_1\.png: image of 9x9 pixels, expected 8x8 .*wrong image size"):
-        lra_prepare.prepare_pathfinder(str(tmp_path / "a"), str(tmp_path / "out"), resolution=8)
-    write_pathfinder(tmp_path / "b", 6, 8)
+        lra.prepare_pathfinder(str(tmp_path / "a"), str(tmp_path / "out"), resolution=8)
+    write_pathfinder(tmp_path / "b", 10, 8)
     (tmp_path / "b" / "curv_contour_length_14" / "imgs" / "0" / "sample_0.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"sample_0\.png: cannot read the image"):
-        lra_prepare.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), resolution=8)
+        lra.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), resolution=8)
     metadata = tmp_path / "b" / "curv_contour_length_14" / "metadata" / "1.npy"
     metadata.write_text(metadata.read_text().replace(" 0 1 14", " 0 7 14").replace(" 0 0 14", " 0 7 14"))
     with pytest.raises(ValueError, match=r"metadata.1\.npy: line 1: unknown label '7'"):
-        lra_prepare.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), resolution=8)
+        lra.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), resolution=8)
     with pytest.raises(FileNotFoundError, match="missing Pathfinder metadata folder"):
-        lra_prepare.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), 8, difficulty="curv_baseline")
+        lra.prepare_pathfinder(str(tmp_path / "b"), str(tmp_path / "out"), 8, difficulty="curv_baseline")

@@ -1,17 +1,17 @@
-"""The ListOps generator (mega_fairseq/data/listops.py) against LRA's definition and an independent evaluator."""
+"""The ListOps generator (mega_fairseq/prepare/listops.py) against LRA's definition and an independent evaluator."""
 import csv
 import os
+import runpy
 import statistics
-import subprocess
 import sys
 
 import pytest
 
-from mega_fairseq.data import listops
+from mega_fairseq.prepare import listops
 
 from fairseq_helpers import REPO
 
-SCRIPT = os.path.join(REPO, "scripts", "generate_listops.py")
+SCRIPT = os.path.join(REPO, "scripts", "generate-listops.py")
 
 
 def reference_value(tokens):
@@ -109,15 +109,16 @@ def test_impossible_limits_are_refused():
         next(listops.generate_examples(1, 0, min_length=10, max_length=11))
 
 
-def test_generate_listops_script(tmp_path):
-    """The script runs with the standard library alone (it does not import the package, torch or fairseq)."""
-    argv = ["generate_listops.py", "--out-dir", str(tmp_path), "--train", "5", "--valid", "2", "--test", "2",
-            "--max-length", "80", "--min-length", "10"]
-    code = (f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({SCRIPT!r}, run_name='__main__'); "
-            f"assert 'torch' not in sys.modules and 'fairseq' not in sys.modules")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def test_generate_listops_script(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["generate-listops.py", "--out-dir", str(tmp_path), "--train", "5", "--valid",
+                                      "2", "--test", "2", "--max-length", "80", "--min-length", "10"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert exit_info.value.code == 0
     assert len(listops.read_tsv(str(tmp_path / "basic_train.tsv"))) == 5
-    result = subprocess.run([sys.executable, SCRIPT, "--out-dir", str(tmp_path), "--min-length", "50",
-                             "--max-length", "40"], capture_output=True, text=True)
-    assert result.returncode != 0 and "--min-length 50" in result.stderr
+    monkeypatch.setattr(sys, "argv", ["generate-listops.py", "--out-dir", str(tmp_path / "bad"), "--min-length", "50",
+                                      "--max-length", "40"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert exit_info.value.code != 0 and "--min-length 50" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -10,7 +10,8 @@ from fairseq.data import Dictionary, indexed_dataset
 
 from lra_helpers import TINY_MEGA, TINY_TRANSFORMER, run_train, run_validate, setup
 from mega_fairseq.criterions.lra_cross_entropy import LRACrossEntropyCriterion
-from mega_fairseq.data import listops, lra_prepare
+from mega_fairseq.prepare import listops
+from mega_fairseq.prepare import lra as lra_prepare
 
 TEXT = ["--task", "lra-text"]
 IMAGE = ["--task", "lra-image"]

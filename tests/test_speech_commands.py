@@ -13,8 +13,8 @@ import torch
 
 from fairseq_helpers import REPO
 from lra_helpers import TINY_MEGA, run_train, setup
-from mega_fairseq.data.speech_commands_prepare import ALL_CLASSES, ORIGINAL_EPSILON, SUBSET_CLASSES
-from mega_fairseq.data.speech_commands_prepare import prepare_speech_commands
+from mega_fairseq.prepare.speech_commands import ALL_CLASSES, ORIGINAL_EPSILON, SUBSET_CLASSES
+from mega_fairseq.prepare.speech_commands import prepare_speech_commands
 
 SCRIPT = os.path.join(REPO, "scripts", "prepare-speech-commands.py")
 SC = ["--task", "speech_commands"]
@@ -88,7 +88,9 @@ def test_archive_gives_the_same_data_as_the_folder(sc10, tmp_path, monkeypatch):
         for name in sorted(os.listdir(root / "archive")):
             tar.add(root / "archive" / name, arcname=f"./{name}")
     monkeypatch.setattr(sys, "argv", ["prepare-speech-commands.py", "--input", str(archive), "--out", str(tmp_path)])
-    runpy.run_path(SCRIPT, run_name="__main__")
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert exit_info.value.code == 0
     for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(np.load(tmp_path / "raw" / f"{split}.npy"),
                                       np.load(root / "data" / "raw" / f"{split}.npy"))
@@ -109,6 +111,15 @@ def test_all_classes_use_the_archive_lists_and_pad_short_clips(tmp_path):
     train = np.load(folder / "train.npy")
     padded = [row for row in train if (row[:12000] == 7).all()]
     assert len(padded) == 1 and (padded[0][12000:] == 0).all()  # short clips padded with zeros
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    (tmp_path / "archive" / "testing_list.txt").write_bytes(b"wow/clip002_nohash_0.wav\nM\xfcller\n")
+    with pytest.raises(ValueError, match=r"testing_list\.txt: line 2: not UTF-8 text"):
+        prepare_speech_commands(str(tmp_path / "archive"), str(tmp_path / "data"), all_classes=True)
+    (tmp_path / "archive" / "testing_list.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"the test split\(s\) would be empty"):
+        prepare_speech_commands(str(tmp_path / "archive"), str(tmp_path / "data"), all_classes=True)
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before  # failed runs change nothing
+    assert os.listdir(tmp_path / "data") == ["raw_all_classes"]
     (tmp_path / "archive" / "testing_list.txt").write_text("lamp/clip002_nohash_0.wav\n")
     with pytest.raises(ValueError, match=r"testing_list\.txt: line 1: 'lamp/clip002_nohash_0\.wav' has an unknown "
                                          r"label"):

@@ -466,15 +466,15 @@ class MegaModel(FairseqEncoderDecoderModel):
                                                      "max_target_positions", DEFAULT_MAX_POSITIONS)
         check_chunk_size(args.encoder_chunk_size, "--encoder-chunk-size")
         check_chunk_size(args.decoder_chunk_size, "--decoder-chunk-size")
+        if args.encoder_embed_dim != args.decoder_embed_dim:
+            raise MegaConfigError(f"--encoder-embed-dim ({args.encoder_embed_dim}) and --decoder-embed-dim "
+                                  f"({args.decoder_embed_dim}) must be equal: the decoder's cross-attention "
+                                  f"reads the encoder output")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
                 raise MegaConfigError("--share-all-embeddings requires a joined dictionary "
                                       "(fairseq-preprocess --joined-dictionary)")
-            if args.encoder_embed_dim != args.decoder_embed_dim:
-                raise MegaConfigError(f"--share-all-embeddings requires --encoder-embed-dim "
-                                      f"({args.encoder_embed_dim}) to match --decoder-embed-dim "
-                                      f"({args.decoder_embed_dim})")
             if args.decoder_embed_path and args.decoder_embed_path != args.encoder_embed_path:
                 raise MegaConfigError("--share-all-embeddings is not compatible with --decoder-embed-path")
             encoder_embed = build_embedding(src_dict, args.encoder_embed_dim, args.encoder_embed_path)

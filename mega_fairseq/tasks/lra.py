@@ -1,7 +1,7 @@
 """Long Range Arena tasks: ``lra-text`` (ListOps, Text, Retrieval) and ``lra-image`` (Image, Pathfinder, Path-X).
 
 Data directories are written by scripts/prepare-lra.py (layouts in
-mega_fairseq/data/lra_prepare.py); the text layout is the original
+mega_fairseq/prepare/lra.py); the text layout is the original
 implementation's, so its released binarized text data loads as well, and the
 image task also reads the original ``input/{split}.src`` text files.
 ``--max-positions`` and ``--sen-rep-type`` are options of the model (its

@@ -98,3 +98,18 @@ class MegaLanguageModelingTask(LanguageModelingTask):
                              "(validation and test use --max-tokens-valid): raise it, or use smaller "
                              "blocks (--valid-block, --tokens-per-sample, --variant-block-multiple-max)")
         return super().get_batch_iterator(dataset, max_tokens, *args, **kwargs)
+
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None, **kwargs):
+        """fairseq-eval-lm's batches; refuses blocks longer than the model takes, which fairseq
+        would skip (scoring only part of the split)."""
+        limit = max_positions[0] if isinstance(max_positions, tuple) else max_positions
+        sizes = dataset.sizes
+        if limit is not None and len(sizes) and int(sizes.max()) > limit:
+            too_long = sizes > limit
+            option = "--valid-block" if self.args.valid_block else "--tokens-per-sample"
+            raise ValueError(
+                f"{int(too_long.sum())} of {len(sizes)} blocks ({int(sizes[too_long].sum())} of {int(sizes.sum())} "
+                f"tokens) are longer than the model's {limit} positions (its --max-target-positions), and "
+                f"fairseq-eval-lm would leave them out: use blocks of at most {limit} tokens ({option}, e.g. "
+                f"--valid-block size:{limit}), or score the whole split with python -m mega_fairseq.stream_eval")
+        return super().eval_lm_dataloader(dataset, max_tokens, batch_size, max_positions, **kwargs)

@@ -3,13 +3,15 @@
 # Sets SCRIPT_DIR (the scripts/ directory, whatever the current one), PYTHON (default python3),
 # DEFAULT_WORKERS (the number of CPUs) and WORKERS (--workers, which every script has: DEFAULT_WORKERS
 # unless given), CONNECT_TIMEOUT; defines the messages (die, step), the option parsing
-# (parse_options, need_positive_int), the downloads (already_there, download_to, probe_url) and the
-# steps of the language-model data scripts (check_output, unzip_archive, raw_data, binarize).
+# (parse_options, need_positive_int), the downloads (already_there, download_to, probe_url), the
+# steps of the language-model data scripts (check_output, unzip_archive, raw_data) and run_prepare,
+# which runs the preparation itself (python -m mega_fairseq.prepare.MODULE, this checkout's package).
 #
 # Environment:
 #   DOWNLOAD_CONNECT_TIMEOUT  seconds to wait for a server (default 10)
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_DIR="$(dirname "$SCRIPT_DIR")"
 PYTHON="${PYTHON:-python3}"
 DEFAULT_WORKERS="$(nproc 2>/dev/null || echo 1)"
 WORKERS="$DEFAULT_WORKERS"
@@ -115,11 +117,11 @@ probe_url() {
   fi
 }
 
-# check_output: stop when OUTPUT already holds binarized data, unless --force (FORCE=1): then remove it
+# check_output: stop when OUTPUT already holds binarized data, unless --force (FORCE=1): then the new
+# files replace the old ones once they are all written
 check_output() {
-  if [[ -e "$OUTPUT/dict.txt" ]]; then
-    (( FORCE )) || die "$OUTPUT already holds binarized data ($OUTPUT/dict.txt): remove it, use --force, or pick another --output"
-    rm -rf "$OUTPUT"
+  if [[ -e "$OUTPUT/dict.txt" ]] && (( ! FORCE )); then
+    die "$OUTPUT already holds binarized data ($OUTPUT/dict.txt): remove it, use --force, or pick another --output"
   fi
 }
 
@@ -144,12 +146,7 @@ raw_data() {
   fi
 }
 
-# binarize TRAIN VALID TEST: fairseq-preprocess --only-source of the three text files into OUTPUT
-# ($PYTHON -m fairseq_cli.preprocess where fairseq-preprocess is not on PATH)
-binarize() {
-  local preprocess=(fairseq-preprocess)
-  command -v fairseq-preprocess >/dev/null 2>&1 || preprocess=("$PYTHON" -m fairseq_cli.preprocess)
-  step "binarizing into $OUTPUT"
-  "${preprocess[@]}" --only-source --trainpref "$1" --validpref "$2" --testpref "$3" \
-    --destdir "$OUTPUT" --workers "$WORKERS"
+# run_prepare MODULE ARGS...: python -m mega_fairseq.prepare.MODULE ARGS with this checkout's package
+run_prepare() {
+  PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m "mega_fairseq.prepare.$1" "${@:2}"
 }

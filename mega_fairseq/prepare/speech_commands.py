@@ -16,16 +16,31 @@ As the original processing (facebookresearch/mega, adapted from S4 / CKConv):
 
 Written per split: ``{train,valid,test}.npy`` (int16 (clips, 16000)), ``{split}.label``;
 and ``classes.txt``, ``normalization.npz`` (``mean``, ``scale`` = std + epsilon).
-WAV files are read with the standard library's ``wave`` (16 kHz, mono, 16 bit).
+WAV files are read with the standard library's ``wave`` (16 kHz, mono, 16 bit). A malformed WAV
+file, a split list that is not UTF-8 or names unknown files, and an empty split stop with a message
+naming the file; the output folder is written through a staging folder, so a failed run leaves it
+as it was. Entry point: ``scripts/prepare-speech-commands.py`` (``python -m
+mega_fairseq.prepare.speech_commands``)::
+
+    prepare-speech-commands.py --input speech_commands_v0.02.tar.gz --out data/speech_commands
+    prepare-speech-commands.py --input DIR --out data/speech_commands --all-classes   # 35 classes
+
+``--input`` is the archive (http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) or its
+extracted folder. Needs numpy and scikit-learn.
 """
+import argparse
 import io
 import os
 import struct
+import sys
 import tarfile
+import time
 import wave
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+from .common import DataError, decode, staged_output
 
 SAMPLE_RATE = 16000
 CLIP_LENGTH = 16000
@@ -44,15 +59,15 @@ def decode_wav(data: bytes, name: str) -> np.ndarray:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError, RuntimeError, struct.error) as error:  # RuntimeError: a truncated chunk
-        raise ValueError(f"{name}: not a readable WAV file ({type(error).__name__}: {error})") from None
+        raise DataError(f"{name}: not a readable WAV file ({type(error).__name__}: {error})") from None
     if (channels, width, rate) != (1, 2, SAMPLE_RATE):
-        raise ValueError(f"{name}: {channels} channel(s), {8 * width} bit, {rate} Hz; Speech Commands clips are "
+        raise DataError(f"{name}: {channels} channel(s), {8 * width} bit, {rate} Hz; Speech Commands clips are "
                          f"mono 16-bit {SAMPLE_RATE} Hz")
     if len(frames) % 2:
-        raise ValueError(f"{name}: truncated WAV data ({len(frames)} bytes of 16-bit samples)")
+        raise DataError(f"{name}: truncated WAV data ({len(frames)} bytes of 16-bit samples)")
     samples = np.frombuffer(frames, dtype="<i2").astype(np.int16)
     if samples.size > CLIP_LENGTH:
-        raise ValueError(f"{name}: {samples.size} samples, more than one second ({CLIP_LENGTH})")
+        raise DataError(f"{name}: {samples.size} samples, more than one second ({CLIP_LENGTH})")
     return samples
 
 
@@ -106,7 +121,7 @@ def stratified_split(labels: np.ndarray, source: str) -> List[np.ndarray]:
         train, rest = train_test_split(indices, train_size=0.7, random_state=0, shuffle=True, stratify=labels)
         valid, test = train_test_split(rest, train_size=0.5, random_state=1, shuffle=True, stratify=labels[rest])
     except ValueError as error:
-        raise ValueError(f"{source}: cannot split the clips 70 / 15 / 15 % by class: {error}") from None
+        raise DataError(f"{source}: cannot split the clips 70 / 15 / 15 % by class: {error}") from None
     return [train, valid, test]
 
 
@@ -118,20 +133,25 @@ def listed_split(paths: List[str], lists: Dict[str, bytes], classes, source: str
         if list_name not in lists:
             raise FileNotFoundError(f"{source}: missing {list_name} (the archive's split of the 35 classes)")
         members[list_name] = set()
-        for number, line in enumerate(lists[list_name].decode("utf-8").splitlines(), start=1):
+        text = decode(lists[list_name], f"{source}/{list_name}")
+        for number, line in enumerate(text.splitlines(), start=1):
             entry = line.strip()
             if not entry:
                 continue
             if entry.split("/")[0] not in classes:
-                raise ValueError(f"{source}/{list_name}: line {number}: {entry!r} has an unknown label "
+                raise DataError(f"{source}/{list_name}: line {number}: {entry!r} has an unknown label "
                                  f"(not one of the {len(classes)} classes)")
             if entry not in known:
-                raise ValueError(f"{source}/{list_name}: line {number}: {entry!r} is not in the archive")
+                raise DataError(f"{source}/{list_name}: line {number}: {entry!r} is not in the archive")
             members[list_name].add(entry)
     valid = [i for i, p in enumerate(paths) if p in members["validation_list.txt"]]
     test = [i for i, p in enumerate(paths) if p in members["testing_list.txt"]]
     held = set(valid) | set(test)
     train = [i for i in range(len(paths)) if i not in held]
+    empty = [name for name, rows in (("train", train), ("valid", valid), ("test", test)) if not rows]
+    if empty:
+        raise DataError(f"{source}: the {' and '.join(empty)} split(s) would be empty (validation_list.txt and "
+                        f"testing_list.txt decide the split)")
     return [np.asarray(train), np.asarray(valid), np.asarray(test)]
 
 
@@ -166,17 +186,44 @@ def prepare_speech_commands(path: str, out_dir: str, all_classes: bool = False,
     clips, labels = np.stack(clips), np.asarray(labels, dtype=np.int64)
     splits = listed_split(paths, lists, classes, path) if all_classes else stratified_split(labels, path)
     mean, std = time_step_statistics(clips, splits[0])
-    folder = os.path.join(out_dir, "raw_all_classes" if all_classes else "raw")
-    os.makedirs(folder, exist_ok=True)
     counts = {}
-    for split, rows in zip(("train", "valid", "test"), splits):
-        np.save(os.path.join(folder, f"{split}.npy"), clips[rows])
-        with open(os.path.join(folder, f"{split}.label"), "w", encoding="utf-8") as f:
-            f.writelines(f"{label}\n" for label in labels[rows])
-        counts[split] = len(rows)
-    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
-        f.writelines(f"{name}\n" for name in classes)
-    np.savez(os.path.join(folder, "normalization.npz"), mean=mean.astype(np.float32),
-             scale=(std + epsilon).astype(np.float32), epsilon=np.float64(epsilon))
+    with staged_output(os.path.join(out_dir, "raw_all_classes" if all_classes else "raw")) as folder:
+        for split, rows in zip(("train", "valid", "test"), splits):
+            np.save(os.path.join(folder, f"{split}.npy"), clips[rows])
+            with open(os.path.join(folder, f"{split}.label"), "w", encoding="utf-8") as f:
+                f.writelines(f"{label}\n" for label in labels[rows])
+            counts[split] = len(rows)
+        with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"{name}\n" for name in classes)
+        np.savez(os.path.join(folder, "normalization.npz"), mean=mean.astype(np.float32),
+                 scale=(std + epsilon).astype(np.float32), epsilon=np.float64(epsilon))
     return counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="prepare-speech-commands.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="speech_commands_v0.02.tar.gz or its extracted folder")
+    parser.add_argument("--out", required=True, help="data folder of the task (raw/ or raw_all_classes/ inside)")
+    parser.add_argument("--all-classes", action="store_true", help="all 35 words (default: the 10-word subset)")
+    parser.add_argument("--epsilon", type=float, default=ORIGINAL_EPSILON,
+                        help="added to the per-time-step standard deviation, in int16 units (default: the "
+                             "original's 1e-5 on samples scaled by 2^-30, i.e. 1e-5 * 2^30)")
+    args = parser.parse_args(argv)
+    if not os.path.exists(args.input):
+        parser.error(f"--input {args.input} does not exist")
+    if args.epsilon < 0:
+        parser.error(f"--epsilon must be >= 0, got {args.epsilon}")
+    start = time.time()
+    try:
+        counts = prepare_speech_commands(args.input, args.out, args.all_classes, args.epsilon)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+    print(f"[prepare-speech-commands] {'35 classes' if args.all_classes else 'SC10'}: "
+          + ", ".join(f"{split} {n}" for split, n in counts.items()) + f" clips ({time.time() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 

@@ -14,15 +14,24 @@ lengths 500-2000, 96,000 / 2,000 / 2,000 examples.
 
 The TSV files use LRA's layout (header ``Source\tTarget``; the source wraps
 every operator application in parentheses, ``( ( ( [MAX 4 ) 3 ) ] )``), so the
-generated files and LRA's released ones go through the same preparation.
-Needs the standard library only.
+generated files and LRA's released ones go through the same preparation
+(``scripts/prepare-lra.py listops``). Entry point: ``scripts/generate-listops.py``
+(``python -m mega_fairseq.prepare.listops``)::
+
+    generate-listops.py --out-dir data/listops-raw            # LRA's sizes and limits
+    generate-listops.py --out-dir D --train 2000 --valid 200 --test 200 --max-length 200
 """
+import argparse
 import csv
 import itertools
 import multiprocessing
 import os
 import random
+import sys
+import time
 from typing import Dict, Iterator, List, Sequence, Tuple, Union
+
+from .common import DataError, iter_lines, staged_output
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 VALUES = tuple(range(10))
@@ -113,14 +122,14 @@ def generate_examples(count: int, seed: int, max_depth: int = 10, max_args: int 
                       max_length: int = 2000) -> Iterator[Tuple[str, int]]:
     """``count`` distinct (LRA source string, label) pairs with min_length < tokens < max_length."""
     if max_args < 2 or max_depth < 2:
-        raise ValueError(f"--max-args ({max_args}) and --max-depth ({max_depth}) must be at least 2")
+        raise DataError(f"--max-args ({max_args}) and --max-depth ({max_depth}) must be at least 2")
     if min_length + 1 > max_length - 1:
-        raise ValueError(f"no length fits strictly between --min-length {min_length} and --max-length {max_length}")
+        raise DataError(f"no length fits strictly between --min-length {min_length} and --max-length {max_length}")
     longest = 1
     for _ in range(max_depth - 1):  # the longest tree: every node an operator with max_args arguments
         longest = 2 + max_args * longest
     if longest <= min_length:
-        raise ValueError(f"trees of depth <= {max_depth} with <= {max_args} arguments have at most {longest} tokens, "
+        raise DataError(f"trees of depth <= {max_depth} with <= {max_args} arguments have at most {longest} tokens, "
                          f"not more than --min-length {min_length}")
     rng = random.Random(seed)
     seen = set()
@@ -159,36 +168,66 @@ def generate_in_parallel(count: int, seed: int, jobs: int, **limits) -> Iterator
 
 def write_splits(out_dir: str, sizes: Dict[str, int], seed: int = 1, jobs: int = 1, **limits) -> Dict[str, str]:
     """Write LRA-style ListOps TSV files (``basic_train.tsv``, ``basic_val.tsv``, ``basic_test.tsv``)
-    with the given numbers of examples; no example appears twice across splits.
+    with the given numbers of examples (each > 0); no example appears twice across splits.
     ``jobs``: generating processes; ``limits``: max_depth, max_args, min_length, max_length.
     Returns the paths by split."""
-    os.makedirs(out_dir, exist_ok=True)
+    empty = [split for split, size in sizes.items() if size <= 0]
+    if empty:
+        raise DataError(f"every split needs examples: --{' --'.join(empty)} must be > 0")
     examples = generate_in_parallel(sum(sizes.values()), seed, jobs, **limits)
-    paths = {}
-    for split, size in sizes.items():
-        paths[split] = os.path.join(out_dir, LRA_FILE_NAMES[split])
-        with open(paths[split], "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["Source", "Target"])
-            for _ in range(size):
-                writer.writerow(next(examples))
-    return paths
+    with staged_output(out_dir) as staging:
+        for split, size in sizes.items():
+            with open(os.path.join(staging, LRA_FILE_NAMES[split]), "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+                writer.writerow(["Source", "Target"])
+                for _ in range(size):
+                    writer.writerow(next(examples))
+    return {split: os.path.join(out_dir, LRA_FILE_NAMES[split]) for split in sizes}
 
 
 def read_tsv(path: str) -> Sequence[Tuple[int, str, str]]:
     """(line number, source, target) rows of an LRA ListOps TSV file (header ``Source\tTarget``)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header != ["Source", "Target"]:
-            raise ValueError(f"{path}: line 1 must be the header 'Source<TAB>Target' of an LRA ListOps file, "
-                             f"got {header!r}")
-        for number, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
-            if fields == [""]:
-                continue
+    for number, line in enumerate(iter_lines(path), start=1):
+        fields = line.split("\t")
+        if number == 1:
+            if fields != ["Source", "Target"]:
+                raise DataError(f"{path}: line 1 must be the header 'Source<TAB>Target' of an LRA ListOps file, "
+                                f"got {fields!r}")
+        elif fields != [""]:
             if len(fields) != 2:
-                raise ValueError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected 2 "
-                                 f"(Source, Target)")
+                raise DataError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected 2 "
+                                f"(Source, Target)")
             rows.append((number, fields[0], fields[1]))
     return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="generate-listops.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--train", type=int, default=96000, help="training examples (LRA: 96000)")
+    parser.add_argument("--valid", type=int, default=2000, help="validation examples (LRA: 2000)")
+    parser.add_argument("--test", type=int, default=2000, help="test examples (LRA: 2000)")
+    parser.add_argument("--max-depth", type=int, default=10, help="deepest operator nesting (LRA: 10)")
+    parser.add_argument("--max-args", type=int, default=10, help="most arguments of an operator (LRA: 10)")
+    parser.add_argument("--min-length", type=int, default=500, help="tokens > this (LRA: 500)")
+    parser.add_argument("--max-length", type=int, default=2000, help="tokens < this (LRA: 2000)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="generating processes (the examples depend on it; LRA's 98000 take ~4 min with 1)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        paths = write_splits(args.out_dir, {"train": args.train, "valid": args.valid, "test": args.test},
+                             seed=args.seed, jobs=args.jobs, max_depth=args.max_depth, max_args=args.max_args,
+                             min_length=args.min_length, max_length=args.max_length)
+    except DataError as error:
+        parser.error(str(error))
+    print(f"[listops] {args.train}/{args.valid}/{args.test} examples in {time.time() - start:.1f} s: "
+          + ", ".join(paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

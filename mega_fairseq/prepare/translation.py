@@ -1,10 +1,13 @@
-#!/usr/bin/env python3
-"""Shared text pipeline for the translation data scripts of mega-fairseq.
+"""The text pipeline of the translation corpora (WMT'16 en-de, Multi30k).
 
-Used by ``prepare-wmt16-en-de.sh`` and ``prepare-multi30k.sh``; it can also be
-run on its own.  Steps, for a parallel corpus given as one file per split and
-language (plain text or ``.gz``, one sentence per line):
+Used by ``scripts/prepare-wmt16-en-de.sh`` and ``scripts/prepare-multi30k.sh``; it
+can also be run on its own (``python -m mega_fairseq.prepare.translation --help``).
+Steps, for a parallel corpus given as one file per split and language (plain
+text or ``.gz``, one sentence per line):
 
+  0. input checks: every file present and not empty, source and target of a
+     split with as many lines, the text UTF-8 (an error names the file and line;
+     ``--replace-invalid-utf8`` replaces bad bytes by U+FFFD and reports a count).
   1. text preparation (``--bpe subword-nmt``): Moses punctuation normalisation,
      removal of non-printing characters, Moses tokenisation (no escaping of
      special characters, optional aggressive hyphen splitting).
@@ -20,9 +23,12 @@ language (plain text or ``.gz``, one sentence per line):
   5. ``fairseq-preprocess --joined-dictionary`` into ``--dest-dir``.
 
 The untouched source/target text of every non-train split is copied to
-``DEST_DIR/raw/<split>.<lang>`` (references for sacrebleu), the subword model is
-copied to ``DEST_DIR`` (``bpe.codes`` or ``spm.model``/``spm.vocab``) and the
-settings and sentence counts are written to ``DEST_DIR/prepare.json``.
+``DEST_DIR/raw/<split>.<lang>`` (references for sacrebleu; with
+``--replace-invalid-utf8``, the text with the replacements, as the model sees it),
+the subword model is copied to ``DEST_DIR`` (``bpe.codes`` or
+``spm.model``/``spm.vocab``) and the settings and sentence counts are written to
+``DEST_DIR/prepare.json``. DEST_DIR is written through a staging folder: a
+failed run leaves it as it was.
 
 Third-party dependencies: sacremoses (Moses tokenizer/normaliser in Python,
 so no mosesdecoder checkout and no Perl are needed), subword-nmt (joint BPE as
@@ -32,14 +38,14 @@ and the input checks work without them.
 """
 
 import argparse
-import gzip
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from multiprocessing import Pool
+
+from .common import REPLACE_HELP, DataError, Replacements, binarize, check_splits, iter_lines, staged_output
 
 CHUNK_LINES = 2000
 
@@ -51,12 +57,8 @@ SPLIT_HELP = (
 )
 
 
-class PipelineError(Exception):
-    pass
-
-
 def log(msg):
-    print("[prepare_translation] " + msg, flush=True)
+    print("[prepare translation] " + msg, flush=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -68,31 +70,6 @@ def find_input(prefix, lang):
         if os.path.isfile(path):
             return path
     return None
-
-
-def open_bytes(path):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def iter_lines(path):
-    """Lines of a UTF-8 file without their newline.
-
-    Reads in binary mode so that only '\\n' ends a line (Python's text mode
-    would also split on a stray '\\r' or U+2028 and change the line count).
-    """
-    with open_bytes(path) as f:
-        for raw in f:
-            yield raw.rstrip(b"\n").decode("utf-8", errors="replace")
-
-
-def count_lines(path):
-    n = 0
-    with open_bytes(path) as f:
-        for _ in f:
-            n += 1
-    return n
 
 
 def iter_chunks(path, size=CHUNK_LINES):
@@ -112,58 +89,66 @@ def write_lines(f, lines):
         f.write("\n")
 
 
-def copy_text(src, dst):
-    """Copy (and gunzip) src to dst."""
-    with open_bytes(src) as fin, open(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout)
+def copy_text(src, dst, replacements=None):
+    """Write the lines of src (plain or .gz, checked as UTF-8) to dst; returns their number."""
+    n = 0
+    with open(dst, "w", encoding="utf-8", newline="\n") as fout:
+        for line in iter_lines(src, replacements):
+            fout.write(line + "\n")
+            n += 1
+    return n
 
 
-def map_file(in_path, out_path, init, initargs, func, workers):
-    """Apply func (list of lines -> list of lines) to in_path, in order.
+def _run_job(job):
+    func, settings, lines = job
+    return func(settings, lines)
 
-    init(*initargs) sets up per-process state (tokenizer, BPE model); with
-    workers > 1 the chunks are spread over a process pool.
-    """
+
+def map_file(in_path, out_path, func, settings, pool=None):
+    """Apply func(settings, list of lines) -> list of lines to in_path, chunk by chunk, in order;
+    with a process pool the chunks are spread over its processes."""
+    jobs = ((func, settings, chunk) for chunk in iter_chunks(in_path))
+    results = pool.imap(_run_job, jobs, chunksize=1) if pool is not None else map(_run_job, jobs)
     n = 0
     with open(out_path, "w", encoding="utf-8", newline="\n") as fout:
-        if workers <= 1:
-            init(*initargs)
-            for chunk in iter_chunks(in_path):
-                out = func(chunk)
-                write_lines(fout, out)
-                n += len(out)
-        else:
-            with Pool(workers, initializer=init, initargs=initargs) as pool:
-                for out in pool.imap(func, iter_chunks(in_path), chunksize=1):
-                    write_lines(fout, out)
-                    n += len(out)
+        for out in results:
+            write_lines(fout, out)
+            n += len(out)
     return n
 
 
 # --------------------------------------------------------------------------- #
-# per-process workers (module level so that they can be pickled)
+# per-process workers (module level so that they can be pickled); each process
+# builds the tools of a setting (tokenizer, BPE model) once, on first use
 # --------------------------------------------------------------------------- #
-_W = {}
+_TOOLS = {}
 
 
-def _init_text(lang, moses, normalize, aggressive_dash):
+def _tools(build, settings):
+    key = (build.__name__, settings)
+    if key not in _TOOLS:
+        _TOOLS[key] = build(*settings)
+    return _TOOLS[key]
+
+
+def _text_tools(lang, moses, normalize, aggressive_dash):
     import regex  # dependency of sacremoses
 
-    _W.clear()
-    # remove-non-printing-char.perl: every \p{C} character becomes a space
-    _W["nonprint"] = regex.compile(r"\p{C}") if normalize else None
-    _W["aggressive"] = aggressive_dash
-    _W["norm"] = _W["tok"] = None
+    tools = {"aggressive": aggressive_dash, "norm": None, "tok": None,
+             # remove-non-printing-char.perl: every \p{C} character becomes a space
+             "nonprint": regex.compile(r"\p{C}") if normalize else None}
     if moses:
         from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
         if normalize:
-            _W["norm"] = MosesPunctNormalizer(lang=lang)
-        _W["tok"] = MosesTokenizer(lang=lang)
+            tools["norm"] = MosesPunctNormalizer(lang=lang)
+        tools["tok"] = MosesTokenizer(lang=lang)
+    return tools
 
 
-def _text_chunk(lines):
-    nonprint, norm, tok = _W["nonprint"], _W["norm"], _W["tok"]
+def _text_chunk(settings, lines):
+    tools = _tools(_text_tools, settings)
+    nonprint, norm, tok = tools["nonprint"], tools["norm"], tools["tok"]
     out = []
     for line in lines:
         if nonprint is not None and not line.isprintable():
@@ -173,7 +158,7 @@ def _text_chunk(lines):
         if tok is not None:
             line = tok.tokenize(
                 line,
-                aggressive_dash_splits=_W["aggressive"],
+                aggressive_dash_splits=tools["aggressive"],
                 escape=False,
                 return_str=True,
             )
@@ -183,28 +168,26 @@ def _text_chunk(lines):
     return out
 
 
-def _init_subword_nmt(codes_path):
+def _subword_nmt_tools(codes_path):
     from subword_nmt.apply_bpe import BPE
 
-    _W.clear()
     with open(codes_path, encoding="utf-8") as f:
-        _W["bpe"] = BPE(f)
+        return BPE(f)
 
 
-def _subword_nmt_chunk(lines):
-    bpe = _W["bpe"]
+def _subword_nmt_chunk(settings, lines):
+    bpe = _tools(_subword_nmt_tools, settings)
     return [bpe.process_line(line) if line else "" for line in lines]
 
 
-def _init_spm(model_path):
+def _spm_tools(model_path):
     import sentencepiece as spm
 
-    _W.clear()
-    _W["spm"] = spm.SentencePieceProcessor(model_file=model_path)
+    return spm.SentencePieceProcessor(model_file=model_path)
 
 
-def _spm_chunk(lines):
-    pieces = _W["spm"].encode(lines, out_type=str)
+def _spm_chunk(settings, lines):
+    pieces = _tools(_spm_tools, settings).encode(lines, out_type=str)
     return [" ".join(p) for p in pieces]
 
 
@@ -215,18 +198,18 @@ def parse_splits(specs, langs):
     splits = []
     for spec in specs:
         if "=" not in spec:
-            raise PipelineError("--split expects NAME=PREFIX, got %r" % spec)
+            raise DataError("--split expects NAME=PREFIX, got %r" % spec)
         name, prefix = spec.split("=", 1)
         splits.append((name, prefix))
     names = [n for n, _ in splits]
     if len(set(names)) != len(names):
-        raise PipelineError("duplicate split names: %s" % " ".join(names))
+        raise DataError("duplicate split names: %s" % " ".join(names))
     if "train" not in names or "valid" not in names:
-        raise PipelineError("--split train=... and --split valid=... are required")
+        raise DataError("--split train=... and --split valid=... are required")
     tests = [n for n in names if n not in ("train", "valid")]
     expected = ["test"] + ["test%d" % i for i in range(1, len(tests))]
     if tests != expected[: len(tests)]:
-        raise PipelineError(
+        raise DataError(
             "test splits must be named %s (in this order), got %s"
             % (" ".join(expected[: len(tests)]), " ".join(tests))
         )
@@ -239,7 +222,7 @@ def parse_splits(specs, langs):
                 missing.append("%s.%s (or %s.%s.gz)" % (prefix, lang, prefix, lang))
             files[(name, lang)] = path
     if missing:
-        raise PipelineError("missing input file(s):\n  " + "\n  ".join(missing))
+        raise DataError("missing input file(s):\n  " + "\n  ".join(missing))
     return [n for n, _ in splits], files
 
 
@@ -250,7 +233,7 @@ def check_modules(bpe):
     need += ["sacremoses", "subword_nmt"] if bpe == "subword-nmt" else ["sentencepiece"]
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
-        raise PipelineError(
+        raise DataError(
             "missing Python module(s): %s; install them with "
             "`pip install sacremoses subword-nmt sentencepiece` (and fairseq)"
             % ", ".join(missing)
@@ -332,34 +315,14 @@ def clean_corpus(src_in, tgt_in, src_out, tgt_out, lo, hi, ratio):
     return kept, total
 
 
-def remove_old_outputs(dest, names, src, tgt):
-    """fairseq-preprocess refuses to overwrite a dictionary: drop old outputs."""
-    old = [os.path.join(dest, "dict.%s.txt" % lang) for lang in (src, tgt)]
-    old.append(os.path.join(dest, "preprocess.log"))
-    for name in names:
-        for lang in (src, tgt):
-            for ext in ("bin", "idx"):
-                old.append(
-                    os.path.join(dest, "%s.%s-%s.%s.%s" % (name, src, tgt, lang, ext))
-                )
-    removed = [p for p in old if os.path.exists(p)]
-    for p in removed:
-        os.remove(p)
-    if removed:
-        log("removed %d old output file(s) from %s" % (len(removed), dest))
-
-
-def binarize(args, names, prefixes):
+def binarize_splits(args, names, prefixes, dest):
     tests = [prefixes[n] for n in names if n not in ("train", "valid")]
     cmd = [
-        sys.executable,
-        "-m",
-        "fairseq_cli.preprocess",
         "--source-lang", args.src,
         "--target-lang", args.tgt,
         "--trainpref", prefixes["train"],
         "--validpref", prefixes["valid"],
-        "--destdir", args.dest_dir,
+        "--destdir", dest,
         "--joined-dictionary",
         "--workers", str(max(1, args.workers)),
     ]
@@ -367,10 +330,32 @@ def binarize(args, names, prefixes):
         cmd += ["--testpref", ",".join(tests)]
     if args.nwords > 0:
         cmd += ["--nwordssrc", str(args.nwords), "--nwordstgt", str(args.nwords)]
-    log("running: " + " ".join(cmd))
-    res = subprocess.run(cmd)
-    if res.returncode != 0:
-        raise PipelineError("fairseq-preprocess failed (exit code %d)" % res.returncode)
+    log("fairseq-preprocess " + " ".join(cmd))
+    binarize(cmd)
+
+
+def check_inputs(args, names, files, work):
+    """Step 0: write every input as checked UTF-8 text to WORK/<split>.raw.<lang> (gunzipped, bad bytes
+    an error or, with --replace-invalid-utf8, replaced); returns {split: sentence pairs}, {(split, lang): text}."""
+    langs = (args.src, args.tgt)
+    check_splits({name: [files[(name, lang)] for lang in langs] for name in names})
+    replacements = Replacements() if args.replace_invalid_utf8 else None
+    counts, texts = {}, {}
+    for name in names:
+        n = {}
+        for lang in langs:
+            texts[(name, lang)] = os.path.join(work, "%s.raw.%s" % (name, lang))
+            n[lang] = copy_text(files[(name, lang)], texts[(name, lang)], replacements)
+        if n[args.src] != n[args.tgt]:
+            raise DataError(
+                "split %s: %s has %d lines but %s has %d"
+                % (name, files[(name, args.src)], n[args.src], files[(name, args.tgt)], n[args.tgt])
+            )
+        counts[name] = n[args.src]
+        log("input %-6s %9d sentence pairs (%s)" % (name, counts[name], files[(name, args.src)]))
+    for line in replacements.report() if replacements else []:
+        log(line)
+    return counts, texts
 
 
 def run(args):
@@ -379,122 +364,114 @@ def run(args):
     names, files = parse_splits(args.split, langs)
     check_modules(args.bpe)
     if args.bpe_size <= 0:
-        raise PipelineError("--bpe-size must be positive")
-    normalize_splits = {
-        "all": set(names),
-        "train": {"train"},
-        "none": set(),
-    }[args.normalize]
+        raise DataError("--bpe-size must be positive")
+    os.makedirs(args.work_dir, exist_ok=True)
+    counts, texts = check_inputs(args, names, files, args.work_dir)
+    pool = Pool(args.workers) if args.workers > 1 else None  # one pool for every step
+    try:
+        kept = prepare(args, names, files, counts, texts, pool, t0)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    log("done in %.1f s: %s (train %d pairs after cleaning)" % (time.time() - t0, args.dest_dir, kept))
+
+
+def prepare(args, names, files, counts, texts, pool, t0):
+    """Steps 1-5 into a staging folder that becomes DEST_DIR; returns the train pairs kept."""
+    langs = (args.src, args.tgt)
     moses = args.bpe == "subword-nmt"
-    work, dest = args.work_dir, args.dest_dir
-    os.makedirs(work, exist_ok=True)
-    os.makedirs(os.path.join(dest, "raw"), exist_ok=True)
+    normalize_splits = {"all": set(names), "train": {"train"}, "none": set()}[args.normalize]
+    work = args.work_dir
+    with staged_output(args.dest_dir) as dest:
+        os.makedirs(os.path.join(dest, "raw"))
+        for name in names:
+            if name != "train":
+                for lang in langs:
+                    shutil.copy(texts[(name, lang)], os.path.join(dest, "raw", "%s.%s" % (name, lang)))
 
-    # 0. input sanity + raw references -------------------------------------
-    counts = {}
-    for name in names:
-        n = {lang: count_lines(files[(name, lang)]) for lang in langs}
-        if n[args.src] != n[args.tgt]:
-            raise PipelineError(
-                "split %s: %s has %d lines but %s has %d"
-                % (name, files[(name, args.src)], n[args.src],
-                   files[(name, args.tgt)], n[args.tgt])
-            )
-        if n[args.src] == 0:
-            raise PipelineError("split %s is empty: %s" % (name, files[(name, args.src)]))
-        counts[name] = n[args.src]
-        log("input %-6s %9d sentence pairs (%s)" % (name, counts[name], files[(name, args.src)]))
-        if name != "train":
+        # 1. text preparation --------------------------------------------------
+        stage = "tok" if moses else "txt"
+        what = "normalise + Moses-tokenise" if moses else "remove non-printing characters"
+        for name in names:
             for lang in langs:
-                copy_text(files[(name, lang)], os.path.join(dest, "raw", "%s.%s" % (name, lang)))
+                out = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
+                log("step 1/5 %s: %s -> %s" % (what, files[(name, lang)], out))
+                settings = (lang, moses, name in normalize_splits, args.aggressive_dash)
+                map_file(texts[(name, lang)], out, _text_chunk, settings, pool)
 
-    # 1. text preparation --------------------------------------------------
-    stage = "tok" if moses else "txt"
-    what = "normalise + Moses-tokenise" if moses else "remove non-printing characters"
-    for name in names:
-        for lang in langs:
-            out = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
-            log("step 1/5 %s: %s -> %s" % (what, files[(name, lang)], out))
-            map_file(
-                files[(name, lang)], out, _init_text,
-                (lang, moses, name in normalize_splits, args.aggressive_dash),
-                _text_chunk, args.workers,
+        # 2. learn the joint subword model --------------------------------------
+        train_text = [os.path.join(work, "train.%s.%s" % (stage, lang)) for lang in langs]
+        if moses:
+            model = os.path.join(work, "bpe.codes")
+            log("step 2/5 learn joint subword-nmt BPE, %d merges -> %s" % (args.bpe_size, model))
+            learn_subword_nmt(args, train_text, model)
+            shutil.copy(model, os.path.join(dest, "bpe.codes"))
+            func = _subword_nmt_chunk
+        else:
+            prefix = os.path.join(work, "spm")
+            model = prefix + ".model"
+            log("step 2/5 train joint sentencepiece BPE, vocab %d -> %s" % (args.bpe_size, model))
+            learn_sentencepiece(args, train_text, prefix)
+            import sentencepiece as spm
+
+            size = spm.SentencePieceProcessor(model_file=model).get_piece_size()
+            if size != args.bpe_size:
+                log("note: corpus too small for %d pieces, sentencepiece made %d" % (args.bpe_size, size))
+            for ext in ("model", "vocab"):
+                shutil.copy(prefix + "." + ext, os.path.join(dest, "spm." + ext))
+            func = _spm_chunk
+
+        # 3. apply it ------------------------------------------------------------
+        for name in names:
+            for lang in langs:
+                inp = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
+                out = os.path.join(work, "%s.bpe.%s" % (name, lang))
+                log("step 3/5 apply %s: %s -> %s" % (args.bpe, inp, out))
+                map_file(inp, out, func, (model,), pool)
+
+        # 4. clean the train split ---------------------------------------------
+        prefixes = {name: os.path.join(work, "%s.bpe" % name) for name in names}
+        kept = counts["train"]
+        if args.no_clean:
+            log("step 4/5 cleaning skipped (--no-clean)")
+        else:
+            prefixes["train"] = os.path.join(work, "train.clean.bpe")
+            log(
+                "step 4/5 clean train: keep pairs of %d..%d subword tokens, length ratio <= %g"
+                % (args.clean_min, args.clean_max, args.clean_ratio)
             )
+            kept, total = clean_corpus(
+                *["%s.%s" % (os.path.join(work, "train.bpe"), l) for l in langs],
+                *["%s.%s" % (prefixes["train"], l) for l in langs],
+                args.clean_min, args.clean_max, args.clean_ratio,
+            )
+            log("kept %d of %d train pairs (%.2f%%)" % (kept, total, 100.0 * kept / max(1, total)))
+            if kept == 0:
+                raise DataError("cleaning removed every train sentence pair")
 
-    # 2. learn the joint subword model --------------------------------------
-    train_text = [os.path.join(work, "train.%s.%s" % (stage, lang)) for lang in langs]
-    if moses:
-        model = os.path.join(work, "bpe.codes")
-        log("step 2/5 learn joint subword-nmt BPE, %d merges -> %s" % (args.bpe_size, model))
-        learn_subword_nmt(args, train_text, model)
-        shutil.copy(model, os.path.join(dest, "bpe.codes"))
-        init, func, initargs = _init_subword_nmt, _subword_nmt_chunk, (model,)
-    else:
-        prefix = os.path.join(work, "spm")
-        model = prefix + ".model"
-        log("step 2/5 train joint sentencepiece BPE, vocab %d -> %s" % (args.bpe_size, model))
-        learn_sentencepiece(args, train_text, prefix)
-        import sentencepiece as spm
+        # 5. binarize -------------------------------------------------------------
+        log("step 5/5 fairseq-preprocess -> %s" % args.dest_dir)
+        binarize_splits(args, names, prefixes, dest)
 
-        size = spm.SentencePieceProcessor(model_file=model).get_piece_size()
-        if size != args.bpe_size:
-            log("note: corpus too small for %d pieces, sentencepiece made %d" % (args.bpe_size, size))
-        for ext in ("model", "vocab"):
-            shutil.copy(prefix + "." + ext, os.path.join(dest, "spm." + ext))
-        init, func, initargs = _init_spm, _spm_chunk, (model,)
-
-    # 3. apply it ------------------------------------------------------------
-    for name in names:
-        for lang in langs:
-            inp = os.path.join(work, "%s.%s.%s" % (name, stage, lang))
-            out = os.path.join(work, "%s.bpe.%s" % (name, lang))
-            log("step 3/5 apply %s: %s -> %s" % (args.bpe, inp, out))
-            map_file(inp, out, init, initargs, func, args.workers)
-
-    # 4. clean the train split ---------------------------------------------
-    prefixes = {name: os.path.join(work, "%s.bpe" % name) for name in names}
-    kept = counts["train"]
-    if args.no_clean:
-        log("step 4/5 cleaning skipped (--no-clean)")
-    else:
-        prefixes["train"] = os.path.join(work, "train.clean.bpe")
-        log(
-            "step 4/5 clean train: keep pairs of %d..%d subword tokens, length ratio <= %g"
-            % (args.clean_min, args.clean_max, args.clean_ratio)
-        )
-        kept, total = clean_corpus(
-            *["%s.%s" % (os.path.join(work, "train.bpe"), l) for l in langs],
-            *["%s.%s" % (prefixes["train"], l) for l in langs],
-            args.clean_min, args.clean_max, args.clean_ratio,
-        )
-        log("kept %d of %d train pairs (%.2f%%)" % (kept, total, 100.0 * kept / max(1, total)))
-        if kept == 0:
-            raise PipelineError("cleaning removed every train sentence pair")
-
-    # 5. binarize -------------------------------------------------------------
-    log("step 5/5 fairseq-preprocess -> %s" % dest)
-    remove_old_outputs(dest, names, args.src, args.tgt)
-    binarize(args, names, prefixes)
-
-    info = {
-        "src": args.src,
-        "tgt": args.tgt,
-        "bpe": args.bpe,
-        "bpe_size": args.bpe_size,
-        "remove_bpe": "@@ " if moses else "sentencepiece",
-        "moses_tokenized": moses,
-        "aggressive_dash": args.aggressive_dash,
-        "normalize": args.normalize,
-        "clean": None if args.no_clean else {
-            "min": args.clean_min, "max": args.clean_max, "ratio": args.clean_ratio},
-        "inputs": {"%s.%s" % k: v for k, v in files.items()},
-        "sentences": dict(counts, train_after_clean=kept),
-        "seconds": round(time.time() - t0, 1),
-    }
-    with open(os.path.join(dest, "prepare.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-        f.write("\n")
-    log("done in %.1f s: %s (train %d pairs after cleaning)" % (time.time() - t0, dest, kept))
+        info = {
+            "src": args.src,
+            "tgt": args.tgt,
+            "bpe": args.bpe,
+            "bpe_size": args.bpe_size,
+            "remove_bpe": "@@ " if moses else "sentencepiece",
+            "moses_tokenized": moses,
+            "aggressive_dash": args.aggressive_dash,
+            "normalize": args.normalize,
+            "clean": None if args.no_clean else {
+                "min": args.clean_min, "max": args.clean_max, "ratio": args.clean_ratio},
+            "inputs": {"%s.%s" % k: v for k, v in files.items()},
+            "sentences": dict(counts, train_after_clean=kept),
+            "seconds": round(time.time() - t0, 1),
+        }
+        with open(os.path.join(dest, "prepare.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+            f.write("\n")
+    return kept
 
 
 def build_parser():
@@ -525,6 +502,7 @@ def build_parser():
         "removal (default: all; the Mega WMT'16 recipe uses train)",
     )
     p.add_argument("--aggressive-dash", action="store_true", help="Moses tokenizer -a (split hyphens as @-@)")
+    p.add_argument("--replace-invalid-utf8", action="store_true", help=REPLACE_HELP)
     p.add_argument("--no-clean", action="store_true", help="do not length-filter the train split")
     p.add_argument("--clean-min", type=int, default=1, help="min subword tokens per side (default: 1)")
     p.add_argument("--clean-max", type=int, default=250, help="max subword tokens per side (default: 250)")
@@ -546,7 +524,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except PipelineError as e:
+    except DataError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
     return 0

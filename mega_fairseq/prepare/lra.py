@@ -17,17 +17,37 @@ frequencies. Image tasks (CIFAR-10, Pathfinder, Path-X) are written as::
 Splits follow the original: CIFAR-10's training set split 45,000 / 5,000 and
 Pathfinder's images 80 / 10 / 10 % with ``torch.utils.data.random_split`` and seed
 42; IMDB's test set doubles as validation set (as in LRA); ListOps and AAN come split.
+
+A missing input, an empty split, a malformed line or text that is not UTF-8 stops
+with a message naming the file (and line); for IMDB and AAN, ``--replace-invalid-utf8``
+replaces such bytes by U+FFFD and reports a count. OUT is written through a staging
+folder: a failed run leaves it as it was. Entry point: ``scripts/prepare-lra.py``
+(``python -m mega_fairseq.prepare.lra``)::
+
+    prepare-lra.py listops    --input DIR  --out OUT   # basic_{train,val,test}.tsv (lra_release/listops-1000,
+                                                        #   or scripts/generate-listops.py)
+    prepare-lra.py imdb       --input DIR  --out OUT   # the aclImdb release (train/ and test/, pos/ and neg/)
+    prepare-lra.py aan        --input DIR  --out OUT   # lra_release/tsv_data: new_aan_pairs.{train,eval,test}.tsv
+    prepare-lra.py cifar10    --input PATH --out OUT   # CIFAR-10 python or binary release (.tar.gz or folder)
+    prepare-lra.py pathfinder --input DIR  --out OUT --resolution 32    # lra_release/pathfinder32
+    prepare-lra.py pathfinder --input DIR  --out OUT --resolution 128   # Path-X: lra_release/pathfinder128
+
+Pathfinder needs Pillow (pip install 'mega-fairseq[lra]'; tensorboard already depends on it).
 """
+import argparse
 import glob
 import io
 import os
 import pickle
+import sys
 import tarfile
-from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .common import REPLACE_HELP, DataError, Replacements, iter_lines, read_text, staged_output
 from .listops import LRA_FILE_NAMES, VOCABULARY, read_tsv, source_tokens
 
 SPLITS = ("train", "valid", "test")
@@ -90,7 +110,7 @@ def parse_label(text: str, classes: int, where: str) -> str:
     except ValueError:
         value = -1.0
     if value != int(value) or not 0 <= value < classes:
-        raise ValueError(f"{where}: unknown label {text!r} (expected 0..{classes - 1})")
+        raise DataError(f"{where}: unknown label {text!r} (expected 0..{classes - 1})")
     return str(int(value))
 
 
@@ -99,22 +119,26 @@ def byte_tokens(text: str, max_length: int) -> List[str]:
     return [BYTE_VOCABULARY[b] for b in text.encode("utf-8")[:max_length]]
 
 
-def write_text_task(out_dir: str, examples: Dict[str, Callable[[], Iterator[Tuple]]], vocabulary: Sequence[str],
-                    classes: int, paired: bool) -> Dict[str, int]:
-    """examples[split]() yields (tokens, label) or (tokens, tokens1, label). Returns counts by split."""
-    inputs = Binarizer(out_dir, "src-bin", vocabulary)
-    second = Binarizer(out_dir, "src1-bin", vocabulary) if paired else None
-    labels = Binarizer(out_dir, "label-bin", [str(k) for k in range(classes)])
-    counts = {}
-    for split in SPLITS:
-        rows = list(examples[split]())
-        counts[split] = inputs.write(split, (row[0] for row in rows))
-        if second is not None:
-            second.write(split, (row[1] for row in rows))
-        labels.write(split, ([row[-1]] for row in rows))
-    for binarizer in (inputs, second, labels):
-        if binarizer is not None:
-            binarizer.save_dictionary()
+def write_text_task(out_dir: str, examples: Dict[str, Callable[[], Iterator[Tuple]]], sources: Dict[str, str],
+                    vocabulary: Sequence[str], classes: int, paired: bool) -> Dict[str, int]:
+    """examples[split]() yields (tokens, label) or (tokens, tokens1, label), read from sources[split]
+    (named when the split is empty). Returns counts by split."""
+    with staged_output(out_dir) as staging:
+        inputs = Binarizer(staging, "src-bin", vocabulary)
+        second = Binarizer(staging, "src1-bin", vocabulary) if paired else None
+        labels = Binarizer(staging, "label-bin", [str(k) for k in range(classes)])
+        counts = {}
+        for split in SPLITS:
+            rows = list(examples[split]())
+            if not rows:
+                raise DataError(f"no examples in the {split} split: {sources[split]}")
+            counts[split] = inputs.write(split, (row[0] for row in rows))
+            if second is not None:
+                second.write(split, (row[1] for row in rows))
+            labels.write(split, ([row[-1]] for row in rows))
+        for binarizer in (inputs, second, labels):
+            if binarizer is not None:
+                binarizer.save_dictionary()
     return counts
 
 
@@ -124,20 +148,21 @@ def listops_examples(path: str) -> Iterator[Tuple[List[str], str]]:
         tokens = source_tokens(source)
         unknown = [t for t in tokens if t not in known]
         if unknown:
-            raise ValueError(f"{path}: line {number}: unknown token {unknown[0]!r} "
+            raise DataError(f"{path}: line {number}: unknown token {unknown[0]!r} "
                              f"(ListOps tokens: {' '.join(VOCABULARY)})")
         yield tokens, parse_label(target, 10, f"{path}: line {number}")
 
 
 def prepare_listops(input_dir: str, out_dir: str) -> Dict[str, int]:
     """LRA's ListOps TSV files (basic_train/val/test.tsv, from lra_release/listops-1000 or
-    scripts/generate_listops.py); the tokens are the source without parentheses."""
+    scripts/generate-listops.py); the tokens are the source without parentheses."""
     paths = {split: os.path.join(input_dir, name) for split, name in LRA_FILE_NAMES.items()}
     examples = {split: (lambda p=path: listops_examples(p)) for split, path in paths.items()}
-    return write_text_task(out_dir, examples, VOCABULARY, classes=10, paired=False)
+    return write_text_task(out_dir, examples, paths, VOCABULARY, classes=10, paired=False)
 
 
-def imdb_examples(input_dir: str, part: str, max_length: int) -> Iterator[Tuple[List[str], str]]:
+def imdb_examples(input_dir: str, part: str, max_length: int,
+                  replacements: Optional[Replacements] = None) -> Iterator[Tuple[List[str], str]]:
     """aclImdb/{part}/neg (label 0) then pos (label 1), files in name order."""
     for label, polarity in enumerate(("neg", "pos")):
         folder = os.path.join(input_dir, part, polarity)
@@ -146,36 +171,40 @@ def imdb_examples(input_dir: str, part: str, max_length: int) -> Iterator[Tuple[
                                     f"train/neg, train/pos, test/neg, test/pos)")
         for name in sorted(os.listdir(folder)):
             if name.endswith(".txt"):
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    yield byte_tokens(f.read(), max_length), str(label)
+                yield byte_tokens(read_text(os.path.join(folder, name), replacements), max_length), str(label)
 
 
-def prepare_imdb(input_dir: str, out_dir: str, max_length: int = TEXT_MAX_LENGTH) -> Dict[str, int]:
+def prepare_imdb(input_dir: str, out_dir: str, max_length: int = TEXT_MAX_LENGTH,
+                 replacements: Optional[Replacements] = None) -> Dict[str, int]:
     """The aclImdb release (the source of LRA's tfds ``imdb_reviews``), byte level, first
     ``max_length`` bytes; the test set is also the validation set, as in LRA."""
-    examples = {"train": lambda: imdb_examples(input_dir, "train", max_length),
-                "valid": lambda: imdb_examples(input_dir, "test", max_length),
-                "test": lambda: imdb_examples(input_dir, "test", max_length)}
-    return write_text_task(out_dir, examples, BYTE_VOCABULARY, classes=2, paired=False)
+    parts = {"train": "train", "valid": "test", "test": "test"}
+    examples = {split: (lambda part=part: imdb_examples(input_dir, part, max_length, replacements))
+                for split, part in parts.items()}
+    sources = {split: os.path.join(input_dir, part, "{neg,pos}") for split, part in parts.items()}
+    return write_text_task(out_dir, examples, sources, BYTE_VOCABULARY, classes=2, paired=False)
 
 
-def aan_examples(path: str, max_length: int) -> Iterator[Tuple[List[str], List[str], str]]:
+def aan_examples(path: str, max_length: int,
+                 replacements: Optional[Replacements] = None) -> Iterator[Tuple[List[str], List[str], str]]:
     """LRA's AAN pairs: label, id1, id2, text1, text2 separated by tabs, no header."""
-    with open(require_file(path, "AAN file"), encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 5:
-                raise ValueError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected 5 "
+    for number, line in enumerate(iter_lines(require_file(path, "AAN file"), replacements), start=1):
+        fields = line.split("\t")
+        if fields == [""]:
+            continue
+        if len(fields) != 5:
+            raise DataError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected 5 "
                                  f"(label, id1, id2, text1, text2)")
-            label = parse_label(fields[0], 2, f"{path}: line {number}")
-            yield byte_tokens(fields[3], max_length), byte_tokens(fields[4], max_length), label
+        label = parse_label(fields[0], 2, f"{path}: line {number}")
+        yield byte_tokens(fields[3], max_length), byte_tokens(fields[4], max_length), label
 
 
-def prepare_aan(input_dir: str, out_dir: str, max_length: int = TEXT_MAX_LENGTH) -> Dict[str, int]:
+def prepare_aan(input_dir: str, out_dir: str, max_length: int = TEXT_MAX_LENGTH,
+                replacements: Optional[Replacements] = None) -> Dict[str, int]:
     """LRA's Retrieval task (lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv), byte level."""
-    examples = {split: (lambda p=os.path.join(input_dir, name): aan_examples(p, max_length))
-                for split, name in AAN_FILE_NAMES.items()}
-    return write_text_task(out_dir, examples, BYTE_VOCABULARY, classes=2, paired=True)
+    paths = {split: os.path.join(input_dir, name) for split, name in AAN_FILE_NAMES.items()}
+    examples = {split: (lambda p=path: aan_examples(p, max_length, replacements)) for split, path in paths.items()}
+    return write_text_task(out_dir, examples, paths, BYTE_VOCABULARY, classes=2, paired=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +256,7 @@ def cifar_batch(name: str, data: bytes) -> Tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 batch (binary ``*.bin`` or python pickle) -> images (N, 32, 32, 3) uint8, labels (N,)."""
     if name.endswith(".bin"):
         if len(data) % 3073:
-            raise ValueError(f"{name}: {len(data)} bytes is not a whole number of 3073-byte CIFAR-10 records "
+            raise DataError(f"{name}: {len(data)} bytes is not a whole number of 3073-byte CIFAR-10 records "
                              f"(label + 32x32x3 image): wrong image size or a truncated file")
         records = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3073)
         labels, planes = records[:, 0].astype(np.int64), records[:, 1:]
@@ -235,11 +264,11 @@ def cifar_batch(name: str, data: bytes) -> Tuple[np.ndarray, np.ndarray]:
         batch = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
         planes, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
         if planes.ndim != 2 or planes.shape[1] != 3072 or planes.dtype != np.uint8:
-            raise ValueError(f"{name}: images of shape {planes.shape[1:]} ({planes.dtype}), expected 3072 uint8 "
+            raise DataError(f"{name}: images of shape {planes.shape[1:]} ({planes.dtype}), expected 3072 uint8 "
                              f"values (32x32x3): wrong image size")
     bad = np.flatnonzero((labels < 0) | (labels > 9))
     if bad.size:
-        raise ValueError(f"{name}: image {bad[0]} has unknown label {labels[bad[0]]} (CIFAR-10 labels are 0-9)")
+        raise DataError(f"{name}: image {bad[0]} has unknown label {labels[bad[0]]} (CIFAR-10 labels are 0-9)")
     return planes.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -286,8 +315,9 @@ def prepare_cifar10(path: str, out_dir: str) -> Dict[str, int]:
     parts = {"train": (gray["train"], train_labels, train_rows),
              "valid": (gray["train"], train_labels, valid_rows),
              "test": (gray["test"], data["test"][1], np.arange(len(gray["test"])))}
-    for split, (images, labels, rows) in parts.items():
-        write_image_split(out_dir, split, len(rows), 1024, ((images[r], labels[r]) for r in rows))
+    with staged_output(out_dir) as staging:
+        for split, (images, labels, rows) in parts.items():
+            write_image_split(staging, split, len(rows), 1024, ((images[r], labels[r]) for r in rows))
     return {split: len(rows) for split, (_, _, rows) in parts.items()}
 
 
@@ -304,22 +334,21 @@ def pathfinder_samples(root: str, difficulty: str) -> List[Tuple[str, int]]:
         raise FileNotFoundError(f"no metadata files (*.npy) in {metadata_dir}")
     odd = [f for f in files if not f[:-4].isdigit()]
     if odd:
-        raise ValueError(f"{metadata_dir}: metadata file {odd[0]} is not named by a number (0.npy, 1.npy, ...)")
+        raise DataError(f"{metadata_dir}: metadata file {odd[0]} is not named by a number (0.npy, 1.npy, ...)")
     samples = []
     for name in sorted(files, key=lambda f: int(f[:-4])):
         path = os.path.join(metadata_dir, name)
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 4:
-                    raise ValueError(f"{path}: line {number} has {len(fields)} fields, expected at least 4 "
-                                     f"(folder, file, _, label)")
-                image = os.path.join(difficulty, fields[0], fields[1])
-                if os.path.join(os.path.basename(os.path.normpath(root)), image) in PATHFINDER_BLACKLIST:
-                    continue
-                samples.append((image, int(parse_label(fields[3], 2, f"{path}: line {number}"))))
+        for number, line in enumerate(iter_lines(path), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4:
+                raise DataError(f"{path}: line {number} has {len(fields)} fields, expected at least 4 "
+                                f"(folder, file, _, label)")
+            image = os.path.join(difficulty, fields[0], fields[1])
+            if os.path.join(os.path.basename(os.path.normpath(root)), image) in PATHFINDER_BLACKLIST:
+                continue
+            samples.append((image, int(parse_label(fields[3], 2, f"{path}: line {number}"))))
     return samples
 
 
@@ -331,9 +360,9 @@ def read_gray_image(path: str, resolution: int) -> np.ndarray:
         with Image.open(path) as image:
             gray = image.convert("L")
     except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{path}: cannot read the image ({error})") from None
+        raise DataError(f"{path}: cannot read the image ({error})") from None
     if gray.size != (resolution, resolution):
-        raise ValueError(f"{path}: image of {gray.size[0]}x{gray.size[1]} pixels, expected "
+        raise DataError(f"{path}: image of {gray.size[0]}x{gray.size[1]} pixels, expected "
                          f"{resolution}x{resolution} (--resolution): wrong image size")
     return np.asarray(gray, dtype=np.uint8).reshape(-1)
 
@@ -344,8 +373,54 @@ def prepare_pathfinder(root: str, out_dir: str, resolution: int,
     80 / 10 / 10 % as the original. Needs Pillow (PNG decoding)."""
     samples = pathfinder_samples(root, difficulty)
     held_out = int(len(samples) * 0.1)
+    if held_out == 0:
+        raise DataError(f"{os.path.join(root, difficulty, 'metadata')} lists {len(samples)} image(s): too few for "
+                        f"non-empty 80 / 10 / 10 % train / valid / test splits (at least 10 needed)")
     splits = random_split_indices(len(samples), (len(samples) - 2 * held_out, held_out, held_out))
-    for split, rows in zip(SPLITS, splits):
-        images = ((read_gray_image(os.path.join(root, samples[r][0]), resolution), samples[r][1]) for r in rows)
-        write_image_split(out_dir, split, len(rows), resolution * resolution, images)
+    with staged_output(out_dir) as staging:
+        for split, rows in zip(SPLITS, splits):
+            images = ((read_gray_image(os.path.join(root, samples[r][0]), resolution), samples[r][1]) for r in rows)
+            write_image_split(staging, split, len(rows), resolution * resolution, images)
     return {split: len(rows) for split, rows in zip(SPLITS, splits)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="prepare-lra.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=["listops", "imdb", "aan", "cifar10", "pathfinder"])
+    parser.add_argument("--input", required=True, help="the task's raw input (see above)")
+    parser.add_argument("--out", required=True, help="data directory to write")
+    parser.add_argument("--max-length", type=int, default=TEXT_MAX_LENGTH,
+                        help="imdb, aan: keep the first bytes of each text (LRA: 4000)")
+    parser.add_argument("--resolution", type=int, choices=[32, 64, 128, 256], default=32,
+                        help="pathfinder: image side (32: Pathfinder, 128: Path-X)")
+    parser.add_argument("--difficulty", default="curv_contour_length_14",
+                        help="pathfinder: subfolder of the release (the original's: curv_contour_length_14)")
+    parser.add_argument("--replace-invalid-utf8", action="store_true", help="imdb, aan: " + REPLACE_HELP)
+    args = parser.parse_args(argv)
+    if not os.path.exists(args.input):
+        parser.error(f"--input {args.input} does not exist")
+    replacements = Replacements() if args.replace_invalid_utf8 else None
+    start = time.time()
+    try:
+        if args.task == "listops":
+            counts = prepare_listops(args.input, args.out)
+        elif args.task == "imdb":
+            counts = prepare_imdb(args.input, args.out, args.max_length, replacements)
+        elif args.task == "aan":
+            counts = prepare_aan(args.input, args.out, args.max_length, replacements)
+        elif args.task == "cifar10":
+            counts = prepare_cifar10(args.input, args.out)
+        else:
+            counts = prepare_pathfinder(args.input, args.out, args.resolution, args.difficulty)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+    for line in replacements.report() if replacements else []:
+        print(f"[prepare-lra] {line}")
+    print(f"[prepare-lra] {args.task}: " + ", ".join(f"{split} {n}" for split, n in counts.items())
+          + f" examples in {args.out} ({time.time() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Run options checked before fairseq-train builds its trainer, instead of failing late or obscurely.
+
+* ``--bf16`` is fairseq's TPU option (it implies ``--tpu``); without torch_xla it fails with
+  ``'NoneType' object has no attribute 'xla_device'``. Mega's bfloat16 on a GPU is ``--bf16-autocast``.
+* ``--fp16`` without a CUDA GPU (none, or ``--cpu``) fails in fairseq's fp16 optimizer with
+  ``Torch not compiled with CUDA enabled``.
+* ``--ema-impl triton`` where the fused scan cannot run (no GPU, ``--cpu``, no triton, an EMA
+  n-dim that is not a power of two) would fail only at the first training step.
+"""
+import functools
+import importlib.util
+
+import torch
+
+from .modules import MegaConfigError
+
+
+def check_run_options(cfg, model) -> None:
+    """Refuse precision flags and a forced fused EMA that cannot work on the device fairseq's
+    trainer moves the model to. ``cfg``: fairseq's config, or a Namespace of all options."""
+    common = cfg.common if hasattr(cfg, "common") else cfg
+    device = torch.device("cuda" if torch.cuda.is_available() and not common.cpu else "cpu")
+    if (common.bf16 or common.memory_efficient_bf16) and importlib.util.find_spec("torch_xla") is None:
+        raise MegaConfigError("--bf16 is fairseq's TPU option (it implies --tpu and needs torch_xla): "
+                              "for bfloat16 on a GPU use --bf16-autocast instead")
+    if (common.fp16 or common.memory_efficient_fp16) and device.type != "cuda":
+        where = "--cpu is set" if common.cpu else "no CUDA GPU is available"
+        raise MegaConfigError(f"--fp16 needs a CUDA GPU ({where}): drop --fp16 to train in float32")
+    probe = torch.empty(0, device=device)
+    for name, module in model.named_modules():
+        if getattr(module, "impl", None) == "triton" and hasattr(module, "fused_unavailable"):
+            reason = module.fused_unavailable(probe, None)
+            if reason is not None:
+                raise MegaConfigError(f"--ema-impl triton cannot run on {device} ({name}): {reason}; "
+                                      f"use --ema-impl fft or auto")
+
+
+def _checking_trainer_init(init):
+    @functools.wraps(init)
+    def wrapper(self, cfg, task, model, criterion, *args, **kwargs):
+        check_run_options(cfg, model)
+        init(self, cfg, task, model, criterion, *args, **kwargs)
+
+    wrapper.checks_options = True
+    return wrapper
+
+
+def check_options_before_training() -> None:
+    """Run ``check_run_options`` when fairseq's Trainer is created (patched once)."""
+    from fairseq.trainer import Trainer
+
+    if not getattr(Trainer.__init__, "checks_options", False):
+        Trainer.__init__ = _checking_trainer_init(Trainer.__init__)

@@ -1,0 +1,94 @@
+"""Options that used to fail late, obscurely or silently are refused up front with a message naming
+the option: fairseq-train's precision flags and a forced fused EMA (before the first step, no
+crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
+model's positions (instead of scoring part of the split), and a distributed run's process group
+is ended after success."""
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fairseq import options
+from fairseq.dataclass.configs import DistributedTrainingConfig, FairseqConfig
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.distributed import utils as distributed_utils
+from fairseq_cli import eval_lm, preprocess, train
+from omegaconf import OmegaConf
+
+from fairseq_helpers import REPO, TINY, USER_DIR, make_dictionary, parse_model_args
+from mega_fairseq.models.mega import MegaModel
+from mega_fairseq.modules import MegaConfigError
+
+sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+import toy_data  # noqa: E402
+
+LM_FLAGS = ["--user-dir", USER_DIR, "--task", "mega_language_modeling", "--arch", "mega_lm", "--decoder-layers", "1",
+            "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24", "--decoder-ffn-embed-dim", "24",
+            "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--tokens-per-sample", "16", "--max-target-positions", "16",
+            "--max-tokens", "256", "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "0.003",
+            "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0", "--log-format", "simple"]
+
+
+@pytest.fixture(scope="module")
+def lm_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    toy_data.write_splits(str(root / "raw"), {"train": 60, "valid": 20, "test": 20}, seed=5)
+    parser = options.get_preprocessing_parser()
+    preprocess.main(parser.parse_args([
+        "--only-source", "--workers", "1", "--destdir", str(root / "data-bin"),
+        "--trainpref", str(root / "raw" / "train.en"), "--validpref", str(root / "raw" / "valid.en"),
+        "--testpref", str(root / "raw" / "test.en")]))
+    return root / "data-bin"
+
+
+def train_lm(data, save_dir, extra):
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       [str(data), *LM_FLAGS, "--save-dir", str(save_dir), *extra])
+    train.main(convert_namespace_to_omegaconf(args))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bf16"], "--bf16 is fairseq's TPU option .* use --bf16-autocast"),
+    (["--fp16", "--cpu"], r"--fp16 needs a CUDA GPU \(--cpu is set\)"),
+    (["--ema-impl", "triton", "--cpu"], r"--ema-impl triton cannot run on cpu .*use --ema-impl fft or auto"),
+], ids=["bf16", "fp16-cpu", "triton-cpu"])
+def test_training_options_are_refused_before_the_first_step(lm_data, tmp_path, extra, message):
+    with pytest.raises(MegaConfigError, match=message):
+        train_lm(lm_data, tmp_path, ["--max-update", "1", *extra])
+    assert not (tmp_path / "crash.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fp16_without_a_gpu_is_refused(lm_data, tmp_path):
+    with pytest.raises(MegaConfigError, match=r"--fp16 needs a CUDA GPU \(no CUDA GPU is available\)"):
+        train_lm(lm_data, tmp_path, ["--max-update", "1", "--fp16"])
+
+
+def test_different_encoder_and_decoder_widths_are_refused_at_build():
+    args = parse_model_args([*TINY, "--decoder-embed-dim", "24"])
+    task = SimpleNamespace(source_dictionary=make_dictionary(), target_dictionary=make_dictionary(20))
+    with pytest.raises(MegaConfigError, match=r"--encoder-embed-dim \(16\) and --decoder-embed-dim \(24\) must be"):
+        MegaModel.build_model(args, task)
+
+
+def test_eval_lm_refuses_blocks_longer_than_the_model_takes(lm_data, tmp_path):
+    train_lm(lm_data, tmp_path, ["--max-update", "1", "--cpu"])
+    args = options.parse_args_and_arch(options.get_eval_lm_parser(), [
+        str(lm_data), "--user-dir", USER_DIR, "--cpu", "--path", str(tmp_path / "checkpoint_last.pt"),
+        "--task", "mega_language_modeling", "--valid-block", "splits:2", "--sample-break-mode", "complete",
+        "--max-tokens", "8192"])
+    with pytest.raises(ValueError, match=r"2 of 2 blocks .* longer than the model's 16 positions .*--valid-block"):
+        eval_lm.main(convert_namespace_to_omegaconf(args))
+
+
+def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        cfg = OmegaConf.structured(FairseqConfig(distributed_training=DistributedTrainingConfig(
+            distributed_world_size=1)))
+        distributed_utils.call_main(cfg, lambda cfg: None)
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
