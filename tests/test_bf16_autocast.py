@@ -4,10 +4,8 @@ import random
 import pytest
 import torch
 
-from fairseq_helpers import build_model, make_dictionary, random_tokens
-from lra_helpers import TINY_MEGA, build
-from test_language_model import ADAPTIVE, build_lm, random_stream
-from test_lra_model import token_batch
+from fairseq_helpers import ADAPTIVE, build_lm, build_model, make_dictionary, random_stream, random_tokens
+from lra_helpers import TINY_MEGA, build, token_batch
 
 
 def record_dtypes(module):

@@ -8,11 +8,9 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from fairseq_helpers import build_model, make_dictionary, random_tokens
-from lra_helpers import TINY_MEGA, build
+from fairseq_helpers import build_lm, build_model, full_log_probs, make_dictionary, random_stream, random_tokens
+from lra_helpers import TINY_MEGA, build, token_batch
 from mega_fairseq.models import compile as compile_module
-from test_language_model import build_lm, full_log_probs, random_stream
-from test_lra_model import token_batch
 
 
 @pytest.fixture

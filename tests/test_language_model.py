@@ -1,7 +1,4 @@
 """The Mega language model: causality, incremental decoding, streamed evaluation, generation, blocks, errors."""
-import random
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -9,34 +6,9 @@ from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 
 from mega_fairseq.data.variable_block_dataset import variable_block_slices
-from mega_fairseq.models.mega_lm import MegaLanguageModel
 from mega_fairseq.modules import MegaConfigError
 from mega_fairseq.stream_eval import stream_log_probs
-from fairseq_helpers import make_dictionary, parse_model_args
-
-TINY_LM = ["--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",
-           "--decoder-ffn-embed-dim", "20", "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--dropout", "0",
-           "--attention-dropout", "0", "--hidden-dropout", "0", "--activation-dropout", "0", "--truncation-length", "0"]
-ADAPTIVE = ["--adaptive-input", "--adaptive-input-cutoff", "10,20", "--adaptive-softmax-cutoff", "10,20",
-            "--tie-adaptive-weights", "--tie-adaptive-proj", "--adaptive-softmax-dropout", "0"]
-
-
-def build_lm(extra=(), dictionary=None, seed=0):
-    torch.manual_seed(seed)
-    dictionary = dictionary or make_dictionary(40)
-    args = parse_model_args(["--task", "language_modeling", *TINY_LM, *extra], arch="mega_lm")
-    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
-    return MegaLanguageModel.build_model(args, task).double().eval()
-
-
-def random_stream(dictionary, length, seed):
-    rng = random.Random(seed)
-    return torch.tensor([rng.randrange(dictionary.nspecial, len(dictionary)) for _ in range(length)])
-
-
-def full_log_probs(model, tokens):
-    """(B, T) tokens -> (B, T, V) log-probabilities of the next token, one forward pass."""
-    return model.get_normalized_probs(model(tokens), log_probs=True)
+from fairseq_helpers import ADAPTIVE, build_lm, full_log_probs, make_dictionary, random_stream
 
 
 @pytest.mark.parametrize("chunk", [-1, 4])

@@ -8,24 +8,9 @@ import torch
 import torch.nn.functional as F
 from fairseq.modules import SinusoidalPositionalEmbedding
 
-from lra_helpers import TINY_MEGA, TINY_TRANSFORMER, build, fake_task
+from lra_helpers import PAD, TINY_MEGA, TINY_TRANSFORMER, build, fake_task, token_batch
 from mega_fairseq.models.lra import LRA_ARCHITECTURES, SC_ARCHITECTURES, RealNumberEmbedding
 from mega_fairseq.modules import MegaConfigError
-
-PAD = 1
-
-
-def token_batch(lengths, num_words=20, extra_pads=0, seed=0):
-    """(B, max(lengths) + extra_pads) right-padded tokens ending with eos (2), and the unpadded rows."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = [torch.cat([torch.randint(4, num_words + 4, (n - 1,), generator=generator), torch.tensor([2])])
-            for n in lengths]
-    width = max(lengths) + extra_pads
-    batch = torch.full((len(rows), width), PAD)
-    for i, row in enumerate(rows):
-        batch[i, :len(row)] = row
-    return batch, rows
-
 
 def classify(model, features):
     """The classifier head applied by hand: activation(Linear) per layer, then the projection."""

@@ -1,4 +1,5 @@
-"""Building Mega models through fairseq's own option parsing, for the model-level tests."""
+"""Building Mega translation models and language models through fairseq's own option parsing, and their
+inputs, for the model-level tests."""
 import os
 import random
 from types import SimpleNamespace
@@ -9,8 +10,9 @@ from fairseq.data import Dictionary
 
 import mega_fairseq  # noqa: F401  (registers the plugin)
 from mega_fairseq.models.mega import MegaModel
+from mega_fairseq.models.mega_lm import MegaLanguageModel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "mega_fairseq")
 
 TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "16",
@@ -51,3 +53,28 @@ def random_tokens(dictionary: Dictionary, lengths, generator: random.Random, lef
         sentence = words + [dictionary.eos()]
         rows.append(pads + sentence if left_pad else sentence + pads)
     return torch.tensor(rows)
+
+
+TINY_LM = ["--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",
+           "--decoder-ffn-embed-dim", "20", "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--dropout", "0",
+           "--attention-dropout", "0", "--hidden-dropout", "0", "--activation-dropout", "0", "--truncation-length", "0"]
+ADAPTIVE = ["--adaptive-input", "--adaptive-input-cutoff", "10,20", "--adaptive-softmax-cutoff", "10,20",
+            "--tie-adaptive-weights", "--tie-adaptive-proj", "--adaptive-softmax-dropout", "0"]
+
+
+def build_lm(extra=(), dictionary=None, seed=0):
+    torch.manual_seed(seed)
+    dictionary = dictionary or make_dictionary(40)
+    args = parse_model_args(["--task", "language_modeling", *TINY_LM, *extra], arch="mega_lm")
+    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    return MegaLanguageModel.build_model(args, task).double().eval()
+
+
+def random_stream(dictionary, length, seed):
+    rng = random.Random(seed)
+    return torch.tensor([rng.randrange(dictionary.nspecial, len(dictionary)) for _ in range(length)])
+
+
+def full_log_probs(model, tokens):
+    """(B, T) tokens -> (B, T, V) log-probabilities of the next token, one forward pass."""
+    return model.get_normalized_probs(model(tokens), log_probs=True)

@@ -10,6 +10,7 @@ from fairseq_cli import train
 from fairseq_helpers import USER_DIR, make_dictionary
 from mega_fairseq.models.lra import LRAModel, SCRawModel
 
+PAD = 1  # fairseq's padding index
 TINY_MEGA = ["--encoder-layers", "2", "--encoder-embed-dim", "16", "--encoder-hidden-dim", "24", "--z-dim", "8",
              "--n-dim", "4", "--classifier-out-dim", "12", "--dropout", "0", "--attention-dropout", "0",
              "--act-dropout", "0"]
@@ -94,3 +95,15 @@ def run_validate(data_dir, checkpoint, task_args, subset: str = "test"):
     args = options.parse_args_and_arch(parser, argv)
     override_args = options.parse_args_and_arch(options.get_validation_parser(), argv, suppress_defaults=True)
     validate.main(convert_namespace_to_omegaconf(args), override_args=override_args)
+
+
+def token_batch(lengths, num_words=20, extra_pads=0, seed=0):
+    """(B, max(lengths) + extra_pads) right-padded tokens ending with eos (2), and the unpadded rows."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.cat([torch.randint(4, num_words + 4, (n - 1,), generator=generator), torch.tensor([2])])
+            for n in lengths]
+    width = max(lengths) + extra_pads
+    batch = torch.full((len(rows), width), PAD)
+    for i, row in enumerate(rows):
+        batch[i, :len(row)] = row
+    return batch, rows
