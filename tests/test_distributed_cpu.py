@@ -82,8 +82,15 @@ def losses(log):
     return {int(m[2]): (float(m[0]), float(m[1]), float(m[3])) for m in re.findall(pattern, log)}
 
 
-def test_two_workers_match_one_worker_with_update_freq_2(data, tmp_path):
-    two = losses(run_two_workers(data, tmp_path / "two", ["--max-update", "6"]))
+@pytest.fixture(scope="module")
+def two_workers(data, tmp_path_factory):
+    """One 2-worker run of 6 updates that also saves a checkpoint after update 4 (both tests read it)."""
+    save_dir = tmp_path_factory.mktemp("two")
+    return save_dir, run_two_workers(data, save_dir, ["--max-update", "6", "--save-interval-updates", "4"])
+
+
+def test_two_workers_match_one_worker_with_update_freq_2(data, two_workers, tmp_path):
+    two = losses(two_workers[1])
     one = losses(run_one_worker(data, tmp_path / "one", ["--max-update", "6", "--update-freq", "2"]))
     assert sorted(two) == sorted(one) == list(range(1, 7))
     for update in two:
@@ -92,9 +99,8 @@ def test_two_workers_match_one_worker_with_update_freq_2(data, tmp_path):
         assert two[update][2] == pytest.approx(one[update][2], rel=1e-5)
 
 
-def test_checkpoint_of_a_two_worker_run_resumes_on_one_worker(data, tmp_path):
-    run_two_workers(data, tmp_path / "two", ["--max-update", "4"])
-    checkpoint = tmp_path / "two" / "checkpoint_last.pt"
+def test_checkpoint_of_a_two_worker_run_resumes_on_one_worker(data, two_workers, tmp_path):
+    (checkpoint,) = two_workers[0].glob("checkpoint_*_4.pt")
     state = torch.load(checkpoint)
     assert state["optimizer_history"][-1]["num_updates"] == 4
     resumed = losses(run_one_worker(data, tmp_path / "resumed", ["--max-update", "6", "--update-freq", "2",

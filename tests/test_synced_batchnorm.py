@@ -38,7 +38,8 @@ def worker(rank, init_file, out_dir):
 
 
 def test_statistics_and_gradients_are_shared_across_ranks(tmp_path):
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # forked workers start at once; spawned ones would import torch, pytest and the plugin again (~20 s)
+    mp.start_processes(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     inputs = [rank_inputs(rank) for rank in (0, 1)]
     x = torch.cat([inputs[0][0], inputs[1][0]]).requires_grad_(True)
