@@ -1,4 +1,4 @@
-"""Mega block, cross-attention, NFFN and layers against the references recomputed from the spec."""
+"""Mega block, cross-attention, NFFN and layers against the float64 references of docs/math.md (ops/block_ref.py)."""
 import os
 import subprocess
 import sys
@@ -187,7 +187,7 @@ def test_decoder_block_incremental_equals_full(attention_fn, chunk_size, steps, 
 @pytest.mark.parametrize("chunk_size", [-1, 3])
 @pytest.mark.parametrize("attention_fn", FUNCTIONS)
 def test_decoder_block_left_padding_incremental_equals_full(attention_fn, chunk_size):
-    """Left padding: pad queries before every real key keep only the causal mask (spec-notes), the
+    """Left padding: pad queries before every real key keep only the causal mask (docs/math.md, section 5), the
     laplace / relu2 normalizer is i + 1; incremental = full at every position, pads included."""
     length = 10
     block = make_block("decoder", 4, attention_fn=attention_fn, chunk_size=chunk_size)

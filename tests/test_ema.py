@@ -1,4 +1,4 @@
-"""MultiDimensionalEMA against the loop references of tests/reference.py."""
+"""MultiDimensionalEMA against the float64 loop references of mega_fairseq/ops/ema_ref.py."""
 import math
 
 import pytest
@@ -61,7 +61,7 @@ def test_fft_path_matches_recurrence_causal(length, batch, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_bidirectional_matches_reference(length, seed):
-    """Forward kernel on lags >= 0 plus backward kernel on lags >= 0 (spec, section 1)."""
+    """Forward kernel on lags >= 0 plus backward kernel on lags >= 0 (docs/math.md, section 1)."""
     ema = make_ema(bidirectional=True, seed=seed)
     x = randn(length, 2, 6, seed=200 + seed)
     expected, _ = ema_module_reference(ema, x)
@@ -157,7 +157,7 @@ def test_incremental_multi_step_equals_full(length, seed, padded):
 @pytest.mark.parametrize("truncation", [13, 40])
 def test_incremental_equals_truncated_full_when_length_within_truncation(truncation):
     """The incremental path is the exact recurrence; it agrees with the truncated FFT path for
-    sequences no longer than the truncation length (spec-notes)."""
+    sequences no longer than the truncation length (docs/math.md, section 5)."""
     ema = make_ema(truncation=truncation, seed=2)
     x = randn(13, 2, 6, seed=2)
     state = {}
@@ -229,7 +229,7 @@ def test_real_positions_ignore_appended_and_changed_pads(bidirectional, extra):
 
 
 def test_parameter_roles_delta_input_weight_alpha_damping():
-    """p = sigmoid(delta), q = 1 - p * sigmoid(alpha) (spec, section 1): for an impulse,
+    """p = sigmoid(delta), q = 1 - p * sigmoid(alpha) (docs/math.md, section 1): for an impulse,
     y_0 = gamma * p * beta and y_t / y_{t-1} = q (D = N = 1, so scale = 1)."""
     ema = MultiDimensionalEMA(1, 1).double()
     alpha, delta, beta, gamma = 0.7, -1.3, 0.9, 1.1
