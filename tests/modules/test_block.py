@@ -414,6 +414,6 @@ def test_modules_work_without_fairseq():
         "assert layer(torch.randn(5, 2, 8)).shape == (5, 2, 8)\n"
         "assert not any(m == 'fairseq' or m.startswith('fairseq.') for m in sys.modules)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
