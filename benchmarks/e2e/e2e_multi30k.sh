@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end throughput on Multi30k en->de: fairseq-train mega_wmt_en_de and transformer_wmt_en_de
 # (arch defaults, --share-all-embeddings) for the same number of updates at the same --max-tokens and
-# optimizer settings as benchmarks/multi30k_translation.sh (its learning-rate schedule of a 2,000-update
+# optimizer settings as benchmarks/e2e/multi30k_translation.sh (its learning-rate schedule of a 2,000-update
 # run, stopped after UPDATES), then time fairseq-generate (beam 5, batch 128) on the test split with
 # each trained checkpoint. Prints a table, writes OUT_DIR/e2e.json; a failing step prints its log tail.
-#   bash benchmarks/e2e_multi30k.sh DATA_BIN OUT_DIR
+#   bash benchmarks/e2e/e2e_multi30k.sh DATA_BIN OUT_DIR
 #   UPDATES          training updates per model (default 300)
 #   MAX_TOKENS       --max-tokens of both models (default 8192)
 #   PRECISION        fp16 | bf16 | fp32 (default fp16 with CUDA, fp32 without; fp16/bf16 need CUDA).
@@ -23,7 +23,7 @@ data=$1 out=$2
 updates=${UPDATES:-300} max_tokens=${MAX_TOKENS:-8192} log_interval=${LOG_INTERVAL:-50}
 read -ra extra_mega <<< "${EXTRA_MEGA_ARGS:-}"
 total_updates=$((updates > 2000 ? updates : 2000))
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cuda=$(python3 -c "import torch; print(int(torch.cuda.is_available()))")
 precision=${PRECISION:-$([ "$cuda" = 1 ] && echo fp16 || echo fp32)}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mega vs the Transformer baseline on generated ListOps (LRA's definition), same data, same recipe
 # (examples/lra/listops.sh, the original Mega flags), same number of updates; prints both accuracies.
-#   bash benchmarks/lra_listops.sh OUT_DIR [MAX_UPDATE]          (MAX_UPDATE default 5000)
+#   bash benchmarks/e2e/lra_listops.sh OUT_DIR [MAX_UPDATE]          (MAX_UPDATE default 5000)
 # The two runs differ by the architecture only: mega_lra_listop vs transformer_lra_listop (fairseq's
 # Transformer encoder layers). Each is trained with fairseq-train, its best checkpoint (validation
 # accuracy) evaluated on the test split with fairseq-validate.
@@ -20,9 +20,9 @@
 # Writes OUT_DIR/{listops-raw,data} and OUT_DIR/{mega,transformer}/{checkpoints,train.log}, and
 # OUT_DIR/summary.json.
 set -euo pipefail
-out=${1:?usage: bash benchmarks/lra_listops.sh OUT_DIR [MAX_UPDATE]}
+out=${1:?usage: bash benchmarks/e2e/lra_listops.sh OUT_DIR [MAX_UPDATE]}
 max_update=${2:-5000}
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 python=${PYTHON:-python3}
 warmup=${WARMUP:-$(( max_update / 30 > 0 ? max_update / 30 : 1 ))}
 if [ -z "${FP16:-}" ]; then

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Language modeling on the English side of Multi30k: a Mega LM vs a same-size fairseq transformer_lm,
 # trained for the same number of updates with the same settings; validation and test perplexity.
-#   bash benchmarks/multi30k_lm.sh mega|transformer DATA_BIN OUT_DIR MAX_UPDATE
+#   bash benchmarks/e2e/multi30k_lm.sh mega|transformer DATA_BIN OUT_DIR MAX_UPDATE
 # DATA_BIN comes from scripts/prepare-multi30k.sh; its English side (joint sentencepiece pieces)
 # is used as the LM corpus. Blocks of 512 tokens across sentences; the Mega attends in chunks of 128.
 # Sizes: Mega LM D 512, H 1024, FFN 1024, Z 128, N 16, 6 layers; transformer_lm D 512, FFN 2048, 8 heads, 6 layers.
 set -euo pipefail
 model=$1 data=$2 out=$3 max_update=$4
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 lm_data="$out/lm-data"
 mkdir -p "$lm_data"
 cp "$data/dict.en.txt" "$lm_data/dict.txt"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Multi30k en->de: train one model for a fixed number of updates, decode test_2016_flickr with
 # beam 5, score detokenized output with sacreBLEU. Run once per model with the same MAX_UPDATE.
-#   bash benchmarks/multi30k_translation.sh mega|transformer DATA_BIN OUT_DIR MAX_UPDATE [STOP_HOURS]
+#   bash benchmarks/e2e/multi30k_translation.sh mega|transformer DATA_BIN OUT_DIR MAX_UPDATE [STOP_HOURS]
 # DATA_BIN comes from scripts/prepare-multi30k.sh (sentencepiece BPE, raw references in DATA_BIN/raw).
 # Both models share every optimization setting; the Mega is sized to the Transformer
 # (transformer_iwslt_de_en, 6+6 layers, D 512): Mega D 512, H 512, FFN 640, Z 128, N 16.
 # STOP_HOURS (optional) stops early on a time budget; the log then says how many updates ran.
 set -euo pipefail
 model=$1 data=$2 out=$3 max_update=$4 stop_hours=${5:-0}
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
 
 case "$model" in

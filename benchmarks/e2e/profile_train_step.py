@@ -1,6 +1,6 @@
 """Where a fairseq training update's time goes: host vs GPU, per model, on real batches.
 
-    python benchmarks/profile_train_step.py DATA_BIN --arch mega_wmt_en_de [--steps 40] [-- fairseq options]
+    python benchmarks/e2e/profile_train_step.py DATA_BIN --arch mega_wmt_en_de [--steps 40] [-- fairseq options]
 
 Builds fairseq's Trainer exactly as fairseq-train does (same task, criterion, optimizer, --fp16),
 runs ``--warmup`` updates, then times ``--steps`` updates over the real training batches (wall clock,

@@ -1,6 +1,6 @@
 """Speed and memory of chunk_attention: the matmul path against the fused SDPA path.
 
-    python benchmarks/bench_attention.py [--lengths 512 1024 ... 32768] [--chunks 128 512] [--tokens 32768]
+    python benchmarks/kernels/bench_attention.py [--lengths 512 1024 ... 32768] [--chunks 128 512] [--tokens 32768]
 
 Forward+backward of softmax chunk attention (Z 128, H 1024, simple relative position bias) at a
 fixed token budget B x L, causal and not, bf16 on a GPU (float32 on a CPU, for checking the script

@@ -7,8 +7,8 @@ state (at the bucket's last token: take a bucket size that is a multiple of the 
 state is the EMA hidden state plus the unfinished chunk, so it stays flat in position; the
 Transformer's key/value cache grows with every token.
 
-    python benchmarks/bench_decode.py --tokens 16384 --chunk 128           # GPU: bf16 autocast
-    python benchmarks/bench_decode.py --tokens 300 --bucket 48 --chunk 16 --tiny  # CPU check
+    python benchmarks/kernels/bench_decode.py --tokens 16384 --chunk 128           # GPU: bf16 autocast
+    python benchmarks/kernels/bench_decode.py --tokens 300 --bucket 48 --chunk 16 --tiny  # CPU check
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ from fairseq import models, options
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mega_fairseq")
+USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "mega_fairseq")
 TINY = {
     "mega": ["--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-hidden-dim", "64",
              "--decoder-ffn-embed-dim", "64", "--decoder-z-dim", "16", "--decoder-n-dim", "4"],

@@ -1,7 +1,7 @@
 """Speed and memory of the Mega EMA and layer against baselines measured in the same run.
 
-    python benchmarks/bench_layers.py ema   [--lengths 1024 4096 16384 65536] [--batch 8 --dim 1024]
-    python benchmarks/bench_layers.py layer [--lengths 512 1024 4096 16384 32768] [--tokens 32768]
+    python benchmarks/kernels/bench_layers.py ema   [--lengths 1024 4096 16384 65536] [--batch 8 --dim 1024]
+    python benchmarks/kernels/bench_layers.py layer [--lengths 512 1024 4096 16384 32768] [--tokens 32768]
 
 ``ema``: forward+backward of the bidirectional and causal EMA at B x D channels, the FFT path
 (reference) and the fused Triton scan: median time, peak memory, and achieved bandwidth (x and y

@@ -1,6 +1,6 @@
 """Where the fused EMA's time goes, and how the launch shape changes it (GPU).
 
-    python benchmarks/profile_ema.py [--length 16384] [--batch 8] [--dim 1024] [--sweep]
+    python benchmarks/kernels/profile_ema.py [--length 16384] [--batch 8] [--dim 1024] [--sweep]
 
 1. torch.profiler: CUDA time per kernel, and the host (CPU) time per operation, of one causal EMA layer forward+backward (bf16 input);
 2. forward+backward time of the layer, FFT path and fused, the fused one for channels per program

@@ -1,6 +1,6 @@
 """Where one Mega layer's time goes, and what torch.compile changes (GPU).
 
-    python benchmarks/profile_layer.py [--length 4096] [--tokens 32768] [--chunk 128] [--compile]
+    python benchmarks/kernels/profile_layer.py [--length 4096] [--tokens 32768] [--chunk 128] [--compile]
 
 1. torch.profiler: CUDA time per kernel of one Mega encoder layer forward+backward (D 512, H 1024,
    FFN 1024, Z 128, N 16, bf16 autocast), grouped into matrix products, the fused EMA, attention

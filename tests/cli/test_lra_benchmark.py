@@ -1,4 +1,4 @@
-"""benchmarks/lra_listops.sh end to end on the CPU with tiny sizes: generate ListOps, prepare it, train Mega and
+"""benchmarks/e2e/lra_listops.sh end to end on the CPU with tiny sizes: generate ListOps, prepare it, train Mega and
 the Transformer baseline through examples/lra/listops.sh (fairseq-train, fairseq-validate), print both accuracies."""
 import json
 import os
@@ -18,7 +18,7 @@ def test_listops_benchmark_script(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, TRAIN="32", VALID="8", TEST="8", MIN_LENGTH="8", MAX_LENGTH="40",
                DEPTH="4", ARGS="4", COMMON_ARGS=TINY, TRANSFORMER_ARGS="--update-freq 1", FP16="0",
                GEN_JOBS="2", PARALLEL="1")
-    result = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "lra_listops.sh"), str(tmp_path), "3"],
+    result = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "e2e", "lra_listops.sh"), str(tmp_path), "3"],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
