@@ -1,4 +1,5 @@
-"""Test inputs (seeded random tensors, padding masks, parameter refills) and the package's references.
+"""Test inputs (seeded random tensors, padding masks, parameter refills), the package's references, and
+the attention rows they define.
 
 The plain float64 references live in ``mega_fairseq/ops/*_ref.py``; they are re-exported here for
 the tests that compare against them.
@@ -57,3 +58,22 @@ def randomize_parameters_(module: torch.nn.Module, seed: int, scale: float = 0.5
             elif name.endswith("running_var"):
                 buf.copy_(torch.rand(buf.shape, generator=g, dtype=DTYPE).to(buf.dtype) + 0.5)
     return module
+
+
+def specified_rows(attention_fn, causal, mask, batch, query_length, key_length, chunk_size):
+    """(B, Lq) bool: the rows of chunk_attention whose result docs/math.md (sections 2 and 5) defines.
+
+    Left out: a non-causal softmax row whose chunk is the short last one and holds only padding.
+    Such a row is a padding query (outputs there are discarded); the original's models would pad the
+    chunk with pad tokens, the module pads it internally with zero keys, and it leaves the row
+    unmasked over those as well."""
+    rows = torch.ones(batch, query_length, dtype=torch.bool)
+    if attention_fn != "softmax" or causal or mask is None:
+        return rows
+    chunk = key_length if chunk_size < 0 else chunk_size
+    for r in range(query_length):
+        start = ((key_length - query_length + r) // chunk) * chunk
+        stop = min(start + chunk, key_length)
+        if stop - start < chunk:
+            rows[:, r] = ~mask[:, start:stop].all(dim=1)
+    return rows

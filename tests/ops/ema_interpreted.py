@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers"))
 from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA  # noqa: E402
 from reference import ema_module_reference, f64, randn, random_padding_mask, randomize_parameters_  # noqa: E402
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mega_fairseq.modules import chunk_attention
-from reference import TOL, chunk_attention_reference, randn, random_padding_mask
+from reference import TOL, chunk_attention_reference, randn, random_padding_mask, specified_rows
 
 FUNCTIONS = ["softmax", "laplace", "relu2"]
 Z, H = 4, 3
@@ -55,25 +55,6 @@ def dense_weights(weights, query_length, key_length):
 
 def assert_close(actual, expected, tol):
     torch.testing.assert_close(actual, expected, rtol=0.0, atol=tol)
-
-
-def specified_rows(attention_fn, causal, mask, batch, query_length, key_length, chunk_size):
-    """(B, Lq) bool: the rows whose result the spec + spec-notes define.
-
-    Left out: a non-causal softmax row whose chunk is the short last one and holds only padding.
-    Such a row is a padding query (outputs there are discarded); the spec's models would pad the
-    chunk with pad tokens, the module pads it internally with zero keys, and it leaves the row
-    unmasked over those as well."""
-    rows = torch.ones(batch, query_length, dtype=torch.bool)
-    if attention_fn != "softmax" or causal or mask is None:
-        return rows
-    chunk = key_length if chunk_size < 0 else chunk_size
-    for r in range(query_length):
-        start = ((key_length - query_length + r) // chunk) * chunk
-        stop = min(start + chunk, key_length)
-        if stop - start < chunk:
-            rows[:, r] = ~mask[:, start:stop].all(dim=1)
-    return rows
 
 
 def assert_rows_close(out, weights, expected, expected_weights, attention_fn, causal, mask, chunk_size):

@@ -14,8 +14,7 @@ from mega_fairseq.modules import (Dropout, MegaConfigError, MegaLayerConfig, Mov
 from mega_fairseq.ops import attention
 from mega_fairseq.ops.attention import select_attention_impl
 from reference import TOL, chunk_attention_reference, mega_block_reference, query_chunk, randn, \
-    random_padding_mask, randomize_parameters_
-from test_attention import specified_rows
+    random_padding_mask, randomize_parameters_, specified_rows
 
 Z, H = 4, 3
 CUDA = torch.device("cuda")
