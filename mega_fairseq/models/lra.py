@@ -20,29 +20,25 @@ Parameter names follow the original where natural (``encoder.layers.N.mega_layer
 original nests one more ``encoder.`` and wraps the token embedding (``embed_tokens.embed``).
 """
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
+from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.transformer import TransformerConfig
 from fairseq.modules import LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
-from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
+from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
+                     EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, build_embedding,
+                     fill_defaults, follows, layer_config, register_architectures, zero_pads)
 from .compile import COMPILE_LAYERS_HELP, compile_layers
-from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
-from ..options import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
-from .mega import ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP
+from ..modules import MegaConfigError, MegaEncoderLayer, SequenceNorm, get_activation
 
-ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
-ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
-NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
-POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 LAYER_TYPE_CHOICES = ChoiceEnum(["mega", "transformer"])
 INPUT_TYPE_CHOICES = ChoiceEnum(["text", "image"])
 SEN_REP_CHOICES = ChoiceEnum(["mp", "cls"])
@@ -79,8 +75,7 @@ class LRAConfig(FairseqDataclass):
     encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
     encoder_embed_dim: int = field(default=512, metadata={"help": "model width (D)"})
     encoder_hidden_dim: int = field(default=2048, metadata={"help": "Mega: value width (H)"})
-    encoder_ffn_embed_dim: Optional[int] = field(default=None, metadata={
-        "help": "feed-forward width (Mega: 0 drops it); default: --encoder-hidden-dim"})
+    encoder_ffn_embed_dim: Optional[int] = follows("encoder_hidden_dim", "feed-forward width (Mega: 0 drops it)")
     z_dim: int = field(default=128, metadata={"help": "Mega: query/key width (Z)"})
     n_dim: int = field(default=2, metadata={"help": "Mega: EMA order (N)"})
     chunk_size: int = field(default=-1, metadata={"help": "Mega: attention chunk; -1: whole sequence"})
@@ -128,25 +123,25 @@ class SCRawConfig(LRAConfig):
         "help": "width of the classifier's hidden layers (default: 2 x --encoder-embed-dim)"})
 
 
-def fill_defaults(args, config_class) -> None:
-    """Set every option still unset (None) to its default in ``config_class``, then the derived ones."""
-    for f in fields(config_class):
-        if not f.name.startswith("_") and safe_getattr(args, f.name) is None:
-            setattr(args, f.name, f.default)
-    if args.encoder_ffn_embed_dim is None:
-        args.encoder_ffn_embed_dim = args.encoder_hidden_dim
+def fill_classifier_defaults(args, config_class) -> None:
+    """Set every option still unset to its default in ``config_class``; the classifier width
+    defaults to 2 x --encoder-embed-dim."""
+    fill_defaults(args, config_class)
     if args.classifier_out_dim is None:
         args.classifier_out_dim = 2 * args.encoder_embed_dim
 
 
-LRA_OPTION_NAMES = {"embed_dim": "--encoder-embed-dim", "hidden_dim": "--encoder-hidden-dim",
-                    "ffn_dim": "--encoder-ffn-embed-dim", "max_positions": "--max-positions",
-                    "norm_type": "--norm-type", "hidden_dropout": "--act-dropout", "activation_dropout": "--act-dropout"}
+# MegaLayerConfig field -> classifier argument, where the names differ
+LRA_ARGUMENTS = {"embed_dim": "encoder_embed_dim", "hidden_dim": "encoder_hidden_dim",
+                 "ffn_dim": "encoder_ffn_embed_dim", "truncation": "truncation_length",
+                 "attention_fn": "attention_activation_fn", "activation": "activation_fn",
+                 "prenorm": "encoder_normalize_before", "hidden_dropout": "act_dropout",
+                 "activation_dropout": "act_dropout"}
 
 
 def check_options(args, task) -> None:
     """Refuse option values that cannot work, naming the option. The Mega layer options are
-    checked by MegaLayerConfig (with LRA_OPTION_NAMES); these are the classifier's own."""
+    checked by MegaLayerConfig (named after LRA_ARGUMENTS); these are the classifier's own."""
     mega = args.layer_type == "mega"
     positive = [("encoder_layers", "--encoder-layers"), ("encoder_embed_dim", "--encoder-embed-dim"),
                 ("max_positions", "--max-positions"), ("classifier_out_dim", "--classifier-out-dim")]
@@ -205,16 +200,7 @@ def build_input_embedding(args, task) -> Tuple[nn.Module, Optional[int]]:
     """Token embedding (N(0, D^-1/2)) for text, RealNumberEmbedding otherwise; and the padding index."""
     if task.input_type != "text":
         return RealNumberEmbedding(args.encoder_embed_dim, task.input_channels), None
-    dictionary = task.source_dictionary
-    embedding = nn.Embedding(len(dictionary), args.encoder_embed_dim, padding_idx=dictionary.pad())
-    nn.init.normal_(embedding.weight, mean=0.0, std=args.encoder_embed_dim ** -0.5)
-    nn.init.zeros_(embedding.weight[dictionary.pad()])
-    return embedding, dictionary.pad()
-
-
-def zero_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-    """x (L, B, D) with positions that padding_mask (B, L) marks set to 0."""
-    return x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+    return build_embedding(task.source_dictionary, args.encoder_embed_dim), task.source_dictionary.pad()
 
 
 class MegaSentenceEncoder(nn.Module):
@@ -222,17 +208,7 @@ class MegaSentenceEncoder(nn.Module):
 
     def __init__(self, args, embed_tokens: nn.Module, padding_idx: Optional[int]):
         super().__init__()
-        cfg = MegaLayerConfig(
-            embed_dim=args.encoder_embed_dim, hidden_dim=args.encoder_hidden_dim, ffn_dim=args.encoder_ffn_embed_dim,
-            z_dim=args.z_dim, n_dim=args.n_dim, chunk_size=args.chunk_size,
-            truncation=args.truncation_length or None, max_positions=args.max_positions,
-            attention_fn=str(args.attention_activation_fn), activation=str(args.activation_fn),
-            norm_type=str(args.norm_type), prenorm=args.encoder_normalize_before, rel_pos_bias=str(args.rel_pos_bias),
-            dropout=args.dropout, attention_dropout=args.attention_dropout, hidden_dropout=args.act_dropout,
-            activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout,
-            ema_impl=str(getattr(args, "ema_impl", "auto")), attention_impl=str(getattr(args, "attention_impl", "auto")),
-            role="",
-            option_names=LRA_OPTION_NAMES)
+        cfg = layer_config(args, LRA_ARGUMENTS, "max_positions")
         self.padding_idx = padding_idx
         self.embed_tokens = embed_tokens
         self.embed_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_embedding else None
@@ -341,7 +317,7 @@ class LRAModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, args, task):
-        fill_defaults(args, cls.config_class)
+        fill_classifier_defaults(args, cls.config_class)
         if args.input_type is None:
             args.input_type = task.input_type
         check_options(args, task)
@@ -390,17 +366,13 @@ class SCRawModel(LRAModel):
 
 
 def lra_base(args):
-    fill_defaults(args, LRAConfig)
+    """Defaults of ``--arch lra`` (the model name is its own architecture): LRAConfig's."""
+    fill_classifier_defaults(args, LRAConfig)
 
 
 def sc_raw_base(args):
-    fill_defaults(args, SCRawConfig)
-
-
-def set_defaults(args, **defaults) -> None:
-    """Architecture defaults: keep what the command line gave."""
-    for name, value in defaults.items():
-        setattr(args, name, safe_getattr(args, name, value))
+    """Defaults of ``--arch sc_raw``: SCRawConfig's."""
+    fill_classifier_defaults(args, SCRawConfig)
 
 
 MEGA = dict(layer_type="mega", activation_fn="silu", n_dim=16, sen_rep_type="mp", apply_bert_init=False)
@@ -461,17 +433,5 @@ SC_ARCHITECTURES = {
 }
 
 
-def _register(model: str, name: str, defaults: dict, base):
-    def architecture(args):
-        set_defaults(args, **defaults)
-        base(args)
-
-    architecture.__name__ = name
-    architecture.__doc__ = f"--arch {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
-    register_model_architecture(model, name)(architecture)
-
-
-for _name, _defaults in LRA_ARCHITECTURES.items():
-    _register("lra", _name, _defaults, lra_base)
-for _name, _defaults in SC_ARCHITECTURES.items():
-    _register("sc_raw", _name, _defaults, sc_raw_base)
+register_architectures("lra", LRA_ARCHITECTURES, lra_base)
+register_architectures("sc_raw", SC_ARCHITECTURES, sc_raw_base)

@@ -4,39 +4,30 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
     FairseqEncoder,
     FairseqEncoderDecoderModel,
     FairseqIncrementalDecoder,
     register_model,
-    register_model_architecture,
 )
 from fairseq.modules import AdaptiveSoftmax
 from fairseq.utils import eval_str_list, safe_getattr
 from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
+from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
+                     EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
+                     build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
+                     zero_pads)
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from .stepping import StepSession, new_entry_cache
-from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
+from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, SequenceNorm
 from ..modules.decoding import StepBuffers, decoder_layers_step, supports_steps
-from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
-                              check_chunk_size)
+from ..options import check_chunk_size
 
 DEFAULT_MAX_POSITIONS = 1024
 UNBOUNDED_POSITIONS = 1_000_000_000  # chunked attention: any length
-
-
-ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
-ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
-NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
-POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
-EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
-ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
-EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
-ATTENTION_IMPL_HELP = ("attention computation: auto (on a GPU: PyTorch's fused attention for softmax when Z and H "
-                       "are <= 128, else the fused Triton kernel; matmul on a CPU), matmul (reference), sdpa, triton")
 
 
 @dataclass
@@ -64,18 +55,19 @@ class MegaCommonConfig(FairseqDataclass):
 
 @dataclass
 class MegaDecoderConfig(MegaCommonConfig):
-    """Options of a Mega decoder stack."""
+    """Options of a Mega decoder stack; the defaults are the language model's (``--arch mega_lm``), the
+    encoder-decoder's decoder follows its encoder instead (MegaConfig)."""
 
     decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained decoder embedding"})
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension (D)"})
-    decoder_hidden_dim: int = field(default=1024, metadata={"help": "decoder value width of the Mega block (H)"})
-    decoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "decoder feed-forward width; 0: no FFN"})
+    decoder_hidden_dim: int = field(default=1664, metadata={"help": "decoder value width of the Mega block (H)"})
+    decoder_ffn_embed_dim: Optional[int] = follows("decoder_hidden_dim", "decoder feed-forward width; 0: no FFN")
     decoder_z_dim: int = field(default=128, metadata={"help": "decoder query/key width (Z)"})
     decoder_n_dim: int = field(default=16, metadata={"help": "decoder EMA order (N)"})
     decoder_chunk_size: int = field(default=-1, metadata={"help": "decoder attention chunk; -1: whole sequence"})
     decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
     share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder input and output"})
-    max_target_positions: Optional[int] = field(default=None, metadata={"help": "longest target (default: task's)"})
+    max_target_positions: Optional[int] = from_task("longest target")
 
 
 @dataclass
@@ -85,54 +77,21 @@ class MegaConfig(MegaDecoderConfig):
     encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "pre-trained encoder embedding"})
     encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension (D)"})
     encoder_hidden_dim: int = field(default=1024, metadata={"help": "encoder value width of the Mega block (H)"})
-    encoder_ffn_embed_dim: int = field(default=1024, metadata={"help": "encoder feed-forward width; 0: no FFN"})
+    encoder_ffn_embed_dim: Optional[int] = follows("encoder_hidden_dim", "encoder feed-forward width; 0: no FFN")
     encoder_z_dim: int = field(default=128, metadata={"help": "encoder query/key width (Z)"})
     encoder_n_dim: int = field(default=16, metadata={"help": "encoder EMA order (N)"})
     encoder_chunk_size: int = field(default=-1, metadata={"help": "encoder attention chunk; -1: whole sequence"})
     encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
     share_all_embeddings: bool = field(
         default=False, metadata={"help": "share encoder, decoder and output embeddings (joined dictionary)"})
-    max_source_positions: Optional[int] = field(default=None, metadata={"help": "longest source (default: task's)"})
-
-
-def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
-    """The options of one stack's layers from the model arguments."""
-    truncation = safe_getattr(args, "truncation_length", None)
-    return MegaLayerConfig(
-        embed_dim=getattr(args, f"{role}_embed_dim"),
-        hidden_dim=getattr(args, f"{role}_hidden_dim"),
-        ffn_dim=getattr(args, f"{role}_ffn_embed_dim"),
-        z_dim=getattr(args, f"{role}_z_dim"),
-        n_dim=getattr(args, f"{role}_n_dim"),
-        chunk_size=getattr(args, f"{role}_chunk_size"),
-        truncation=truncation if truncation else None,
-        max_positions=max_positions,
-        attention_fn=str(args.attention_activation_fn),
-        activation=str(args.activation_fn),
-        norm_type=str(args.normalization_type),
-        prenorm=args.normalize_before,
-        rel_pos_bias=str(args.rel_pos_bias),
-        dropout=args.dropout,
-        attention_dropout=args.attention_dropout,
-        hidden_dropout=args.hidden_dropout,
-        activation_dropout=args.activation_dropout,
-        feature_dropout=args.feature_dropout,
-        ema_impl=str(safe_getattr(args, "ema_impl", "auto")),
-        attention_impl=str(safe_getattr(args, "attention_impl", "auto")),
-        role=role,
-        option_names={"max_positions": "--max-source-positions" if role == "encoder" else "--max-target-positions"},
-    )
-
-
-def build_embedding(dictionary, embed_dim: int, path: Optional[str] = None) -> nn.Embedding:
-    """Token embedding with N(0, D^-1/2) weights and a zero padding row."""
-    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
-    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
-    nn.init.zeros_(embedding.weight[dictionary.pad()])
-    if path:
-        from fairseq import utils
-        utils.load_embedding(utils.parse_embedding(path), dictionary, embedding)
-    return embedding
+    max_source_positions: Optional[int] = from_task("longest source")
+    # the decoder's dimensions follow the encoder's
+    decoder_embed_dim: Optional[int] = follows("encoder_embed_dim", "decoder embedding dimension (D)")
+    decoder_hidden_dim: Optional[int] = follows("encoder_hidden_dim", "decoder value width of the Mega block (H)")
+    decoder_ffn_embed_dim: Optional[int] = follows("encoder_ffn_embed_dim", "decoder feed-forward width; 0: no FFN")
+    decoder_z_dim: Optional[int] = follows("encoder_z_dim", "decoder query/key width (Z)")
+    decoder_n_dim: Optional[int] = follows("encoder_n_dim", "decoder EMA order (N)")
+    decoder_chunk_size: Optional[int] = follows("encoder_chunk_size", "decoder attention chunk; -1: whole sequence")
 
 
 class TokenEmbedder(nn.Module):
@@ -189,11 +148,6 @@ def rotate_rows(t: Tensor, shifts: Tensor) -> Tensor:
     return t.gather(1, index)
 
 
-def zero_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-    """x (L, B, D) with the padding positions of padding_mask (B, L) set to 0."""
-    return x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
-
-
 class MegaEncoder(FairseqEncoder):
     """Stack of Mega encoder layers (bidirectional EMA). Output in fairseq's dict format."""
 
@@ -202,7 +156,7 @@ class MegaEncoder(FairseqEncoder):
         self.max_source_positions = args.max_source_positions
         self.embedder = TokenEmbedder(args, embed_tokens, args.encoder_embed_dim)
         self.chunk_size = args.encoder_chunk_size
-        cfg = layer_config(args, "encoder", args.max_source_positions)
+        cfg = layer_config(args, STACK_ARGUMENTS, "max_source_positions", role="encoder")
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
         if safe_getattr(args, "compile_layers", False):
             compile_layers(self.layers)
@@ -271,7 +225,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.max_target_positions = args.max_target_positions
         self.chunk_size = args.decoder_chunk_size
         self.embedder = TokenEmbedder(args, embed_tokens, args.decoder_embed_dim)
-        cfg = layer_config(args, "decoder", args.max_target_positions)
+        cfg = layer_config(args, STACK_ARGUMENTS, "max_target_positions", role="decoder")
         cross_positions = None if no_encoder_attn else max(args.max_source_positions, args.max_target_positions)
         self.cross_positions = cross_positions or 0
         self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
@@ -458,12 +412,9 @@ class MegaModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, args, task):
         base_architecture(args)
-        if safe_getattr(args, "max_source_positions", None) is None:
-            args.max_source_positions = safe_getattr(task.cfg if hasattr(task, "cfg") else args,
-                                                     "max_source_positions", DEFAULT_MAX_POSITIONS)
-        if safe_getattr(args, "max_target_positions", None) is None:
-            args.max_target_positions = safe_getattr(task.cfg if hasattr(task, "cfg") else args,
-                                                     "max_target_positions", DEFAULT_MAX_POSITIONS)
+        for name in ("max_source_positions", "max_target_positions"):  # default: the task's
+            if safe_getattr(args, name) is None:
+                setattr(args, name, safe_getattr(getattr(task, "cfg", None), name) or DEFAULT_MAX_POSITIONS)
         check_chunk_size(args.encoder_chunk_size, "--encoder-chunk-size")
         check_chunk_size(args.decoder_chunk_size, "--decoder-chunk-size")
         if args.encoder_embed_dim != args.decoder_embed_dim:
@@ -495,57 +446,14 @@ class MegaModel(FairseqEncoderDecoderModel):
 
 
 def base_architecture(args):
-    """Defaults of ``--arch mega`` (the model name is its own architecture)."""
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 512)
-    args.encoder_hidden_dim = safe_getattr(args, "encoder_hidden_dim", 1024)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", args.encoder_hidden_dim)
-    args.encoder_z_dim = safe_getattr(args, "encoder_z_dim", 128)
-    args.encoder_n_dim = safe_getattr(args, "encoder_n_dim", 16)
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 6)
-    args.encoder_chunk_size = safe_getattr(args, "encoder_chunk_size", -1)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", args.encoder_embed_dim)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", args.encoder_hidden_dim)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", args.encoder_z_dim)
-    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", args.encoder_n_dim)
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 6)
-    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", args.encoder_chunk_size)
-    args.dropout = safe_getattr(args, "dropout", 0.1)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.0)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.0)
-    args.feature_dropout = safe_getattr(args, "feature_dropout", False)
-    args.activation_fn = safe_getattr(args, "activation_fn", "silu")
-    args.attention_activation_fn = safe_getattr(args, "attention_activation_fn", "softmax")
-    args.normalization_type = safe_getattr(args, "normalization_type", "layernorm")
-    args.normalize_before = safe_getattr(args, "normalize_before", False)
-    args.normalize_embedding = safe_getattr(args, "normalize_embedding", False)
-    args.no_scale_embedding = safe_getattr(args, "no_scale_embedding", False)
-    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "simple")
-    args.truncation_length = safe_getattr(args, "truncation_length", None)
-    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", False)
-    args.share_all_embeddings = safe_getattr(args, "share_all_embeddings", False)
-    args.encoder_embed_path = safe_getattr(args, "encoder_embed_path", None)
-    args.decoder_embed_path = safe_getattr(args, "decoder_embed_path", None)
-    args.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
+    """Defaults of ``--arch mega`` (the model name is its own architecture): MegaConfig's."""
+    fill_defaults(args, MegaConfig)
 
 
-@register_model_architecture("mega", "mega_wmt_en_de")
-def mega_wmt_en_de(args):
-    args.dropout = safe_getattr(args, "dropout", 0.1)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.1)
-    base_architecture(args)
-
-
-@register_model_architecture("mega", "mega_wmt_en_de_big")
-def mega_wmt_en_de_big(args):
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
-    args.encoder_hidden_dim = safe_getattr(args, "encoder_hidden_dim", 2048)
-    args.encoder_z_dim = safe_getattr(args, "encoder_z_dim", 256)
-    args.dropout = safe_getattr(args, "dropout", 0.3)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.1)
-    base_architecture(args)
+# Named architectures: what each changes of MegaConfig's defaults (the original's, docs/math.md section 6)
+ARCHITECTURES = {
+    "mega_wmt_en_de": dict(dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1, activation_dropout=0.1),
+    "mega_wmt_en_de_big": dict(encoder_embed_dim=1024, encoder_hidden_dim=2048, encoder_z_dim=256, dropout=0.3,
+                               attention_dropout=0.1, hidden_dropout=0.1, activation_dropout=0.1),
+}
+register_architectures("mega", ARCHITECTURES, base_architecture)

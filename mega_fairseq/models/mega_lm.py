@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq.models import FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.models import FairseqLanguageModel, register_model
 from fairseq.modules import AdaptiveInput
 from fairseq.utils import eval_str_list, safe_getattr
 from omegaconf import II
@@ -10,14 +10,17 @@ from omegaconf import II
 from ..modules import MegaConfigError
 from ..options import check_chunk_size
 from .autocast import autocast_forward
-from .mega import DEFAULT_MAX_POSITIONS, MegaDecoder, MegaDecoderConfig, build_embedding
+from .common import build_embedding, fill_defaults, follows, register_architectures
+from .mega import DEFAULT_MAX_POSITIONS, MegaDecoder, MegaDecoderConfig
 
 
 @dataclass
 class MegaLMConfig(MegaDecoderConfig):
-    """Options of the Mega language model (decoder options plus adaptive input/softmax)."""
+    """Options of the Mega language model (decoder options plus adaptive input/softmax); the defaults are
+    the original ``mega_lm``'s (D 512, H = FFN = 1664, Z 128, N 16, 6 layers, truncation 2048)."""
 
-    decoder_input_dim: Optional[int] = field(default=None, metadata={"help": "input embedding width (default D)"})
+    truncation_length: Optional[int] = field(default=2048, metadata={"help": "EMA kernel length cap; 0: none"})
+    decoder_input_dim: Optional[int] = follows("decoder_embed_dim", "input embedding width")
     no_affine_final_norm: bool = field(default=False, metadata={"help": "no affine parameters in the final norm"})
     adaptive_input: bool = field(default=False, metadata={"help": "use adaptive input embeddings"})
     adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input dimension reduction factor"})
@@ -78,106 +81,28 @@ def check_tied_adaptive_options(args) -> None:
 
 
 def base_lm_architecture(args):
-    """Defaults of ``--arch mega_lm`` (the model name is its own architecture)."""
-    args.decoder_embed_path = safe_getattr(args, "decoder_embed_path", None)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 512)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1664)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", args.decoder_hidden_dim)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
-    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", 16)
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 6)
-    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", -1)
-    args.decoder_input_dim = safe_getattr(args, "decoder_input_dim", args.decoder_embed_dim)
-    args.adaptive_softmax_cutoff = safe_getattr(args, "adaptive_softmax_cutoff", None)
-    args.adaptive_softmax_dropout = safe_getattr(args, "adaptive_softmax_dropout", 0.0)
-    args.adaptive_softmax_factor = safe_getattr(args, "adaptive_softmax_factor", 4)
-    args.adaptive_input = safe_getattr(args, "adaptive_input", False)
-    args.adaptive_input_factor = safe_getattr(args, "adaptive_input_factor", 4)
-    args.adaptive_input_cutoff = safe_getattr(args, "adaptive_input_cutoff", None)
-    args.tie_adaptive_weights = safe_getattr(args, "tie_adaptive_weights", False)
-    args.tie_adaptive_proj = safe_getattr(args, "tie_adaptive_proj", False)
-    args.dropout = safe_getattr(args, "dropout", 0.1)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.0)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.0)
-    args.feature_dropout = safe_getattr(args, "feature_dropout", False)
-    args.activation_fn = safe_getattr(args, "activation_fn", "silu")
-    args.attention_activation_fn = safe_getattr(args, "attention_activation_fn", "softmax")
-    args.normalization_type = safe_getattr(args, "normalization_type", "layernorm")
-    args.normalize_before = safe_getattr(args, "normalize_before", False)
-    args.normalize_embedding = safe_getattr(args, "normalize_embedding", False)
-    args.no_scale_embedding = safe_getattr(args, "no_scale_embedding", False)
-    args.no_affine_final_norm = safe_getattr(args, "no_affine_final_norm", False)
-    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "simple")
-    args.truncation_length = safe_getattr(args, "truncation_length", 2048)
-    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", False)
-    args.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
+    """Defaults of ``--arch mega_lm`` (the model name is its own architecture): MegaLMConfig's."""
+    fill_defaults(args, MegaLMConfig)
 
 
-@register_model_architecture("mega_lm", "mega_lm_big")
-def mega_lm_big(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 16)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 1024)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 2048)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 2048)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 256)
-    base_lm_architecture(args)
+BIG = dict(decoder_layers=16, decoder_embed_dim=1024, decoder_hidden_dim=2048, decoder_ffn_embed_dim=2048,
+           decoder_z_dim=256)
+# adaptive input and softmax, tied, cutoffs 20000,60000 (the WikiText-103 setup)
+ADAPTIVE = dict(dropout=0.3, attention_dropout=0.1, hidden_dropout=0.1, activation_dropout=0.1, adaptive_input=True,
+                tie_adaptive_weights=True, tie_adaptive_proj=True, adaptive_input_cutoff="20000,60000",
+                adaptive_softmax_cutoff="20000,60000", adaptive_softmax_dropout=0.2)
 
-
-def _adaptive_defaults(args):
-    """Adaptive input and softmax, tied, cutoffs 20000,60000, dropout 0.3 (the WikiText-103 setup)."""
-    args.dropout = safe_getattr(args, "dropout", 0.3)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.1)
-    args.adaptive_input = safe_getattr(args, "adaptive_input", True)
-    args.tie_adaptive_weights = safe_getattr(args, "tie_adaptive_weights", True)
-    args.tie_adaptive_proj = safe_getattr(args, "tie_adaptive_proj", True)
-    args.adaptive_input_cutoff = safe_getattr(args, "adaptive_input_cutoff", "20000,60000")
-    args.adaptive_softmax_cutoff = safe_getattr(args, "adaptive_softmax_cutoff", "20000,60000")
-    args.adaptive_softmax_dropout = safe_getattr(args, "adaptive_softmax_dropout", 0.2)
-
-
-@register_model_architecture("mega_lm", "mega_lm_adaptive_big")
-def mega_lm_adaptive_big(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 16)
-    _adaptive_defaults(args)
-    mega_lm_big(args)
-
-
-register_model_architecture("mega_lm", "mega_lm_wiki103")(mega_lm_adaptive_big)
-
-
-@register_model_architecture("mega_lm", "mega_lm_adaptive_base")
-def mega_lm_adaptive_base(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 16)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 768)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1536)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 1536)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
-    _adaptive_defaults(args)
-    base_lm_architecture(args)
-
-
-@register_model_architecture("mega_lm", "mega_lm_enwik8_base")
-def mega_lm_enwik8_base(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 12)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 512)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1024)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 1024)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
-    args.dropout = safe_getattr(args, "dropout", 0.1)
-    base_lm_architecture(args)
-
-
-@register_model_architecture("mega_lm", "mega_lm_enwik8_large")
-def mega_lm_enwik8_large(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 24)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 1024)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1536)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 1536)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
-    args.dropout = safe_getattr(args, "dropout", 0.2)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.1)
-    base_lm_architecture(args)
+# Named architectures: what each changes of MegaLMConfig's defaults (the original's, docs/math.md section 6)
+ARCHITECTURES = {
+    "mega_lm_big": BIG,
+    "mega_lm_adaptive_big": dict(BIG, **ADAPTIVE),
+    "mega_lm_wiki103": dict(BIG, **ADAPTIVE),  # another name of mega_lm_adaptive_big
+    "mega_lm_adaptive_base": dict(ADAPTIVE, decoder_layers=16, decoder_embed_dim=768, decoder_hidden_dim=1536,
+                                  decoder_ffn_embed_dim=1536, decoder_z_dim=128),
+    "mega_lm_enwik8_base": dict(decoder_layers=12, decoder_embed_dim=512, decoder_hidden_dim=1024,
+                                decoder_ffn_embed_dim=1024, decoder_z_dim=128, dropout=0.1),
+    "mega_lm_enwik8_large": dict(decoder_layers=24, decoder_embed_dim=1024, decoder_hidden_dim=1536,
+                                 decoder_ffn_embed_dim=1536, decoder_z_dim=128, dropout=0.2, attention_dropout=0.1,
+                                 hidden_dropout=0.1),
+}
+register_architectures("mega_lm", ARCHITECTURES, base_lm_architecture)

@@ -1,7 +1,7 @@
 """Token-by-token decoding of a MegaDecoder on step buffers, replayed from CUDA graphs on a GPU.
 
 fairseq's beam search and sampling call ``decoder.forward`` with an incremental state and one new
-token per step (``docs/math.md``, section 6). A ``StepSession`` (one per generated batch, kept in the
+token per step (``docs/math.md``, section 4.1). A ``StepSession`` (one per generated batch, kept in the
 incremental state) runs those steps with ``modules.decoding``: all layer states live in one
 ``StepBuffers``, so a beam reorder is a handful of ``index_select``s and every step has the same
 shapes. Buffers and their captured graphs are cached on the decoder by shape (``StepEntry``) and

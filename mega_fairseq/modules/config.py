@@ -19,7 +19,7 @@ GLOBAL_FLAGS = {"max_positions": "--max-source/target-positions", "truncation": 
 
 @dataclass
 class MegaLayerConfig:
-    """Shapes and options of a Mega layer (names of the spec: D, H, Z, N, C)."""
+    """Shapes and options of a Mega layer (the names of docs/math.md: D, H, Z, N, C)."""
 
     embed_dim: int = 512  # D
     hidden_dim: int = 1024  # H, width of the values

@@ -1,4 +1,4 @@
-"""One decoding step of a stack of Mega decoder layers on preallocated buffers (docs/math.md, section 6).
+"""One decoding step of a stack of Mega decoder layers on preallocated buffers (docs/math.md, section 4.1).
 
 fairseq's beam search and sampling call the decoder once per generated token. A causal Mega layer
 needs, per sequence, its EMA hidden state (D, N) and the keys and values of the current attention

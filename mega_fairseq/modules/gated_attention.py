@@ -1,4 +1,4 @@
-"""Moving-average equipped gated attention: the Mega block (spec, section 2)."""
+"""Moving-average equipped gated attention: the Mega block (docs/math.md, section 2)."""
 from typing import Dict, Optional, Tuple
 
 import torch

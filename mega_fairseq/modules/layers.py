@@ -1,4 +1,4 @@
-"""Mega encoder and decoder layers (spec, section 3)."""
+"""Mega encoder and decoder layers (docs/math.md, section 3)."""
 from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn

@@ -1,4 +1,4 @@
-"""A decoding step replayed from a CUDA graph (docs/math.md, section 6).
+"""A decoding step replayed from a CUDA graph (docs/math.md, section 4.1).
 
 ``GraphedStep(fn)`` calls ``fn()`` eagerly the first time (which also warms up the libraries the
 step uses), captures it in a CUDA graph on the second call and replays the graph from then on:

@@ -1,6 +1,6 @@
 """Chunked single-head attention row by row, in float64 (docs/math.md, section 2).
 
-Where the spec is silent the references follow the original code (docs/math.md):
+Where the paper is silent the references follow the choices of docs/math.md, section 5:
 softmax rows with no allowed key drop the padding mask (keep the causal one); the laplace / relu2
 normalizer is i + 1 with a causal mask, else the non-pad keys of the chunk.
 Shapes: B batch, L length, Z query/key width, H value width.
@@ -36,7 +36,7 @@ def attention_row_reference(query, keys, bias_row, attention_fn: str, valid, cau
     if attention_fn == "softmax":
         scores = dots / math.sqrt(z_dim) + bias_row
         allowed = valid & causal_ok
-        if not allowed.any():  # a row with no allowed key ignores the padding mask (spec-notes)
+        if not allowed.any():  # a row with no allowed key ignores the padding mask (docs/math.md, 5)
             allowed = causal_ok.clone()
         weights = torch.zeros_like(scores)
         top = scores[allowed].max()

@@ -40,7 +40,7 @@ def norm_reference(norm, x, padding_mask=None):
 
 
 def mega_block_reference(module, x, padding_mask=None, activation: str = "silu"):
-    """The Mega block (spec section 2), dropout off, from the parameters of a
+    """The Mega block (docs/math.md, section 2), dropout off, from the parameters of a
     MovingAverageGatedAttention module. x (L, B, D) -> (L, B, D)."""
     act = ACTIVATIONS[activation]
     x = f64(x)
@@ -72,7 +72,7 @@ def mega_block_reference(module, x, padding_mask=None, activation: str = "silu")
 
 def cross_attention_reference(module, query, memory, memory_padding_mask=None, padding_mask=None,
                               query_offset: int = 0, activation: str = "silu"):
-    """Gated cross-attention (spec section 3) from a GatedCrossAttention module's parameters.
+    """Gated cross-attention (docs/math.md, section 3) from a GatedCrossAttention module's parameters.
 
     query (T, B, D) at target positions query_offset ..; memory (S, B, D);
     memory_padding_mask (B, S). Bias between target position i and source position j.

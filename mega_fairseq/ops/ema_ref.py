@@ -11,7 +11,7 @@ from .ref_utils import DTYPE, f64, silu
 
 
 def ema_p_q(alpha: torch.Tensor, delta: torch.Tensor):
-    """(D', N) -> input weight p = sigmoid(delta) and decay q = 1 - p * sigmoid(alpha) (spec, section 1)."""
+    """(D', N) -> input weight p = sigmoid(delta) and decay q = 1 - p * sigmoid(alpha) (docs/math.md, section 1)."""
     p = 1.0 / (1.0 + torch.exp(-f64(delta)))
     q = 1.0 - p / (1.0 + torch.exp(-f64(alpha)))
     return p, q

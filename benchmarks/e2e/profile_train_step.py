@@ -1,0 +1,148 @@
+"""Where a fairseq training update's time goes: host vs GPU, per model, on real batches.
+
+    python benchmarks/e2e/profile_train_step.py DATA_BIN --arch mega_wmt_en_de [--steps 40] [-- fairseq options]
+
+Builds fairseq's Trainer exactly as fairseq-train does (same task, criterion, optimizer, --fp16),
+runs ``--warmup`` updates, then times ``--steps`` updates over the real training batches (wall clock,
+median and mean ms per update, words/s), and profiles ``--profile-steps`` more with torch.profiler:
+CUDA kernel time per update (how long the GPU is busy), kernels launched per update, and the host
+time of the forward, backward and optimizer phases (fairseq's record_function regions). An update
+whose wall time is far above its kernel time is host-bound. Prints one line per model; --json
+appends the figures to a file.
+"""
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+
+import torch
+from fairseq import options, tasks, utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
+
+PHASES = ("forward", "backward", "clip-grads", "optimizer")
+COMMON = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0", "--lr", "7e-4",
+          "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "500", "--criterion",
+          "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.3",
+          "--share-all-embeddings", "--seed", "1", "--num-workers", "0"]
+
+
+def build_trainer(data: str, arch: str, max_tokens: int, extra):
+    repo_user_dir = __file__.rsplit("/benchmarks/", 1)[0] + "/mega_fairseq"
+    argv = [data, "--user-dir", repo_user_dir, "--arch", arch, "--max-tokens", str(max_tokens), *COMMON, *extra]
+    if not torch.cuda.is_available():
+        argv.append("--cpu")
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    utils.import_user_module(cfg.common)
+    torch.manual_seed(1)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    epoch_itr = trainer.get_train_iterator(epoch=1, load_dataset=True)
+    params = sum(p.numel() for p in model.parameters())
+    return trainer, epoch_itr, params
+
+
+def batches(epoch_itr):
+    """Endless stream of training samples (epochs repeat)."""
+    while True:
+        for sample in epoch_itr.next_epoch_itr(shuffle=True):
+            yield sample
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_updates(trainer, stream, steps: int):
+    """Wall ms of each update and the target tokens of each."""
+    times, tokens = [], []
+    for _ in range(steps):
+        sample = next(stream)
+        sync()
+        start = time.perf_counter()
+        trainer.train_step([sample])
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+        tokens.append(int(sample["ntokens"]) if sample else 0)
+    return times, tokens
+
+
+def profiled_updates(trainer, stream, steps: int):
+    """Kernel ms, kernel launches and host ms of each phase, per update."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step([next(stream)])
+        sync()
+    kernel_us, launches, ops = 0.0, 0, 0
+    phase_us = {phase: 0.0 for phase in PHASES}
+    per_kernel = collections.Counter()
+    for event in prof.events():
+        device_type = str(getattr(event, "device_type", "")).lower()
+        if "cuda" in device_type:
+            if getattr(event, "is_user_annotation", False) or event.name in phase_us:
+                continue  # record_function ranges mirrored on the GPU timeline, not kernels
+            us = event.device_time if hasattr(event, "device_time") else event.cuda_time
+            kernel_us += us
+            launches += 1
+            per_kernel[event.name[:80]] += us
+        elif event.name in phase_us:
+            phase_us[event.name] += event.cpu_time_total
+        elif event.name.startswith("aten::"):
+            ops += 1
+    return {
+        "kernel_ms": kernel_us / 1e3 / steps,
+        "kernels": launches / steps,
+        "aten_ops": ops / steps,
+        **{f"host_{phase}_ms": us / 1e3 / steps for phase, us in phase_us.items()},
+        "top_kernels_ms": {name: us / 1e3 / steps for name, us in per_kernel.most_common(15)},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data")
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--label", default=None)
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--warmup", type=int, default=150, help="untimed updates first: two Multi30k epochs, so that every batch shape was seen (fairseq's Transformer pays ~0.1 s per new shape)")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    trainer, epoch_itr, params = build_trainer(args.data, args.arch, args.max_tokens, extra)
+    stream = batches(epoch_itr)
+    start = time.perf_counter()
+    timed_updates(trainer, stream, args.warmup)
+    warmup_s = time.perf_counter() - start
+    times, tokens = timed_updates(trainer, stream, args.steps)
+    result = {
+        "label": args.label or args.arch, "arch": args.arch, "extra": " ".join(extra), "params": params,
+        "warmup_s": warmup_s, "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
+        "tokens_per_s": sum(tokens) / (sum(times) / 1e3),
+    }
+    if args.profile_steps:
+        result.update(profiled_updates(trainer, stream, args.profile_steps))
+    line = (f"{result['label']:<28} {params / 1e6:6.1f}M  warmup {warmup_s:6.1f}s  update {result['median_ms']:7.1f} ms"
+            f" (mean {result['mean_ms']:7.1f})  tgt tok/s {result['tokens_per_s']:9.0f}")
+    if "kernel_ms" in result:
+        line += (f"  GPU busy {result['kernel_ms']:6.1f} ms  kernels {result['kernels']:6.0f}  aten ops "
+                 f"{result['aten_ops']:6.0f}  host fwd/bwd/opt {result['host_forward_ms']:.0f}/"
+                 f"{result['host_backward_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
+    print(line, flush=True)
+    if args.json:
+        with open(args.json, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Speed and memory of the Mega EMA and layer against baselines measured in the same run.
+
+    python benchmarks/kernels/bench_layers.py ema   [--lengths 1024 4096 16384 65536] [--batch 8 --dim 1024]
+    python benchmarks/kernels/bench_layers.py layer [--lengths 512 1024 4096 16384 32768] [--tokens 32768]
+
+``ema``: forward+backward of the bidirectional and causal EMA at B x D channels, the FFT path
+(reference) and the fused Triton scan: median time, peak memory, and achieved bandwidth (x and y
+read/written once each way, forward and backward) against a device-to-device copy measured in
+the same run (the memory-traffic floor); speedup of the scan over the FFT.
+``layer``: forward+backward of one Mega encoder layer (D 512, H 1024, FFN 1024, Z 128, N 16;
+chunk 128 and unchunked) with automatic kernel selection and with the original algorithm (FFT
+EMA, attention by matmul), and of fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048,
+PyTorch's fused attention; PyTorch's layer without fairseq) at a fixed token budget per batch,
+under bf16 autocast on a GPU: tokens/s, peak memory, ratios to the Transformer and the original.
+On a CPU it runs with the sizes given (for checking the script).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA
+from mega_fairseq.ops.triton import ema_scan as ema_triton
+
+
+def device_and_dtype():
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.bfloat16
+
+
+def median_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of fn() in milliseconds (device-synchronized)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_mib(fn) -> float:
+    if not torch.cuda.is_available():
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync()
+    return torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+def copy_bandwidth_gbs(device, nbytes: int = 2 ** 30) -> float:
+    """Device-to-device copy bandwidth, bytes read plus bytes written per second (GB/s)."""
+    source = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
+    target = torch.empty_like(source)
+    ms = median_ms(lambda: target.copy_(source))
+    return 2 * source.numel() * source.element_size() / ms / 1e6
+
+
+def forward_backward(module, x, **kwargs):
+    def run():
+        out = module(x, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().sum().backward()
+    return run
+
+
+def ema_impls(device) -> list:
+    """The FFT reference, plus the fused scan where it can run."""
+    return ["fft", "triton"] if device.type == "cuda" and ema_triton.triton_available() else ["fft"]
+
+
+def bench_ema(args):
+    """EMA forward+backward at B x D channels, FFT path vs fused scan, against copy bandwidth."""
+    device, dtype = device_and_dtype()
+    bandwidth = copy_bandwidth_gbs(device, nbytes=2 ** 30 if device.type == "cuda" else 2 ** 24)
+    rows = []
+    for length in args.lengths:
+        for bidirectional in (True, False):
+            x = torch.randn(length, args.batch, args.dim, device=device, dtype=dtype, requires_grad=True)
+            moved = 4 * x.numel() * x.element_size()  # x and y in the forward, dy and dx in the backward
+            row = {"L": length, "bidirectional": bidirectional}
+            for impl in ema_impls(device):
+                ema = MultiDimensionalEMA(args.dim, args.ndim, bidirectional=bidirectional, impl=impl).to(device)
+                run = forward_backward(ema, x)
+                try:
+                    ms = median_ms(run, repeats=args.repeats)
+                    row[impl] = {"ms": ms, "peak_MiB": peak_memory_mib(run), "GB/s": moved / ms / 1e6,
+                                 "of_copy_bw": moved / ms / 1e6 / bandwidth}
+                except torch.OutOfMemoryError:
+                    row[impl] = {"ms": float("nan"), "peak_MiB": float("inf")}
+                    torch.cuda.empty_cache()
+            if "triton" in row:
+                row["speedup"] = row["fft"]["ms"] / row["triton"]["ms"]
+            rows.append(row)
+    return {"device": str(device), "copy_GBps": bandwidth, "rows": rows}
+
+
+def transformer_layer(device) -> nn.Module:
+    """fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048; PyTorch's fused attention through
+    F.multi_head_attention_forward), or PyTorch's own layer when fairseq is missing."""
+    try:
+        from fairseq.models.transformer import TransformerConfig
+        from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+    except ImportError:
+        return nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="relu").to(device)
+    cfg = TransformerConfig()
+    cfg.encoder.embed_dim, cfg.encoder.attention_heads, cfg.encoder.ffn_embed_dim = 512, 8, 2048
+    cfg.dropout = cfg.attention_dropout = cfg.activation_dropout = 0.0
+    layer = TransformerEncoderLayerBase(cfg).to(device)
+    return _PaddingFree(layer)
+
+
+class _PaddingFree(nn.Module):
+    """Calls a fairseq encoder layer without a padding mask."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, None)
+
+
+def mega_layer(chunk: int, length: int, fast: bool, device) -> nn.Module:
+    """Mega encoder layer D 512, H 1024, FFN 1024, Z 128, N 16; fast: automatic kernel selection,
+    else the original algorithm (FFT EMA, attention by matmul)."""
+    impls = dict(ema_impl="auto", attention_impl="auto") if fast else dict(ema_impl="fft", attention_impl="matmul")
+    cfg = MegaLayerConfig(512, 1024, 1024, 128, 16, chunk, max_positions=max(length, 1), **impls)
+    return MegaEncoderLayer(cfg).to(device)
+
+
+def bench_layer(args):
+    """One layer forward+backward under bf16 autocast at a fixed token budget per batch."""
+    device, dtype = device_and_dtype()
+    rows = []
+    for length in args.lengths:
+        batch = max(1, args.tokens // length)
+        x = torch.randn(length, batch, 512, device=device, requires_grad=True)
+        layers = {"transformer": lambda: transformer_layer(device)}
+        for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
+            layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device)
+            layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device)
+        row = {"L": length, "batch": batch}
+        for name, build in layers.items():
+            layer = build()
+
+            def run(layer=layer):
+                with torch.autocast(device_type=device.type, dtype=dtype):
+                    forward_backward(layer, x)()
+            try:
+                ms = median_ms(run, repeats=args.repeats)
+                row[name] = {"tokens/s": length * batch / ms * 1e3, "ms": ms, "peak_MiB": peak_memory_mib(run)}
+            except torch.OutOfMemoryError:
+                row[name] = {"tokens/s": float("nan"), "ms": float("nan"), "peak_MiB": float("inf")}
+            del layer
+            x.grad = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for name in ("mega_chunk128", "mega_unchunked"):
+            row[name]["x_transformer"] = row[name]["tokens/s"] / row["transformer"]["tokens/s"]
+            row[name]["x_original"] = row[name]["tokens/s"] / row[name + "_original"]["tokens/s"]
+        rows.append(row)
+    return {"device": str(device), "rows": rows}
+
+
+def print_table(what: str, results: dict) -> None:
+    """A short human-readable table of the results."""
+    if what == "ema":
+        print(f"copy bandwidth {results['copy_GBps']:.0f} GB/s")
+        for row in results["rows"]:
+            parts = [f"L={row['L']:>6} {'bi ' if row['bidirectional'] else 'uni'}"]
+            for impl in ("fft", "triton"):
+                if impl in row:
+                    r = row[impl]
+                    parts.append(f"{impl} {r['ms']:8.2f} ms {r['peak_MiB']:8.0f} MiB {r.get('of_copy_bw', 0):5.0%} bw")
+            if "speedup" in row:
+                parts.append(f"speedup {row['speedup']:.1f}x")
+            print(" | ".join(parts))
+        return
+    for row in results["rows"]:
+        parts = [f"L={row['L']:>6} B={row['batch']:>3}"]
+        for name, r in row.items():
+            if isinstance(r, dict):
+                extra = "".join(f" {key} {r[key]:.2f}" for key in ("x_transformer", "x_original") if key in r)
+                parts.append(f"{name} {r['tokens/s'] / 1e3:7.1f}k tok/s {r['peak_MiB']:7.0f} MiB{extra}")
+        print(" | ".join(parts))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["ema", "layer"])
+    parser.add_argument("--lengths", type=int, nargs="+")
+    parser.add_argument("--batch", type=int, default=8, help="ema: batch size")
+    parser.add_argument("--dim", type=int, default=1024, help="ema: channels")
+    parser.add_argument("--ndim", type=int, default=16, help="ema: EMA order N")
+    parser.add_argument("--tokens", type=int, default=32768, help="layer: tokens per batch")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.lengths is None:
+        args.lengths = [1024, 4096, 16384, 65536] if args.what == "ema" else [512, 1024, 4096, 16384, 32768]
+    results = bench_ema(args) if args.what == "ema" else bench_layer(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print_table(args.what, results)
+
+
+if __name__ == "__main__":
+    main()

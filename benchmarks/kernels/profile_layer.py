@@ -1,0 +1,93 @@
+"""Where one Mega layer's time goes, and what torch.compile changes (GPU).
+
+    python benchmarks/kernels/profile_layer.py [--length 4096] [--tokens 32768] [--chunk 128] [--compile]
+
+1. torch.profiler: CUDA time per kernel of one Mega encoder layer forward+backward (D 512, H 1024,
+   FFN 1024, Z 128, N 16, bf16 autocast), grouped into matrix products, the fused EMA, attention
+   softmax, and everything else (elementwise and reductions);
+2. forward+backward time of the Mega layer and of fairseq's Transformer layer, eager, and with
+   --compile also compiled as ``--compile-layers`` compiles Mega layers (in place, dynamic shapes;
+   both layers the same way).
+"""
+import argparse
+import collections
+
+import torch
+
+from bench_layers import forward_backward, mega_layer, median_ms, transformer_layer
+
+
+def kernel_group(name: str) -> str:
+    """A coarse category for a CUDA kernel name."""
+    lowered = name.lower()
+    if any(key in lowered for key in ("gemm", "sm90_xmma", "cutlass", "ampere", "nvjet", "cublas")):
+        return "matrix products"
+    if any(key in lowered for key in ("_chunk_", "_param_grads", "_residual_silu")):
+        return "fused EMA (triton)"
+    if "softmax" in lowered:
+        return "softmax"
+    if "triton" in lowered:
+        return "other triton (compiled)"
+    return "elementwise / reductions"
+
+
+def bf16_step(layer, x):
+    """One forward+backward of layer(x) under bf16 autocast, as a callable."""
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            forward_backward(layer, x)()
+    return step
+
+
+def profile(layer, x) -> None:
+    """Print the per-group and top per-kernel CUDA times of one forward+backward."""
+    step = bf16_step(layer, x)
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    groups = collections.Counter()
+    kernels = []
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if event.key.startswith("aten::") or event.key.startswith("autograd") or cuda_us == 0:
+            continue
+        groups[kernel_group(event.key)] += cuda_us
+        kernels.append((cuda_us, event.count, event.key))
+    total = sum(groups.values())
+    print(f"total kernel time {total / 1e3:.2f} ms")
+    for group, us in groups.most_common():
+        print(f"  {group:28s} {us / 1e3:7.2f} ms {us / total:5.0%}")
+    for us, count, name in sorted(kernels, reverse=True)[:18]:
+        print(f"    {us / 1e3:7.3f} ms x{count:<3d} {name[:90]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also time both layers under torch.compile")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    batch = max(1, args.tokens // args.length)
+    x = torch.randn(args.length, batch, 512, device=device, requires_grad=True)
+    mega = mega_layer(args.chunk, args.length, True, device)
+    print(f"Mega layer, L {args.length} B {batch} chunk {args.chunk}")
+    profile(mega, x)
+
+    layers = {"mega": mega, "transformer": transformer_layer(device)}
+    if args.compile:
+        for name, build in (("mega", lambda: mega_layer(args.chunk, args.length, True, device)),
+                            ("transformer", lambda: transformer_layer(device))):
+            layers[name + "_compiled"] = build()
+            layers[name + "_compiled"].compile(dynamic=True)
+    for name, layer in layers.items():
+        ms = median_ms(bf16_step(layer, x), repeats=args.repeats)
+        print(f"{name:22s} {ms:7.2f} ms  {args.length * batch / ms / 1e3:8.0f}k tokens/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Building Mega translation models and language models through fairseq's own option parsing, and their
+inputs, for the model-level tests."""
+import os
+import random
+from types import SimpleNamespace
+
+import torch
+from fairseq import options
+from fairseq.data import Dictionary
+
+import mega_fairseq  # noqa: F401  (registers the plugin)
+from mega_fairseq.models.mega import MegaModel
+from mega_fairseq.models.mega_lm import MegaLanguageModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+USER_DIR = os.path.join(REPO, "mega_fairseq")
+
+TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "16",
+        "--encoder-hidden-dim", "24", "--encoder-ffn-embed-dim", "20", "--encoder-z-dim", "8",
+        "--encoder-n-dim", "4", "--dropout", "0", "--attention-dropout", "0", "--hidden-dropout", "0",
+        "--activation-dropout", "0"]
+
+
+def make_dictionary(num_words: int = 30) -> Dictionary:
+    dictionary = Dictionary()
+    for index in range(num_words):
+        dictionary.add_symbol(f"w{index}")
+    return dictionary
+
+
+def parse_model_args(extra_args, arch: str = "mega_wmt_en_de"):
+    """The model arguments fairseq-train would build from this command line."""
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, ["unused-data", "--arch", arch, "--user-dir", USER_DIR, *extra_args])
+
+
+def build_model(extra_args=(), dictionary=None, arch: str = "mega_wmt_en_de", seed: int = 0) -> MegaModel:
+    """A Mega translation model in eval mode, float64, from command-line style arguments."""
+    torch.manual_seed(seed)
+    dictionary = dictionary or make_dictionary()
+    args = parse_model_args([*TINY, "--share-all-embeddings", *extra_args], arch)
+    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    return MegaModel.build_model(args, task).double().eval()
+
+
+def random_tokens(dictionary: Dictionary, lengths, generator: random.Random, left_pad: bool) -> torch.Tensor:
+    """(B, max(lengths)) real-word tokens ending with eos, padded on the left or right."""
+    width = max(lengths)
+    rows = []
+    for length in lengths:
+        words = [generator.randrange(dictionary.nspecial, len(dictionary)) for _ in range(length - 1)]
+        pads = [dictionary.pad()] * (width - length)
+        sentence = words + [dictionary.eos()]
+        rows.append(pads + sentence if left_pad else sentence + pads)
+    return torch.tensor(rows)
+
+
+TINY_LM = ["--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",
+           "--decoder-ffn-embed-dim", "20", "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--dropout", "0",
+           "--attention-dropout", "0", "--hidden-dropout", "0", "--activation-dropout", "0", "--truncation-length", "0"]
+ADAPTIVE = ["--adaptive-input", "--adaptive-input-cutoff", "10,20", "--adaptive-softmax-cutoff", "10,20",
+            "--tie-adaptive-weights", "--tie-adaptive-proj", "--adaptive-softmax-dropout", "0"]
+
+
+def build_lm(extra=(), dictionary=None, seed=0):
+    torch.manual_seed(seed)
+    dictionary = dictionary or make_dictionary(40)
+    args = parse_model_args(["--task", "language_modeling", *TINY_LM, *extra], arch="mega_lm")
+    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    return MegaLanguageModel.build_model(args, task).double().eval()
+
+
+def random_stream(dictionary, length, seed):
+    rng = random.Random(seed)
+    return torch.tensor([rng.randrange(dictionary.nspecial, len(dictionary)) for _ in range(length)])
+
+
+def full_log_probs(model, tokens):
+    """(B, T) tokens -> (B, T, V) log-probabilities of the next token, one forward pass."""
+    return model.get_normalized_probs(model(tokens), log_probs=True)
