@@ -37,7 +37,8 @@ from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaEncoderLayer, MegaLayerConfig, SequenceNorm, get_activation
 from ..options import ACTIVATIONS, ATTENTION_FUNCTIONS, NORM_TYPES, POSITION_BIASES
-from .mega import ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP
+from .mega import (ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP, BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES,
+                   EMA_IMPL_HELP)
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
 ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
@@ -58,6 +59,7 @@ class LRAConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + ATTENTION_IMPL_HELP})
+    block_impl: BLOCK_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + BLOCK_IMPL_HELP})
     compile_layers: bool = field(default=False, metadata={"help": "Mega: " + COMPILE_LAYERS_HELP})
     input_type: Optional[INPUT_TYPE_CHOICES] = field(default=None, metadata={
         "help": "text (token embedding) or image (real values: pixels, audio samples); default: the task's"})
@@ -231,6 +233,7 @@ class MegaSentenceEncoder(nn.Module):
             dropout=args.dropout, attention_dropout=args.attention_dropout, hidden_dropout=args.act_dropout,
             activation_dropout=args.act_dropout, feature_dropout=args.feature_dropout,
             ema_impl=str(getattr(args, "ema_impl", "auto")), attention_impl=str(getattr(args, "attention_impl", "auto")),
+            block_impl=str(getattr(args, "block_impl", "auto")),
             role="",
             option_names=LRA_OPTION_NAMES)
         self.padding_idx = padding_idx

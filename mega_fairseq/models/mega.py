@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, SequenceNorm
+from ..modules.config import BLOCK_IMPLS
 from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
                               check_chunk_size)
 
@@ -32,9 +33,12 @@ NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
 POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
+BLOCK_IMPL_CHOICES = ChoiceEnum(list(BLOCK_IMPLS))
 EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
 ATTENTION_IMPL_HELP = ("attention computation: auto (PyTorch's fused attention for softmax on a GPU when Z and H "
                        "are <= 128, matmul otherwise), matmul (reference), sdpa")
+BLOCK_IMPL_HELP = ("gates, activations, gated updates, dropout and post-norms of the Mega block, cross-attention "
+                   "and FFN: auto (fused Triton kernels on a GPU, PyTorch otherwise), torch (reference), triton")
 
 
 @dataclass
@@ -57,6 +61,7 @@ class MegaCommonConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": ATTENTION_IMPL_HELP})
+    block_impl: BLOCK_IMPL_CHOICES = field(default="auto", metadata={"help": BLOCK_IMPL_HELP})
     compile_layers: bool = field(default=False, metadata={"help": COMPILE_LAYERS_HELP})
 
 
@@ -117,6 +122,7 @@ def layer_config(args, role: str, max_positions: int) -> MegaLayerConfig:
         feature_dropout=args.feature_dropout,
         ema_impl=str(safe_getattr(args, "ema_impl", "auto")),
         attention_impl=str(safe_getattr(args, "attention_impl", "auto")),
+        block_impl=str(safe_getattr(args, "block_impl", "auto")),
         role=role,
         option_names={"max_positions": "--max-source-positions" if role == "encoder" else "--max-target-positions"},
     )
