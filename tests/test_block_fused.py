@@ -196,15 +196,18 @@ def _layer_pair(role, options, seed=0):
     for impl in ("triton", "torch"):
         torch.manual_seed(seed)
         cfg = MegaLayerConfig(block_impl=impl, role=role, **options)
-        layer = MegaEncoderLayer(cfg) if role == "encoder" else MegaDecoderLayer(cfg, 1024)
+        layer = MegaEncoderLayer(cfg) if role == "encoder" else MegaDecoderLayer(cfg, 8192)
         layers.append(layer)
     layers[1].load_state_dict(layers[0].state_dict())
     return [layer.cuda().train() for layer in layers]
 
 
 def _layer_results(layer, inputs, weight, dtype):
-    layer.zero_grad()
-    inputs = [t.detach().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    """Outputs and gradients (float32) in float32, under bf16 autocast (float32 parameters, as
+    --bf16-autocast), or in float16 (half parameters and inputs, as fairseq's --fp16)."""
+    layer.to(torch.float16 if dtype == torch.float16 else torch.float32).zero_grad()
+    inputs = [(t.half() if dtype == torch.float16 else t).detach().requires_grad_() if t.is_floating_point() else t
+              for t in inputs]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = layer(*inputs)
     out = out[0] if isinstance(out, tuple) else out
@@ -219,7 +222,7 @@ def _layer_results(layer, inputs, weight, dtype):
 @pytest.mark.parametrize("role", ["encoder", "decoder"])
 @pytest.mark.parametrize("shape, options", [((30, 300), MULTI30K), ((4097, 2), LONG)], ids=["multi30k", "long"])
 def test_fused_layer_matches_pytorch_path_on_gpu(role, shape, options):
-    """Outputs and every gradient of a whole layer, float32 and bf16 autocast, padded batches."""
+    """Outputs and every gradient of a whole layer, float32, bf16 autocast and float16, padded batches."""
     length, batch = shape
     fused, plain = _layer_pair(role, options)
     x = torch.randn(length, batch, 512, device="cuda")
@@ -230,7 +233,7 @@ def test_fused_layer_matches_pytorch_path_on_gpu(role, shape, options):
         memory = torch.randn(length // 2 + 3, batch, 512, device="cuda")
         inputs = [x, memory, random_padding_mask(batch, length // 2 + 3, seed=2).cuda(), mask]
     weight = torch.randn(length, batch, 512, device="cuda")
-    for dtype, tolerance in ((torch.float32, 1e-3), (torch.bfloat16, 5e-2)):
+    for dtype, tolerance in ((torch.float32, 1e-3), (torch.bfloat16, 5e-2), (torch.float16, 2e-2)):
         for a, b in zip(_layer_results(fused, inputs, weight, dtype), _layer_results(plain, inputs, weight, dtype)):
             error = float((a - b).norm() / b.norm().clamp(min=1e-6))
             assert error < tolerance, (dtype, error)

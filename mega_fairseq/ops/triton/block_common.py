@@ -26,7 +26,7 @@ except ImportError:  # CPU-only installs: the PyTorch paths are used
 
 ACTIVATION_CODES: Dict[str, int] = {"linear": 0, "silu": 1, "relu": 2, "gelu": 3, "gelu_accurate": 4, "tanh": 5}
 NUM_SITES = 4  # dropout sites per seed (distinct Philox keys)
-SUM_BLOCK_P, SUM_BLOCK_W = 32, 128  # tile of the partial-sum reduction
+SUM_BLOCK_P, SUM_BLOCK_W = 64, 64  # tile of the partial-sum reduction (one program per 64 columns)
 
 if triton is not None:
     _NUM_SITES = tl.constexpr(NUM_SITES)
