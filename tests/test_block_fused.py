@@ -259,7 +259,7 @@ def test_fused_update_with_dropout_matches_reference_on_gpu(dtype):
     results = []
     for run_dtype, fused in ((dtype, True), (torch.float64, False)):
         h, hx, u, residual = (t.to(run_dtype).requires_grad_() for t in tensors)
-        params = [p.float().requires_grad_() if fused else p.clone().requires_grad_() for p in (bias, weight, norm_bias)]
+        params = [(p.float() if fused else p.clone()).requires_grad_() for p in (bias, weight, norm_bias)]
         if fused:
             out = mega_block.gated_update(h, params[0], hx, u, residual, params[1], params[2], norm="layernorm",
                                           dropout=0.1, seed=seed)

@@ -7,7 +7,7 @@ as differentiable functions on tensors (Triton kernels of ``ops/triton``; refere
 | ``mega_gates`` | ``triton.gates`` | bias of mx_proj and v_proj, split, sigmoid, silu, q/k affine, act(v), dropout(v) |
 | ``cross_gates`` | ``triton.gates`` | bias of q_proj, split, sigmoid, silu |
 | ``reset_product`` | ``triton.reset_product`` | (A @ V)^T * r and the copy h_proj needs |
-| ``gated_update`` | ``triton.gated_update`` | bias of h_proj/fc2, act, dropout, gated update or residual sum, post-norm |
+| ``gated_update`` | ``triton.gated_update`` | bias of h_proj/fc2, act, dropout, gated update / residual, post-norm |
 | ``bias_activation`` | ``triton.bias_activation`` | bias of fc1 / cross v_proj, act, dropout |
 
 Each backward is one kernel (plus one column-sum launch for the parameter gradients), and the
