@@ -8,6 +8,7 @@ Prints one JSON line: case name -> {quantity: largest error}, for
   gradients, with dropout on (the reference given the kernels' dropout factors), odd sizes, widths not
   a power of two and tiles shrunk so that every launch has several programs and masked tails;
 - the dropout factors' statistics and reproducibility ("dropout": fractions and flags, not errors);
+- the launches of a feed-forward network and of the Mega block's fused kernels ("launches": counts);
 - the Mega block (encoder / decoder, chunked / unchunked, prenorm / postnorm), the cross-attention and
   the feed-forward network on the fused path (float32) against the same modules on the PyTorch path
   (float64, same parameters), outputs and every gradient, in training mode without dropout and in
@@ -21,6 +22,8 @@ import sys
 
 import torch
 import torch._dynamo as dynamo
+from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime.interpreter import InterpretedFunction
 
 sys.path.insert(0, os.path.dirname(__file__))
 from mega_fairseq.modules import (GatedCrossAttention, MegaLayerConfig, MovingAverageGatedAttention,  # noqa: E402
@@ -263,6 +266,68 @@ def check_compiled_ops(seed=32):
                                                       randn(length, B, DM, seed=seed + 2).float()], (5, 8), seed)
 
 
+class LaunchCounter(TorchDispatchMode):
+    """Counts the operations that launch a GPU kernel: ATen operations other than views, allocations
+    and host-only ones, and Triton kernels (by name); the interpreter's own copies are not counted."""
+
+    NO_KERNEL = {"view", "_unsafe_view", "transpose", "t", "permute", "expand", "split", "split_with_sizes", "unbind",
+                 "slice", "select", "unsqueeze", "squeeze", "as_strided", "detach", "alias", "empty", "empty_like",
+                 "new_empty", "empty_strided", "new_empty_strided", "reshape", "promote_types", "randint",
+                 "_local_scalar_dense", "lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.aten, self.triton, self.inside_kernel = 0, {}, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside_kernel and func.overloadpacket.__name__ not in self.NO_KERNEL:
+            self.aten += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        counter, original = self, InterpretedFunction.run
+
+        def run(kernel, *args, **kwargs):
+            counter.triton[kernel.fn.__name__] = counter.triton.get(kernel.fn.__name__, 0) + 1
+            counter.inside_kernel = True
+            try:
+                return original(kernel, *args, **kwargs)
+            finally:
+                counter.inside_kernel = False
+        self.original, InterpretedFunction.run = original, run
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        InterpretedFunction.run = self.original
+        return super().__exit__(*exc)
+
+    def total(self):
+        return float(self.aten + sum(self.triton.values()))
+
+
+def check_launches():
+    """Launches of a post-norm NFFN (all of them) and the fused kernels of a Mega block (the EMA and the
+    attention, other ops, left out), forward and backward in training mode with dropout."""
+    cfg = MegaLayerConfig(DM, HM, FM, ZM, NM, -1, max_positions=32, ema_impl="fft", block_impl="triton",
+                          prenorm=False, dropout=0.1, hidden_dropout=0.1, activation_dropout=0.1)
+    results = {}
+    for name, module in (("ffn", NormalizedFeedForward(cfg)),
+                         ("block", MovingAverageGatedAttention(cfg, bidirectional=True, causal=False))):
+        x = torch.randn(5, B, DM, requires_grad=True)
+        with LaunchCounter() as forward:
+            out = module.train()(x)
+        out = out[0] if isinstance(out, tuple) else out
+        grad = torch.randn_like(out)  # contiguous, as from the next layer
+        with LaunchCounter() as backward:
+            out.backward(grad)
+        if name == "ffn":
+            results.update(ffn_forward=forward.total(), ffn_backward=backward.total())
+        else:
+            results.update(block_forward_kernels=float(sum(forward.triton.values())),
+                           block_backward_kernels=float(sum(backward.triton.values())))
+    return results
+
+
 def main():
     set_tiles(SMALL_TILES)
     results = {
@@ -281,6 +346,7 @@ def main():
         "update_layernorm_plain": check_gated_update("layernorm", False, False, False, "relu", 0.0, False, 13),
         "update_no_norm": check_gated_update("none", False, True, True, "tanh", 0.0, False, 14),
         "dropout": check_dropout_statistics(),
+        "launches": check_launches(),
     }
     set_tiles(DEFAULT_TILES)
     results.update({

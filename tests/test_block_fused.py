@@ -48,6 +48,11 @@ def test_fused_block_in_triton_interpreter():
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
+    # post-norm FFN: forward mm, bias+act+dropout, mm, dropout+residual+norm; backward 2 x (kernel, column
+    # sum, 2 mm) and the sum of the input's two gradients. Mega block: gates, reset product, update forward;
+    # their three backward kernels and two column sums (EMA and attention not counted)
+    assert results.pop("launches") == dict(ffn_forward=4.0, ffn_backward=9.0, block_forward_kernels=3.0,
+                                           block_backward_kernels=5.0)
     dropout = results.pop("dropout")
     assert abs(dropout.pop("keep_fraction") - 0.7) < 0.02
     assert abs(dropout.pop("feature_keep_fraction") - 0.7) < 0.15
