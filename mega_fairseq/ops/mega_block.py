@@ -74,8 +74,18 @@ def _split(packed: Tensor, like: Sequence[Optional[Tensor]]) -> List[Optional[Te
     return pieces
 
 
-def _grad(grad: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if grad is None else grad.contiguous()
+def _grad(grad: Optional[Tensor], shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A contiguous gradient, zeros for an output that got none."""
+    return torch.zeros(shape, dtype=dtype, device=device) if grad is None else grad.contiguous()
+
+
+def _unit_stride(t: Tensor) -> Tensor:
+    """t itself when its last axis is contiguous (the kernels take the other strides), else a copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _output_meta(outputs: Sequence[Tensor]):
+    return [(o.shape, o.dtype, o.device) for o in outputs]
 
 
 # ------------------------------------------------------------------ launch wrappers (shared by both paths)
@@ -147,7 +157,7 @@ class _CrossGates(torch.autograd.Function):
 class _ResetProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, r):
-        out = out if out.stride(-1) == 1 else out.contiguous()
+        out = _unit_stride(out)
         ctx.save_for_backward(out, r)
         return _reset_product.reset_product_forward(out, r.contiguous())
 
@@ -230,12 +240,12 @@ if triton_available():
 
     def _mega_gates_setup(ctx, inputs, output):
         base, base_bias, values, value_bias, gamma, beta, activation, p, feature, seed = inputs
-        ctx.save_for_backward(base, base_bias, values, value_bias, gamma, beta, *output)
-        ctx.options = (activation, p, feature, seed)
+        ctx.save_for_backward(base, base_bias, values, value_bias, gamma, beta)
+        ctx.options, ctx.outputs = (activation, p, feature, seed), _output_meta(output)
 
     def _mega_gates_backward(ctx, *grads):
-        base, base_bias, values, value_bias, gamma, beta, *outputs = ctx.saved_tensors
-        grads = [_grad(g, o) for g, o in zip(grads, outputs)]
+        base, base_bias, values, value_bias, gamma, beta = ctx.saved_tensors
+        grads = [_grad(g, *meta) for g, meta in zip(grads, ctx.outputs)]
         grad_base, grad_values, packed = _mega_gates_backward_op(base, base_bias, values, value_bias, gamma, *grads,
                                                                  *ctx.options)
         grad_base_bias, grad_value_bias, grad_gamma, grad_beta = _split(packed, [base_bias, value_bias, gamma, beta])
@@ -265,11 +275,12 @@ if triton_available():
         return torch.empty_like(base), torch.empty_like(bias)
 
     def _cross_gates_setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1], *output)
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.outputs = _output_meta(output)
 
     def _cross_gates_backward(ctx, grad_u, grad_r, grad_q):
-        base, bias, *outputs = ctx.saved_tensors
-        grads = [_grad(g, o) for g, o in zip((grad_u, grad_r, grad_q), outputs)]
+        base, bias = ctx.saved_tensors
+        grads = [_grad(g, *meta) for g, meta in zip((grad_u, grad_r, grad_q), ctx.outputs)]
         grad_base, grad_bias = _cross_gates_backward_op(base, bias, *grads)
         return grad_base, grad_bias, None
 
@@ -277,7 +288,7 @@ if triton_available():
 
     @torch.library.custom_op("mega_fairseq::reset_product", mutates_args=())
     def _reset_product_op(out: Tensor, r: Tensor) -> Tensor:
-        return _reset_product.reset_product_forward(out.contiguous(), r.contiguous())
+        return _reset_product.reset_product_forward(_unit_stride(out), r.contiguous())
 
     @_reset_product_op.register_fake
     def _(out, r):
@@ -285,7 +296,7 @@ if triton_available():
 
     @torch.library.custom_op("mega_fairseq::reset_product_backward", mutates_args=())
     def _reset_product_backward_op(grad_y: Tensor, out: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
-        return _reset_product.reset_product_backward(grad_y.contiguous(), out.contiguous(), r.contiguous())
+        return _reset_product.reset_product_backward(grad_y.contiguous(), _unit_stride(out), r.contiguous())
 
     @_reset_product_backward_op.register_fake
     def _(grad_y, out, r):
@@ -370,14 +381,15 @@ if triton_available():
     def _gated_update_setup(ctx, inputs, output):
         h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed = inputs
         ctx.save_for_backward(h, bias, hx, u, residual, weight, norm_bias, output[1])
-        ctx.options = (norm, activation, p, feature, seed)
+        ctx.options, ctx.out_dtype = (norm, activation, p, feature, seed), output[0].dtype
 
     def _gated_update_backward(ctx, grad_out, grad_stats):
         h, bias, hx, u, residual, weight, norm_bias, stats = ctx.saved_tensors
         norm, activation, p, feature, seed = ctx.options
+        grad_out = _grad(grad_out, residual.shape, ctx.out_dtype, residual.device)
         grad_h, grad_u, grad_res, packed = _gated_update_backward_op(
-            _grad(grad_out, residual), h, bias, hx, u, residual, weight, norm_bias is not None, stats, norm,
-            activation, p, feature, seed)
+            grad_out, h, bias, hx, u, residual, weight, norm_bias is not None, stats, norm, activation, p, feature,
+            seed)
         grads = _update_grads(grad_h, None if u is None else grad_u, grad_res, packed, bias, hx, u, weight, norm_bias)
         return (*grads, None, None, None, None, None, None)
 
