@@ -7,6 +7,9 @@ import torch.nn.functional as F
 ATTENTION_FUNCTIONS = ("softmax", "laplace", "relu2")
 ATTENTION_IMPLS = ("auto", "matmul", "sdpa", "triton")
 EMA_IMPLS = ("auto", "fft", "triton")
+# --block-impl: the gates, activations, gated updates and norms of the Mega block, the cross-attention
+# and the feed-forward network as fused Triton kernels (ops/mega_block.py) or as PyTorch operations
+BLOCK_IMPLS = ("auto", "torch", "triton")
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 POSITION_BIASES = ("simple", "rotary")
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_accurate", "tanh", "linear")

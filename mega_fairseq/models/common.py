@@ -16,7 +16,8 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from ..modules import MegaLayerConfig
-from ..options import ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES
+from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, BLOCK_IMPLS, EMA_IMPLS, NORM_TYPES,
+                       POSITION_BIASES)
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
 ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
@@ -24,9 +25,12 @@ NORM_CHOICES = ChoiceEnum(list(NORM_TYPES))
 POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
+BLOCK_IMPL_CHOICES = ChoiceEnum(list(BLOCK_IMPLS))
 EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
 ATTENTION_IMPL_HELP = ("attention computation: auto (on a GPU: PyTorch's fused attention for softmax when Z and H "
                        "are <= 128, else the fused Triton kernel; matmul on a CPU), matmul (reference), sdpa, triton")
+BLOCK_IMPL_HELP = ("gates, activations, gated updates, dropout and post-norms of the Mega block, cross-attention "
+                   "and FFN: auto (fused Triton kernels on a GPU, PyTorch otherwise), torch (reference), triton")
 
 # MegaLayerConfig field -> model argument of a translation or LM stack ("{role}": encoder or decoder), where the
 # names differ; the other fields (dropout, rel_pos_bias, ema_impl, ...) share their argument's name

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
-                     EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, build_embedding,
+                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, build_embedding,
                      fill_defaults, follows, layer_config, register_architectures, zero_pads)
 from .compile import COMPILE_LAYERS_HELP, compile_layers
 from ..modules import MegaConfigError, MegaEncoderLayer, SequenceNorm, get_activation
@@ -54,6 +54,7 @@ class LRAConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + ATTENTION_IMPL_HELP})
+    block_impl: BLOCK_IMPL_CHOICES = field(default="auto", metadata={"help": "Mega: " + BLOCK_IMPL_HELP})
     compile_layers: bool = field(default=False, metadata={"help": "Mega: " + COMPILE_LAYERS_HELP})
     input_type: Optional[INPUT_TYPE_CHOICES] = field(default=None, metadata={
         "help": "text (token embedding) or image (real values: pixels, audio samples); default: the task's"})

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
-                     EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
+                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
                      build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
                      zero_pads)
 from .compile import COMPILE_LAYERS_HELP, compile_layers
@@ -50,6 +50,7 @@ class MegaCommonConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
     ema_impl: EMA_IMPL_CHOICES = field(default="auto", metadata={"help": EMA_IMPL_HELP})
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": ATTENTION_IMPL_HELP})
+    block_impl: BLOCK_IMPL_CHOICES = field(default="auto", metadata={"help": BLOCK_IMPL_HELP})
     compile_layers: bool = field(default=False, metadata={"help": COMPILE_LAYERS_HELP})
 
 

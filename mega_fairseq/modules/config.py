@@ -2,10 +2,15 @@
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, EMA_IMPLS, NORM_TYPES, POSITION_BIASES,
-                       MegaConfigError, check_choice, check_chunk_size, get_activation)
+from torch import Tensor
 
-__all__ = ["MegaLayerConfig", "MegaConfigError", "get_activation", "check_choice", "check_chunk_size"]
+from ..ops.mega_block import fused_block_unavailable
+from ..ops.triton import triton_available
+from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, BLOCK_IMPLS, EMA_IMPLS, NORM_TYPES,
+                       POSITION_BIASES, MegaConfigError, check_choice, check_chunk_size, get_activation)
+
+__all__ = ["MegaLayerConfig", "MegaConfigError", "get_activation", "check_choice", "check_chunk_size",
+           "use_fused_block"]
 
 PER_STACK_FLAGS = {"embed_dim": "embed-dim", "hidden_dim": "hidden-dim", "ffn_dim": "ffn-embed-dim",
                    "z_dim": "z-dim", "n_dim": "n-dim", "chunk_size": "chunk-size"}
@@ -14,7 +19,7 @@ GLOBAL_FLAGS = {"max_positions": "--max-source/target-positions", "truncation": 
                 "norm_type": "--normalization-type", "rel_pos_bias": "--rel-pos-bias", "dropout": "--dropout",
                 "attention_dropout": "--attention-dropout", "hidden_dropout": "--hidden-dropout",
                 "activation_dropout": "--activation-dropout", "attention_impl": "--attention-impl",
-                "ema_impl": "--ema-impl"}
+                "ema_impl": "--ema-impl", "block_impl": "--block-impl"}
 
 
 @dataclass
@@ -42,6 +47,7 @@ class MegaLayerConfig:
     feature_dropout: bool = False
     attention_impl: str = "auto"
     ema_impl: str = "auto"
+    block_impl: str = "auto"
 
     role: str = "encoder"  # per-stack options are spelled --{role}-chunk-size etc. in error messages
     option_names: Optional[Dict[str, str]] = None  # field -> command-line flag, overriding the defaults
@@ -64,8 +70,12 @@ class MegaLayerConfig:
         check_chunk_size(self.chunk_size, self.option("chunk_size"))
         for field_name, choices in (("attention_fn", ATTENTION_FUNCTIONS), ("norm_type", NORM_TYPES),
                                     ("rel_pos_bias", POSITION_BIASES), ("activation", ACTIVATIONS),
-                                    ("attention_impl", ATTENTION_IMPLS), ("ema_impl", EMA_IMPLS)):
+                                    ("attention_impl", ATTENTION_IMPLS), ("ema_impl", EMA_IMPLS),
+                                    ("block_impl", BLOCK_IMPLS)):
             check_choice(getattr(self, field_name), choices, self.option(field_name))
+        if self.block_impl == "triton" and not triton_available():
+            raise MegaConfigError(f"{self.option('block_impl')} triton needs triton, which is not installed; "
+                                  f"use {self.option('block_impl')} torch or auto")
         if self.rel_pos_bias == "rotary" and self.z_dim % 2 != 0:
             raise MegaConfigError(f"--rel-pos-bias rotary needs an even z-dim, got {self.option('z_dim')} {self.z_dim}")
         if self.truncation is not None and self.truncation < 0:
@@ -79,3 +89,14 @@ class MegaLayerConfig:
     def attention_length(self) -> int:
         """Length the relative position bias must cover: the chunk, or max_positions."""
         return self.chunk_size if self.chunk_size > 0 else self.max_positions
+
+
+def use_fused_block(impl: str, x: Tensor, option: str = "--block-impl") -> bool:
+    """Whether a sub-layer runs its fused kernels on x for ``impl`` (auto | torch | triton); a forced
+    "triton" that cannot run raises a MegaConfigError naming ``option`` and the reason."""
+    if impl == "torch":
+        return False
+    reason = fused_block_unavailable(x)
+    if reason is not None and impl == "triton":
+        raise MegaConfigError(f"{option} triton cannot run: {reason}; use {option} torch or auto")
+    return reason is None

@@ -1,4 +1,4 @@
-"""Gated cross-attention from the decoder to the encoder output (spec, section 3)."""
+"""Gated cross-attention from the decoder to the encoder output (docs/math.md, section 3)."""
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.attention import attention_weights
-from .config import get_activation, MegaLayerConfig
+from ..ops.mega_block import bias_activation, cross_gates, reset_product
+from .config import get_activation, MegaLayerConfig, use_fused_block
 from .dropout import Dropout
-from .gated_attention import init_linear
+from .gated_attention import dropout_p, dropout_seed, fused_residual_update, init_linear
 from .norms import SequenceNorm
 from .position_bias import build_position_bias
 
@@ -20,7 +21,8 @@ class GatedCrossAttention(nn.Module):
     ``v_proj: D -> D``, ``h_proj: D -> D``, and a relative position bias between
     target position i and source position j over ``max_positions`` positions.
     Incremental state: the projected encoder keys (B, S, Z), values (B, S, D) and
-    key padding mask (B, S), computed at the first step.
+    key padding mask (B, S), computed at the first step. Without state, the fused
+    kernels of ``ops.mega_block`` run when ``cfg.block_impl`` selects them.
     """
 
     def __init__(self, cfg: MegaLayerConfig, max_positions: int):
@@ -29,6 +31,8 @@ class GatedCrossAttention(nn.Module):
         self.attention_fn = cfg.attention_fn
         self.prenorm = cfg.prenorm
         self.activation = get_activation(cfg.activation)
+        self.activation_name = cfg.activation
+        self.block_impl = cfg.block_impl
 
         self.norm = SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=cfg.norm_affine)
         self.k_proj = init_linear(cfg.embed_dim, cfg.z_dim)
@@ -58,13 +62,12 @@ class GatedCrossAttention(nn.Module):
         length, batch, dim = query.shape
         if dim != self.embed_dim:
             raise ValueError(f"cross-attention expected queries (T, B, {self.embed_dim}), got {tuple(query.shape)}")
+        if state is None and use_fused_block(self.block_impl, query):
+            return self._fused_forward(query, memory, memory_padding_mask, padding_mask, query_offset)
         if state is not None and "keys" in state:
             k, v, memory_padding_mask = state["keys"], state["values"], state.get("key_padding_mask")
         else:
-            if memory is None:
-                raise ValueError("cross-attention needs the encoder output")
-            if memory.dim() != 3 or memory.shape[1:] != (batch, self.embed_dim):
-                raise ValueError(f"encoder output must be (S, {batch}, {self.embed_dim}), got {tuple(memory.shape)}")
+            memory = self._check_memory(memory, batch)
             k = self.k_proj(memory).transpose(0, 1)
             v = self.activation(self.v_proj(memory)).transpose(0, 1)
             if state is not None:
@@ -86,6 +89,33 @@ class GatedCrossAttention(nn.Module):
         out = torch.addcmul(residual, u, h - residual)
         if not self.prenorm:
             out = self.norm(out, padding_mask)
+        return out, weights
+
+    def _check_memory(self, memory: Optional[Tensor], batch: int) -> Tensor:
+        if memory is None:
+            raise ValueError("cross-attention needs the encoder output")
+        if memory.dim() != 3 or memory.shape[1:] != (batch, self.embed_dim):
+            raise ValueError(f"encoder output must be (S, {batch}, {self.embed_dim}), got {tuple(memory.shape)}")
+        return memory
+
+    def _fused_forward(self, query: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
+                       padding_mask: Optional[Tensor], query_offset: int) -> Tuple[Tensor, Tensor]:
+        """forward without state through the fused kernels (projections without their biases)."""
+        length = query.size(0)
+        memory = self._check_memory(memory, query.size(1))
+        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        k = self.k_proj(memory).transpose(0, 1)
+        v = bias_activation(F.linear(memory, self.v_proj.weight), self.v_proj.bias, activation=self.activation_name,
+                            dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,
+                            seed=seed, batch_first=True)
+        x = self.norm(query, padding_mask) if self.prenorm else query
+        u, r, q = cross_gates(F.linear(x, self.q_proj.weight), self.q_proj.bias, self.z_dim)
+        key_valid = None if memory_padding_mask is None else ~memory_padding_mask.unsqueeze(1)
+        bias = self.rel_pos_bias(length, k.size(1), query_offset).to(q.dtype)
+        weights = attention_weights(q @ k.transpose(1, 2), self.attention_fn, key_valid, None, bias, self.z_dim)
+        h = F.linear(reset_product(self.attention_dropout(weights) @ v, r), self.h_proj.weight)
+        out = fused_residual_update(h, self.h_proj.bias, None, u, query, None if self.prenorm else self.norm,
+                                    padding_mask, self.activation_name, self.dropout, seed)
         return out, weights
 
     def extra_repr(self) -> str:

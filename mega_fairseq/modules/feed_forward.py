@@ -1,21 +1,29 @@
-"""Normalized feed-forward network (NFFN) of a Mega layer (spec, section 3)."""
+"""Normalized feed-forward network (NFFN) of a Mega layer (docs/math.md, section 3)."""
 from typing import Optional
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import get_activation, MegaLayerConfig
+from ..ops.mega_block import bias_activation
+from .config import get_activation, MegaLayerConfig, use_fused_block
 from .dropout import Dropout
-from .gated_attention import init_linear
+from .gated_attention import dropout_p, dropout_seed, fused_residual_update, init_linear
 from .norms import SequenceNorm
 
 
 class NormalizedFeedForward(nn.Module):
-    """``x + dropout(fc2(dropout(act(fc1(norm(x))))))``, the norm before (prenorm) or after."""
+    """``x + dropout(fc2(dropout(act(fc1(norm(x))))))``, the norm before (prenorm) or after.
+
+    With ``cfg.block_impl`` selecting them (``use_fused_block``), the bias, activation and dropout
+    after fc1, and the bias, dropout, residual sum and post-norm after fc2, run as fused kernels.
+    """
 
     def __init__(self, cfg: MegaLayerConfig):
         super().__init__()
         self.prenorm = cfg.prenorm
         self.activation = get_activation(cfg.activation)
+        self.activation_name = cfg.activation
+        self.block_impl = cfg.block_impl
         self.norm = SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=cfg.norm_affine)
         self.fc1 = init_linear(cfg.embed_dim, cfg.ffn_dim)
         self.fc2 = init_linear(cfg.ffn_dim, cfg.embed_dim)
@@ -24,6 +32,8 @@ class NormalizedFeedForward(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: (L, B, D); padding_mask: (B, L) bool (used by batch norms). Returns (L, B, D)."""
+        if use_fused_block(self.block_impl, x):
+            return self._fused_forward(x, padding_mask)
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
@@ -32,3 +42,15 @@ class NormalizedFeedForward(nn.Module):
         if not self.prenorm:
             x = self.norm(x, padding_mask)
         return x
+
+    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+        """forward through the fused kernels (projections without their biases)."""
+        residual = x
+        if self.prenorm:
+            x = self.norm(x, padding_mask)
+        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        hidden = bias_activation(F.linear(x, self.fc1.weight), self.fc1.bias, activation=self.activation_name,
+                                 dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,
+                                 seed=seed)
+        return fused_residual_update(F.linear(hidden, self.fc2.weight), self.fc2.bias, None, None, residual,
+                                     None if self.prenorm else self.norm, padding_mask, "linear", self.dropout, seed)

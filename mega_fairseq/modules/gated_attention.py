@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.attention import chunk_attention, select_attention_impl
-from .config import get_activation, MegaLayerConfig
+from ..ops.mega_block import draw_seed, gated_update, mega_gates, reset_product
+from .config import get_activation, MegaLayerConfig, use_fused_block
 from .dropout import Dropout
 from .ema import MultiDimensionalEMA
 from .norms import SequenceNorm
@@ -33,6 +34,29 @@ def append_padding_mask(previous: Optional[Tensor], current: Optional[Tensor],
     return torch.cat([previous, current], dim=1)
 
 
+def dropout_p(dropout: Dropout) -> float:
+    """The probability a fused kernel applies for ``dropout`` (0 in eval mode)."""
+    return dropout.p if dropout.training else 0.0
+
+
+def dropout_seed(*dropouts: Dropout) -> Optional[Tensor]:
+    """One seed for a sub-layer's fused dropouts, or None when none of them drops anything."""
+    return draw_seed() if any(dropout_p(d) > 0.0 for d in dropouts) else None
+
+
+def fused_residual_update(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
+                          post_norm: Optional[SequenceNorm], padding_mask: Optional[Tensor], activation: str,
+                          dropout: Dropout, seed: Optional[Tensor]) -> Tensor:
+    """``ops.mega_block.gated_update`` with the sub-layer's post-norm fused in when the kernel has it
+    (layernorm, rmsnorm, scalenorm), applied after it otherwise (batch norms); None: no norm."""
+    fused = None if post_norm is None else post_norm.fused(residual.size(-1))
+    options = dict(activation=activation, dropout=dropout_p(dropout), feature_dropout=dropout.feature, seed=seed)
+    if fused is None:
+        out = gated_update(h, bias, hx, u, residual, **options)
+        return out if post_norm is None else post_norm(out, padding_mask)
+    return gated_update(h, bias, hx, u, residual, fused.weight, fused.bias, norm=fused.kind, eps=fused.eps, **options)
+
+
 class MovingAverageGatedAttention(nn.Module):
     """EMA + single-head gated attention, with residual and norm.
 
@@ -43,6 +67,9 @@ class MovingAverageGatedAttention(nn.Module):
     Incremental state (causal only): ``ema_hidden`` (B, D, N) and the keys
     (B, c, Z), values (B, c, H) and key padding mask (B, c) of the unfinished
     chunk, c < C, so memory per step is bounded by the chunk size.
+    Full-sequence passes (no state) run the fused kernels of ``ops.mega_block``
+    around the projections and the attention when ``cfg.block_impl`` selects them
+    (``use_fused_block``); incremental steps always run the PyTorch operations.
     """
 
     def __init__(self, cfg: MegaLayerConfig, bidirectional: bool, causal: bool):
@@ -56,6 +83,8 @@ class MovingAverageGatedAttention(nn.Module):
         self.causal = causal
         self.prenorm = cfg.prenorm
         self.activation = get_activation(cfg.activation)
+        self.activation_name = cfg.activation
+        self.block_impl = cfg.block_impl
 
         self.norm = SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=cfg.norm_affine)
         self.move = MultiDimensionalEMA(cfg.embed_dim, cfg.n_dim, bidirectional, cfg.truncation, cfg.ema_impl)
@@ -90,6 +119,8 @@ class MovingAverageGatedAttention(nn.Module):
                              f"got {tuple(padding_mask.shape)}")
         if state is not None and not self.causal:
             raise ValueError("incremental state needs a causal Mega block (a decoder)")
+        if state is None and use_fused_block(self.block_impl, x):
+            return self._fused_forward(x, padding_mask, need_weights)
 
         residual = x
         if self.prenorm:
@@ -118,6 +149,29 @@ class MovingAverageGatedAttention(nn.Module):
             out = self.norm(out, padding_mask)
         return out, weights
 
+    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], need_weights: bool
+                       ) -> Tuple[Tensor, Optional[Tensor]]:
+        """forward without state through the fused kernels: the projections without their biases
+        (added by the kernels), gates, attention, reset product, gated update and post-norm."""
+        residual = x
+        if self.prenorm:
+            x = self.norm(x, padding_mask)
+        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        values = F.linear(x, self.v_proj.weight)
+        base = F.linear(self.dropout(self.move(x, padding_mask, None)), self.mx_proj.weight)
+        u, r, hx, q, k, v = mega_gates(base, self.mx_proj.bias, values, self.v_proj.bias, self.gamma, self.beta,
+                                       activation=self.activation_name, dropout=dropout_p(self.hidden_dropout),
+                                       feature_dropout=self.hidden_dropout.feature, seed=seed)
+        out, weights = chunk_attention(
+            q, k, v, chunk_size=self.chunk_size, attention_fn=self.attention_fn, position_bias=self.rel_pos_bias,
+            causal=self.causal, key_padding_mask=padding_mask, weight_dropout=self.attention_dropout,
+            return_weights=need_weights, impl=self.attention_impl,
+        )
+        h = F.linear(reset_product(out, r), self.h_proj.weight)
+        out = fused_residual_update(h, self.h_proj.bias, hx, u, residual, None if self.prenorm else self.norm,
+                                    padding_mask, self.activation_name, self.dropout, seed)
+        return out, weights
+
     def _extend_cache(self, state: Dict[str, Tensor], k: Tensor, v: Tensor, padding_mask: Optional[Tensor]):
         """Prepend the cached keys/values of the unfinished chunk, then keep the new unfinished chunk."""
         cached_keys = state.get("keys")
@@ -139,5 +193,5 @@ class MovingAverageGatedAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, z_dim={self.z_dim}, hidden_dim={self.hidden_dim}, "
                 f"chunk_size={self.chunk_size}, attention_fn={self.attention_fn}, "
-                f"attention_impl={self.attention_impl}, causal={self.causal}, "
+                f"attention_impl={self.attention_impl}, block_impl={self.block_impl}, causal={self.causal}, "
                 f"prenorm={self.prenorm}")

@@ -1,11 +1,12 @@
 """The five normalizations of Mega (``SequenceNorm`` in the original), over (L, B, D) inputs."""
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 
+from ..ops.triton.gated_update import MAX_FUSED_NORM_DIM
 from ..options import check_choice, NORM_TYPES
 
 
@@ -61,6 +62,15 @@ class SyncedBatchNorm(nn.BatchNorm1d):
         return out.to(x.dtype)
 
 
+class FusedNorm(NamedTuple):
+    """What a fused kernel needs to apply a norm row by row (``ops.mega_block.gated_update``)."""
+
+    kind: str  # layernorm | rmsnorm | scalenorm
+    weight: Optional[Tensor]  # (D,), or (1,) for scalenorm
+    bias: Optional[Tensor]  # (D,) (layernorm)
+    eps: float
+
+
 class SequenceNorm(nn.Module):
     """layernorm | scalenorm | rmsnorm | batchnorm | syncbatchnorm over (L, B, D).
 
@@ -87,6 +97,16 @@ class SequenceNorm(nn.Module):
     @property
     def is_batch_norm(self) -> bool:
         return self.norm_type in ("batchnorm", "syncbatchnorm")
+
+    def fused(self, dim: int) -> Optional[FusedNorm]:
+        """The norm as a fused kernel applies it to rows of width ``dim``, or None when it cannot
+        (batch norms take statistics over time and batch; rows wider than MAX_FUSED_NORM_DIM)."""
+        if self.is_batch_norm or dim > MAX_FUSED_NORM_DIM:
+            return None
+        if self.norm_type == "layernorm":
+            return FusedNorm("layernorm", self.norm.weight, self.norm.bias, self.norm.eps)
+        weight = self.norm.scalar if self.norm_type == "scalenorm" else self.norm.weight
+        return FusedNorm(self.norm_type, weight, None, self.norm.eps)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: (L, B, D); padding_mask: (B, L) bool, True at pads (used by batch norms)."""

@@ -7,4 +7,5 @@
 | relative position biases | ``position_bias`` | ``position_bias_ref`` |
 | norms | ``modules.norms`` (PyTorch's) | ``norm_ref`` |
 | whole sub-layers (block, cross-attention, NFFN, layers) | ``modules`` | ``block_ref`` |
+| gates, gated updates, post-norms of the sub-layers | ``mega_block`` (fused Triton kernels) | ``mega_block_ref`` |
 """
