@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as e2e_multi30k.sh, once on
+# Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as benchmarks/e2e/e2e_multi30k.sh, once on
 # one GPU with --update-freq 2 and once on two GPUs (--distributed-world-size 2, one process a GPU,
 # c10d DDP with gradient buckets overlapping the backward), both at the same per-GPU --max-tokens, so
 # that every update sees the same number of tokens. Prints words/s of each, the scaling factor, and the
@@ -12,7 +12,7 @@ set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
 bucket=${BUCKET_CAP_MB:-25}
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
 
 train() {  # train NAME [OPTIONS...]
