@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mega_fairseq.modules import MegaDecoderLayer, MegaLayerConfig, MultiDimensionalEMA  # noqa: E402
+from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA  # noqa: E402,E501
 from mega_fairseq.ops.triton import ema_scan  # noqa: E402
 from reference import ema_module_reference, f64, randn, random_padding_mask, randomize_parameters_  # noqa: E402
 
@@ -176,6 +176,15 @@ def check_opcheck(seed=17):
     return {"failed": sum(result != "SUCCESS" for result in list(layer.values()) + list(steps.values()))}
 
 
+def check_encoder_layer_graph_breaks(seed=19):
+    """A whole encoder layer on the fused EMA (bidirectional, truncated, padded) traced by dynamo:
+    its number of graph breaks."""
+    cfg = MegaLayerConfig(8, 16, 16, 8, 4, 8, max_positions=64, role="encoder", ema_impl="triton", truncation=5)
+    layer = MegaEncoderLayer(cfg)
+    explanation = torch._dynamo.explain(layer)(randn(21, 3, 8, seed=seed).float(), random_padding_mask(3, 21, seed))
+    return {"graph_breaks": explanation.graph_break_count}
+
+
 def check_decoder_steps(length=21, batch=2, seed=9):
     """A chunked decoder layer fed in steps of 1 and several (the carried EMA state through the fused
     kernels) equals its full forward pass."""
@@ -200,6 +209,7 @@ def main():
     results["compiled_layer"] = check_compiled_layer()
     results["compiled_steps"] = check_compiled_steps()
     results["opcheck"] = check_opcheck()
+    results["encoder_layer"] = check_encoder_layer_graph_breaks()
     results["decoder_steps"] = check_decoder_steps()
     print(json.dumps(results))
 
