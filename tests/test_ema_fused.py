@@ -225,14 +225,14 @@ def test_kernel_launches_per_layer_on_gpu(length, batch, dim, forward, backward)
     ema = randomize_parameters_(MultiDimensionalEMA(dim, 16, True, length // 2, impl="triton"), 0).cuda().half()
     x = torch.randn(length, batch, dim, device="cuda", dtype=torch.half, requires_grad=True)
     mask = random_padding_mask(batch, length, seed=0).cuda()
-    ema(x, mask)  # compiles the kernels
+    grad = torch.randn_like(x)
+    torch.autograd.grad(ema(x, mask), [x, *ema.parameters()], grad)  # compiles the kernels
     out = None
 
     def run_forward():
         nonlocal out
         out = ema(x, mask)
 
-    grad = torch.randn_like(x)
     launches = _kernel_launches(run_forward)
     assert len(launches) == forward, launches
     launches = _kernel_launches(lambda: torch.autograd.grad(out, [x, *ema.parameters()], grad))
