@@ -261,7 +261,8 @@ def test_fused_carried_state_on_gpu():
                 position += size
             outputs.append(torch.cat(parts))
         assert fused.use_fused(x, states[0]) and len(buffers) == 1
-        launches = _kernel_launches(lambda: fused(x[:1], state=states[0]))
+        step_state = {"ema_hidden": states[0]["ema_hidden"].clone()}
+        launches = _kernel_launches(lambda: fused(x[:1], state=step_state))
     assert len(launches) == 1, launches
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(states[0]["ema_hidden"], states[1]["ema_hidden"], atol=1e-4, rtol=1e-4)
