@@ -1,10 +1,10 @@
 """The EMA sub-layer of a Mega block as an ``nn.Module`` (docs/math.md, section 1).
 
 The functions it computes with live in ``mega_fairseq.ops``: ``ops.ema`` (FFT convolution, steps
-with a carried state) and ``ops.triton.ema_scan`` (the fused GPU scan, chosen by ``impl``).
+with a carried state) and ``ops.triton.ema_scan`` (the fused GPU layer, chosen by ``impl``).
 """
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -95,20 +95,6 @@ class MultiDimensionalEMA(nn.Module):
             raise MegaConfigError(f"--ema-impl triton cannot run: {reason}; use --ema-impl fft or auto")
         return reason is None
 
-    def scan_terms(self, length: int) -> List[ema_scan.ScanTerm]:
-        """The recurrences whose sum is the EMA over ``length`` steps: one per direction, and with
-        a truncation K < length, minus the lags >= K (output weight gamma q^K, input shifted by K)."""
-        p_beta, q, gamma = self._step_parameters()
-        directions = [(slice(0, self.embed_dim), False)]
-        if self.bidirectional:
-            directions.append((slice(self.embed_dim, 2 * self.embed_dim), True))
-        terms = [ema_scan.ScanTerm(q[rows], p_beta[rows], gamma[rows], reverse) for rows, reverse in directions]
-        if self.truncation is not None and self.truncation < length:
-            cut = self.truncation
-            terms += [ema_scan.ScanTerm(q[rows], p_beta[rows], -gamma[rows] * q[rows] ** cut, reverse, shift=cut)
-                      for rows, reverse in directions]
-        return terms
-
     def forward(
         self,
         x: Tensor,
@@ -121,25 +107,26 @@ class MultiDimensionalEMA(nn.Module):
         length, batch, dim = x.shape
         if dim != self.embed_dim:
             raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
-        fused = self.use_fused(x, state)
-        if fused and state is None:
-            return ema_scan.fused_ema_layer(x, self.omega, self.scan_terms(length), padding_mask)
+        if state is not None and self.bidirectional:
+            raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
+        if self.use_fused(x, state):
+            params = (self.alpha, self.delta, self.beta, self.gamma, self.omega)
+            if state is None:
+                return ema_scan.fused_ema_layer(x, padding_mask, *params, self.bidirectional, self.truncation or 0)
+            out, state["ema_hidden"] = ema_scan.fused_ema_with_state(x, padding_mask, *params,
+                                                                     state.get("ema_hidden"))
+            return out
         residual = x * self.omega
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
             signal = signal.masked_fill(padding_mask.unsqueeze(1), 0.0)
 
         if state is not None:
-            if self.bidirectional:
-                raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
             p_beta, q, gamma = self._step_parameters()
             hidden = state.get("ema_hidden")
             if length == 1:
                 y, hidden = ema_step(signal[..., 0], p_beta, q, gamma, hidden)
                 y = y.unsqueeze(-1)
-            elif fused:
-                y, hidden = ema_scan.fused_ema_with_state(signal.permute(2, 0, 1), q, p_beta, gamma, hidden)
-                y = y.permute(1, 2, 0)
             else:
                 y, hidden = ema_chunk_with_state(signal, p_beta, q, gamma, hidden)
             state["ema_hidden"] = hidden

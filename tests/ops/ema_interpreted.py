@@ -3,8 +3,13 @@ set before triton is imported, hence a separate process; see test_ema_fused.py).
 
     TRITON_INTERPRET=1 python tests/ema_interpreted.py
 
-Prints one JSON line: case name -> largest error of the output, of dx and of the parameter
-gradients against the float64 loop reference, and of the carried state."""
+Prints one JSON line: check name -> {quantity: value}; errors are the largest error relative to
+the float64 reference (or to the eager result), counts and flags are plain numbers. Sizes are tiny
+but cover every code path: one chunk and several (chunk lengths shrunk), a last chunk and an
+8-step group cut by the sequence end, several row and channel blocks with masked tails, padding,
+both directions, truncation below and at the length, carried states, the custom operators compiled.
+"""
+import contextlib
 import json
 import math
 import os
@@ -12,19 +17,35 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers"))
-from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA  # noqa: E402
+from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA  # noqa: E402,E501
+from mega_fairseq.ops.triton import ema_scan  # noqa: E402
 from reference import ema_module_reference, f64, randn, random_padding_mask, randomize_parameters_  # noqa: E402
 
 PARAMETERS = ("alpha", "delta", "beta", "gamma", "omega")
 
-CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, padded)
-    "causal": (70, 2, 5, 4, False, None, False),
-    "causal_truncated_padded": (133, 2, 3, 8, False, 9, True),
-    "bidirectional_padded": (67, 3, 6, 4, True, None, True),
-    "bidirectional_truncated": (70, 1, 33, 2, True, 64, False),
+LAYER_CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, padded, several chunks)
+    "short_causal": (13, 2, 5, 4, False, None, False, False),
+    "short_bidirectional_truncated_padded": (13, 5, 6, 4, True, 4, True, False),
+    "short_truncation_not_below_length": (9, 2, 3, 2, False, 9, True, False),
+    "long_causal_truncated_padded": (37, 2, 3, 8, False, 11, True, True),
+    "long_bidirectional_truncated_padded": (21, 3, 33, 2, True, 5, True, True),
 }
+
+
+@contextlib.contextmanager
+def short_chunks(enabled: bool = True):
+    """Forward chunks of 8 steps and backward chunks of 16, so that a few dozen steps take the
+    several-chunk path (chunk states, prefix, chunk pass)."""
+    saved = ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK
+    if enabled:
+        ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK = 8, 16
+    try:
+        yield
+    finally:
+        ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK = saved
 
 
 def largest_error(actual, expected) -> float:
@@ -49,14 +70,15 @@ def lag_sum_reference(x, alpha, delta, beta, gamma, omega, bidirectional, trunca
     return F.silu(y + omega * x)
 
 
-def check(length, batch, dim, ndim, bidirectional, truncation, padded, seed=0):
+def check_layer(length, batch, dim, ndim, bidirectional, truncation, padded, several_chunks, seed=0):
     """Output and gradients (x and every parameter) of the fused EMA layer in float32."""
     ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, bidirectional, truncation, impl="triton"), seed)
     x = randn(length, batch, dim, seed=seed + 1).float().requires_grad_()
     mask = random_padding_mask(batch, length, seed=seed + 2) if padded else None
     weight = randn(length, batch, dim, seed=seed + 3)
-    y = ema(x, mask)
-    (y.double() * weight).sum().backward()
+    with short_chunks(several_chunks):
+        y = ema(x, mask)
+        (y.double() * weight).sum().backward()
     x64 = f64(x).requires_grad_()
     params64 = [f64(getattr(ema, name)).requires_grad_() for name in PARAMETERS]
     expected = lag_sum_reference(x64, *params64, bidirectional, truncation, mask)
@@ -67,84 +89,128 @@ def check(length, batch, dim, ndim, bidirectional, truncation, padded, seed=0):
     return errors
 
 
-def check_state(length=150, split=70, batch=2, dim=5, ndim=4, seed=5):
-    """Two calls with a carried state equal one pass (and the loop reference's last state)."""
+def check_carried_state(batch=2, dim=5, ndim=4, seed=5):
+    """A causal EMA fed in parts [1, 13, 1, 5, 1, 12] with a carried state (a fresh start, several
+    chunks from a state, one-step launches, one chunk from a state; padded) equals the float64
+    recurrence over the whole sequence; the state is one tensor updated in place; a (B, D) step
+    equals the (1, B, D) one."""
     ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, impl="triton"), seed)
-    x = randn(length, batch, dim, seed=seed + 1).float()
-    state = {}
+    sizes = [1, 13, 1, 5, 1, 12]
+    x = randn(sum(sizes), batch, dim, seed=seed + 1).float()
+    mask = random_padding_mask(batch, sum(sizes), seed=seed + 2, min_real=20)
+    state, parts, position, buffers = {}, [], 0, set()
+    with torch.no_grad(), short_chunks():
+        for size in sizes:
+            parts.append(ema(x[position: position + size], mask[:, position: position + size], state=state))
+            buffers.add((id(state["ema_hidden"]), state["ema_hidden"].data_ptr()))
+            position += size
+        hidden = state["ema_hidden"].clone()
+        params = [getattr(ema, name) for name in PARAMETERS]
+        step_2d, _ = ema_scan.fused_ema_with_state(x[-1], None, *params, hidden.clone())
+        step_3d, _ = ema_scan.fused_ema_with_state(x[-1:], None, *params, hidden.clone())
+    expected, expected_hidden = ema_module_reference(ema, x, mask)
+    return {"y": largest_error(torch.cat(parts), expected), "hidden": largest_error(state["ema_hidden"],
+                                                                                     expected_hidden),
+            "state_buffers": len(buffers), "step_2d_vs_3d": largest_error(step_2d, step_3d[0])}
+
+
+def check_compiled_layer(seed=11):
+    """A function calling the fused EMA (bidirectional, truncated, padded) compiled with
+    fullgraph=True, dynamic=True (aot_eager: the custom operators traced) gives the eager outputs
+    and gradients at two lengths and batch sizes (one chunk, several chunks), compiled once."""
+    ema = randomize_parameters_(MultiDimensionalEMA(5, 4, bidirectional=True, truncation=6, impl="triton"), seed)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda x, mask: ema(x, mask) * 2.0, backend=counter, fullgraph=True, dynamic=True)
+    errors = []
+    with short_chunks():
+        for length, batch in ((7, 2), (20, 3)):
+            x = randn(length, batch, 5, seed=seed + length).float()
+            mask = random_padding_mask(batch, length, seed=seed + length)
+            weight = randn(length, batch, 5, seed=seed).float()
+            results = []
+            for fn in (compiled, lambda x, mask: ema(x, mask) * 2.0):
+                ema.zero_grad()
+                x_grad = x.clone().requires_grad_()
+                out = fn(x_grad, mask)
+                (out * weight).sum().backward()
+                results.append([out, x_grad.grad] + [p.grad.clone() for p in ema.parameters()])
+            errors += [largest_error(a, b) for a, b in zip(*results)]
+    return {"largest": max(errors), "compilations": counter.frame_count}
+
+
+def check_compiled_steps(seed=13):
+    """Decoding steps from a carried state compiled with fullgraph=True, dynamic=True (the mutating
+    custom operator) equal the eager steps, the state updated in place; compiled twice (the first
+    step finds no state)."""
+    ema = randomize_parameters_(MultiDimensionalEMA(5, 4, impl="triton"), seed)
+    counter = CompileCounterWithBackend("aot_eager")
+    def step(x, state):
+        return ema(x, None, state)
+
+    compiled = torch.compile(step, backend=counter, fullgraph=True, dynamic=True)
+    x = randn(4, 3, 5, seed=seed).float()
+    states = {}, {}
+    outputs, buffers = ([], []), set()
     with torch.no_grad():
-        parts = [ema(x[:split], state=state), ema(x[split:], state=state)]
-    expected, hidden = ema_module_reference(ema, x)
-    return {"y": largest_error(torch.cat(parts), expected), "hidden": largest_error(state["ema_hidden"], hidden)}
+        for t in range(4):
+            for fn, state, out in zip((compiled, step), states, outputs):
+                out.append(fn(x[t: t + 1], state))
+            buffers.add(states[0]["ema_hidden"].data_ptr())
+    return {"y": largest_error(torch.cat(outputs[0]), torch.cat(outputs[1])),
+            "hidden": largest_error(states[0]["ema_hidden"], states[1]["ema_hidden"]),
+            "state_buffers": len(buffers), "compilations": counter.frame_count}
 
 
-def layer_pair(layer_class, seed, **options):
-    """The same random layer with the fused and with the FFT EMA (float32)."""
-    layers = []
-    for impl in ("triton", "fft"):
-        cfg = MegaLayerConfig(8, 16, 16, 8, 4, max_positions=128, ema_impl=impl, **options)
-        torch.manual_seed(seed)
-        layers.append(randomize_parameters_(layer_class(cfg), seed).eval())
-    return layers
+def check_opcheck(seed=17):
+    """torch.library.opcheck of both custom operators (schema, autograd registration, fake tensors,
+    AOT dispatch with dynamic shapes): the number of its checks that did not succeed."""
+    x = randn(6, 2, 5, seed=seed).float().requires_grad_()
+    mask = random_padding_mask(2, 6, seed=seed)
+    params = [randn(*shape, seed=seed + i).float().requires_grad_()
+              for i, shape in enumerate([(10, 4)] * 4 + [(5,)])]
+    layer = torch.library.opcheck(torch.ops.mega.ema_layer.default, (x, mask, *params, True, 3))
+    state = randn(2, 5, 4, seed=seed).float()
+    steps = torch.library.opcheck(torch.ops.mega.ema_with_state.default,
+                                  (x.detach(), mask, *[p.detach()[:5] for p in params[:4]], params[4].detach(),
+                                   state, True))
+    return {"failed": sum(result != "SUCCESS" for result in list(layer.values()) + list(steps.values()))}
 
 
-def check_encoder_layer(length=75, batch=3, seed=7):
-    """A chunked encoder layer (bidirectional EMA, truncated, padded): outputs and all gradients."""
-    fused, reference = layer_pair(MegaEncoderLayer, seed, chunk_size=16, truncation=20)
+def check_encoder_layer_graph_breaks(seed=19):
+    """A whole encoder layer on the fused EMA (bidirectional, truncated, padded) traced by dynamo:
+    its number of graph breaks."""
+    cfg = MegaLayerConfig(8, 16, 16, 8, 4, 8, max_positions=64, role="encoder", ema_impl="triton", truncation=5)
+    layer = MegaEncoderLayer(cfg)
+    explanation = torch._dynamo.explain(layer)(randn(21, 3, 8, seed=seed).float(), random_padding_mask(3, 21, seed))
+    return {"graph_breaks": explanation.graph_break_count}
+
+
+def check_decoder_steps(length=21, batch=2, seed=9):
+    """A chunked decoder layer fed in steps of 1 and several (the carried EMA state through the fused
+    kernels) equals its full forward pass."""
+    cfg = MegaLayerConfig(8, 16, 16, 8, 4, max_positions=64, ema_impl="triton", chunk_size=8, role="decoder")
+    torch.manual_seed(seed)
+    layer = randomize_parameters_(MegaDecoderLayer(cfg), seed).eval()
     x = randn(length, batch, 8, seed=seed + 1).float()
-    mask = random_padding_mask(batch, length, seed=seed + 2)
-    outputs = []
-    for layer in (fused, reference):
-        x_grad = x.clone().requires_grad_()
-        y = layer(x_grad, mask)
-        (y * randn(length, batch, 8, seed=seed + 3).float()).sum().backward()
-        outputs.append([y, x_grad.grad] + [p.grad for p in layer.parameters()])
-    return {"largest": max(largest_error(a, b) for a, b in zip(*outputs))}
-
-
-def check_decoder_steps(length=70, batch=2, seed=9):
-    """A chunked decoder layer fed in steps of 1 and 9 (carried EMA state through the fused scan and
-    the one-step recurrence) equals its full forward pass."""
-    fused, _ = layer_pair(MegaDecoderLayer, seed, chunk_size=16, role="decoder")
-    x = randn(length, batch, 8, seed=seed + 1).float()
-    memory = randn(11, batch, 8, seed=seed + 2).float()
+    memory = randn(5, batch, 8, seed=seed + 2).float()
     with torch.no_grad():
-        full = fused(x, memory)[0]
+        full = layer(x, memory)[0]
         self_state, cross_state, parts, position = {}, {}, [], 0
-        for size in [1, 9, 1, 1, 30, 28]:
-            parts.append(fused(x[position: position + size], memory, None, None, self_state, cross_state,
+        for size in [1, 9, 1, 10]:
+            parts.append(layer(x[position: position + size], memory, None, None, self_state, cross_state,
                                position_offset=position)[0])
             position += size
     return {"largest": largest_error(torch.cat(parts), full)}
 
 
-def check_compiled_encoder_layer(batch=2, seed=11):
-    """The fused-EMA encoder layer compiled as --compile-layers does (dynamic shapes; aot_eager here,
-    the fused EMA between the compiled graphs) equals the eager layer at two lengths."""
-    eager, _ = layer_pair(MegaEncoderLayer, seed, chunk_size=16)
-    compiled, _ = layer_pair(MegaEncoderLayer, seed, chunk_size=16)
-    compiled.compile(dynamic=True, backend="aot_eager")
-    errors = []
-    for length in (37, 70):
-        x = randn(length, batch, 8, seed=seed + length).float()
-        mask = random_padding_mask(batch, length, seed=seed + length)
-        outputs = []
-        for layer in (compiled, eager):
-            layer.zero_grad()
-            x_grad = x.clone().requires_grad_()
-            y = layer(x_grad, mask)
-            y.square().sum().backward()
-            outputs.append([y, x_grad.grad] + [p.grad for p in layer.parameters()])
-        errors += [largest_error(a, b) for a, b in zip(*outputs)]
-    return {"largest": max(errors)}
-
-
 def main():
-    results = {name: check(*case) for name, case in CASES.items()}
-    results["carried_state"] = check_state()
-    results["encoder_layer"] = check_encoder_layer()
+    results = {name: check_layer(*case) for name, case in LAYER_CASES.items()}
+    results["carried_state"] = check_carried_state()
+    results["compiled_layer"] = check_compiled_layer()
+    results["compiled_steps"] = check_compiled_steps()
+    results["opcheck"] = check_opcheck()
+    results["encoder_layer"] = check_encoder_layer_graph_breaks()
     results["decoder_steps"] = check_decoder_steps()
-    results["compiled_encoder_layer"] = check_compiled_encoder_layer()
     print(json.dumps(results))
 
 

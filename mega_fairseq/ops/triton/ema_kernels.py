@@ -1,0 +1,480 @@
+"""Triton kernels of the fused EMA layer; ``ema_scan`` holds the math, the launch plan and the ops.
+
+Layout shared by the scan kernels: a program owns COLS = ROWS x BD *columns*, a column being one
+(batch row b, channel d) pair (ROWS batch rows of BD = 32 channels, one warp per row). Each thread
+holds one column and all N EMA dimensions of it, so states are (N, COLS) float32 tiles and sums
+over n stay in a thread's registers. Time runs in chunks of TC steps (grid axis 2); inside a chunk
+the loads of 8 steps are issued together before any of them is used. Direction 0 scans time
+forward, direction 1 (bidirectional layers) backward; a truncated layer (K < L) subtracts the lags
+>= K from the same recurrence: s[t] = q s[t-1] + x[t] - q^K x[t-K] (t-K read t+K backward).
+Incoming chunk states live in (B, nC, DIRS, N, D) float32 buffers (one plane per kind of state).
+"""
+import triton
+import triton.language as tl
+
+# ------------------------------------------------------------------ helpers
+
+
+@triton.jit
+def _columns(B, D, ROWS: tl.constexpr, BD: tl.constexpr):
+    """This program's columns: batch rows b, channels d and whether they exist, (1, COLS) each (every
+    per-column value is kept (1, COLS), in the layout of the (N, COLS) tiles it broadcasts against)."""
+    col = tl.arange(0, ROWS * BD)[None, :]
+    b = tl.program_id(0) * ROWS + col // BD
+    d = tl.program_id(1) * BD + col % BD
+    return b, d, (b < B) & (d < D)
+
+
+@triton.jit
+def _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale, cut, N: tl.constexpr):
+    """One direction's recurrence from the raw (D', N) parameters, (N, COLS) float32 each: decay
+    q = 1 - sigmoid(delta) sigmoid(alpha), input weight a = sigmoid(delta) beta, output weight
+    c = gamma scale, q^K and its q-derivative K q^(K-1) (K = cut)."""
+    n = tl.arange(0, N)
+    at = (direction * D + d) * N + n[:, None]
+    mask = ok & (n[:, None] < N)
+    alpha = tl.load(alpha_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    gamma = tl.load(gamma_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    p = tl.sigmoid(delta)
+    q = 1.0 - p * tl.sigmoid(alpha)
+    log_q = tl.log2(tl.maximum(q, 1e-30))
+    q_cut = tl.exp2(cut * log_q)
+    dq_cut = cut * tl.exp2((cut - 1) * log_q)
+    return q, p * beta, gamma * scale, q_cut, dq_cut
+
+
+@triton.jit
+def _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS: tl.constexpr, N: tl.constexpr):
+    """Offsets of the (N, COLS) tile of a (B, nC, DIRS, N, D) state buffer at a chunk and direction."""
+    n = tl.arange(0, N)
+    row = (b.to(tl.int64) * num_chunks + chunk) * DIRS + direction
+    return row * (N * D) + n[:, None] * D + d
+
+
+@triton.jit
+def _load(ptr, t, b, d, ok, L, B, D):
+    """A (L, B, D) tensor at time t for every column, in its dtype (0 outside the sequence)."""
+    return tl.load(ptr + (t.to(tl.int64) * B + b) * D + d, mask=ok & (t >= 0) & (t < L), other=0.0)
+
+
+@triton.jit
+def _load8(ptr, t, step, b, d, ok, L, B, D):
+    """_load at times t, t + step, ..., t + 7 step, issued together."""
+    return (_load(ptr, t, b, d, ok, L, B, D), _load(ptr, t + step, b, d, ok, L, B, D),
+            _load(ptr, t + 2 * step, b, d, ok, L, B, D), _load(ptr, t + 3 * step, b, d, ok, L, B, D),
+            _load(ptr, t + 4 * step, b, d, ok, L, B, D), _load(ptr, t + 5 * step, b, d, ok, L, B, D),
+            _load(ptr, t + 6 * step, b, d, ok, L, B, D), _load(ptr, t + 7 * step, b, d, ok, L, B, D))
+
+
+@triton.jit
+def _pad(mask_ptr, t, b, ok, L, HAS_MASK: tl.constexpr):
+    """Whether time t of every column's row is padding (B, L) (without a mask: unused)."""
+    pad = ok
+    if HAS_MASK:
+        pad = tl.load(mask_ptr + b.to(tl.int64) * L + t, mask=ok & (t >= 0) & (t < L), other=0) != 0
+    return pad
+
+
+@triton.jit
+def _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK: tl.constexpr):
+    return (_pad(mask_ptr, t, b, ok, L, HAS_MASK), _pad(mask_ptr, t + step, b, ok, L, HAS_MASK),
+            _pad(mask_ptr, t + 2 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 3 * step, b, ok, L, HAS_MASK),
+            _pad(mask_ptr, t + 4 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 5 * step, b, ok, L, HAS_MASK),
+            _pad(mask_ptr, t + 6 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 7 * step, b, ok, L, HAS_MASK))
+
+
+@triton.jit
+def _signal(x, pad, HAS_MASK: tl.constexpr):
+    """The EMA input: x in float32 with pads zeroed."""
+    x = x.to(tl.float32)
+    if HAS_MASK:
+        x = tl.where(pad, 0.0, x)
+    return x
+
+
+@triton.jit
+def _store(ptr, t, value, b, d, ok, L, B, D):
+    tl.store(ptr + (t.to(tl.int64) * B + b) * D + d, value.to(ptr.dtype.element_ty), mask=ok & (t >= 0) & (t < L))
+
+
+@triton.jit
+def _silu_grad(g, y, x, omega):
+    """d out / d z * g for out = silu(z), z = y + omega x; float32."""
+    z = y.to(tl.float32) + omega * x.to(tl.float32)
+    sig = tl.sigmoid(z)
+    return g.to(tl.float32) * sig * (1.0 + z * (1.0 - sig))
+
+
+@triton.jit
+def _chunk_span(TC, L):
+    """This program's chunk: its first time step and its length rounded up to 8 (the steps past the
+    sequence end read zeros)."""
+    start = tl.program_id(2) * TC
+    return start, (tl.minimum(TC, L - start) + 7) // 8 * 8
+
+
+@triton.jit
+def _rows_sum(tile, ROWS: tl.constexpr, BD: tl.constexpr):
+    """(R, ROWS * BD) -> (R, BD): the sum over this program's batch rows."""
+    return tl.sum(tl.reshape(tile, (tile.shape[0], ROWS, BD)), axis=1)
+
+
+# ------------------------------------------------------------------ forward
+
+
+@triton.jit(do_not_specialize=["L", "B", "TC", "cut"])
+def _forward_kernel(
+    x_ptr, mask_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, state_ptr, final_ptr, y_ptr, out_ptr,
+    L, B, D, TC, cut, scale, state_stride_b, state_stride_chunk, state_stride_dir, state_stride_n, state_stride_d,
+    N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
+    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_Y: tl.constexpr,
+):
+    """One chunk of every direction from its incoming (scaled) state h, then the layer output:
+    h[t] = q h[t-1] + a (x[t] - q^K x[t-K]), y = sum_n c h over the directions, out = silu(y + omega x).
+    Direction 1 runs first and leaves its part of y in out. STORE_FINAL (causal): the last state
+    goes to final (B, D, N)."""
+    b, d, ok = _columns(B, D, ROWS, BD)
+    chunk = tl.program_id(2)
+    start, span = _chunk_span(TC, L)
+    n = tl.arange(0, N)
+    tile_ok = ok & (n[:, None] < N)
+    omega = tl.load(omega_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    for index in range(DIRS):
+        direction = DIRS - 1 - index
+        step = 1 - 2 * direction
+        last = direction == 0  # the pass that writes the layer output
+        q, a, c, q_cut, _ = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
+                                          cut, N)
+        a_cut = a * q_cut
+        h = tl.zeros((N, ROWS * BD), tl.float32)
+        if STATE_IN:
+            at = b.to(tl.int64) * state_stride_b + chunk * state_stride_chunk + direction * state_stride_dir \
+                + n[:, None] * state_stride_n + d * state_stride_d
+            h = tl.load(state_ptr + at, mask=tile_ok, other=0.0)
+        first = start + direction * (span - 1)
+        k = 0
+        while k < span:
+            t0 = first + step * k
+            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
+            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
+            if TRUNCATED:
+                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
+                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+            if DIRS == 2:  # in the last pass: direction 1's part of y, left in out
+                earlier = _load8(out_ptr, t0, step, b, d, ok & last, L, B, D)
+            for i in tl.static_range(8):
+                t = t0 + step * i
+                h_next = q * h + a * _signal(xs[i], pads[i], HAS_MASK)
+                if TRUNCATED:
+                    h_next -= a_cut * _signal(xks[i], pks[i], HAS_MASK)
+                if STORE_FINAL:
+                    h_next = tl.where(t < L, h_next, h)
+                h = h_next
+                y = tl.sum(c * h, axis=0, keep_dims=True)
+                if DIRS == 2:
+                    y += earlier[i].to(tl.float32)
+                if STORE_Y:
+                    _store(y_ptr, t, y, b, d, ok & last, L, B, D)
+                z = y + omega * xs[i].to(tl.float32)
+                _store(out_ptr, t, tl.where(last, z * tl.sigmoid(z), y), b, d, ok, L, B, D)
+            k += 8
+        if DIRS == 2:
+            tl.debug_barrier()
+        if STORE_FINAL:
+            at = b.to(tl.int64) * (D * N) + d * N + n[:, None]
+            tl.store(final_ptr + at, h, mask=tile_ok & last & (start + TC >= L))
+
+
+# ------------------------------------------------------------------ chunk states (long sequences)
+
+
+@triton.jit(do_not_specialize=["L", "B", "TC", "cut", "num_chunks"])
+def _chunk_states_kernel(
+    x_ptr, mask_ptr, g_ptr, y_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, states_ptr,
+    L, B, D, TC, cut, scale, num_chunks, plane,
+    N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
+    HAS_MASK: tl.constexpr, GRAD: tl.constexpr,
+):
+    """Each chunk's own contribution (from a zero start) to the unscaled state s at its end
+    (grid axis 2 = chunk * DIRS + direction), into plane 0. GRAD (backward): also its q-derivative v
+    (plane 1) and the adjoint state nu[t] = q nu[t+1] + dz[t] - q^K dz[t+K] run the other way
+    (plane 2), dz the gradient at z = y + omega x."""
+    b, d, ok = _columns(B, D, ROWS, BD)
+    chunk = tl.program_id(2) // DIRS
+    direction = tl.program_id(2) % DIRS
+    step = 1 - 2 * direction
+    start = chunk * TC
+    span = (tl.minimum(TC, L - start) + 7) // 8 * 8
+    q, a, c, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
+                                           cut, N)
+    at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+    tile_ok = ok & (tl.arange(0, N)[:, None] < N)
+    s = tl.zeros((N, ROWS * BD), tl.float32)
+    v = tl.zeros((N, ROWS * BD), tl.float32)
+    first = start + direction * (span - 1)
+    k = 0
+    while k < span:
+        t0 = first + step * k
+        xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
+        pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
+        if TRUNCATED:
+            xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
+            pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+        for i in tl.static_range(8):
+            if TRUNCATED:
+                cut_input = _signal(xks[i], pks[i], HAS_MASK)
+                if GRAD:
+                    v = q * v + s - dq_cut * cut_input
+                s = q * s + _signal(xs[i], pads[i], HAS_MASK) - q_cut * cut_input
+            else:
+                if GRAD:
+                    v = q * v + s
+                s = q * s + _signal(xs[i], pads[i], HAS_MASK)
+        k += 8
+    tl.store(states_ptr + at, s, mask=tile_ok)
+    if GRAD:
+        tl.store(states_ptr + plane + at, v, mask=tile_ok)
+        omega = tl.load(omega_ptr + d, mask=ok, other=0.0).to(tl.float32)
+        nu = tl.zeros((N, ROWS * BD), tl.float32)
+        first = start + (1 - direction) * (span - 1)
+        k = 0
+        while k < span:
+            t0 = first - step * k
+            gs = _load8(g_ptr, t0, -step, b, d, ok, L, B, D)
+            ys = _load8(y_ptr, t0, -step, b, d, ok, L, B, D)
+            xs = _load8(x_ptr, t0, -step, b, d, ok, L, B, D)
+            if TRUNCATED:
+                gks = _load8(g_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+                yks = _load8(y_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+                xks = _load8(x_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+            for i in tl.static_range(8):
+                nu = q * nu + _silu_grad(gs[i], ys[i], xs[i], omega)
+                if TRUNCATED:
+                    nu -= q_cut * _silu_grad(gks[i], yks[i], xks[i], omega)
+            k += 8
+        tl.store(states_ptr + 2 * plane + at, nu, mask=tile_ok)
+
+
+@triton.jit(do_not_specialize=["L", "B", "TC", "num_chunks"])
+def _chunk_prefix_kernel(
+    states_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, h0_ptr,
+    L, B, D, TC, num_chunks, plane,
+    N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, HAS_H0: tl.constexpr,
+    GRAD: tl.constexpr,
+):
+    """Turns the chunks' own end states into incoming states, in place (grid axis 2 = direction):
+    a chunk of length m maps a state S to q^m S + its own. Forward: the scaled h = a S (+ q^t h0,
+    h0 (B, D, N) carried into direction 0). GRAD: the unscaled s and v = ds/dq in scan order, and
+    the adjoint nu in the other order."""
+    b, d, ok = _columns(B, D, ROWS, BD)
+    direction = tl.program_id(2)
+    n = tl.arange(0, N)
+    tile_ok = ok & (n[:, None] < N)
+    q, a, c, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, 1.0,
+                                           0, N)
+    log_q = tl.log2(tl.maximum(q, 1e-30))
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + b.to(tl.int64) * (D * N) + d * N + n[:, None], mask=tile_ok,
+                     other=0.0)
+    s = tl.zeros((N, ROWS * BD), tl.float32)
+    v = tl.zeros((N, ROWS * BD), tl.float32)
+    i = 0
+    while i < num_chunks:
+        chunk = i + direction * (num_chunks - 1 - 2 * i)
+        at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+        steps = tl.minimum(TC, L - chunk * TC).to(tl.float32)
+        decay = tl.exp2(steps * log_q)
+        own = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
+        if GRAD:
+            own_v = tl.load(states_ptr + plane + at, mask=tile_ok, other=0.0)
+            tl.store(states_ptr + at, s, mask=tile_ok)
+            tl.store(states_ptr + plane + at, v, mask=tile_ok)
+            v = decay * v + steps * tl.exp2((steps - 1.0) * log_q) * s + own_v
+        else:
+            h = a * s
+            if HAS_H0:
+                h += tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
+            tl.store(states_ptr + at, h, mask=tile_ok)
+        s = decay * s + own
+        i += 1
+    if GRAD:
+        nu = tl.zeros((N, ROWS * BD), tl.float32)
+        i = 0
+        while i < num_chunks:
+            chunk = num_chunks - 1 - i - direction * (num_chunks - 1 - 2 * i)
+            at = 2 * plane + _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+            decay = tl.exp2(tl.minimum(TC, L - chunk * TC).to(tl.float32) * log_q)
+            own = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
+            tl.store(states_ptr + at, nu, mask=tile_ok)
+            nu = decay * nu + own
+            i += 1
+
+
+# ------------------------------------------------------------------ backward
+
+
+@triton.jit(do_not_specialize=["L", "B", "TC", "cut", "num_chunks"])
+def _backward_kernel(
+    g_ptr, x_ptr, mask_ptr, y_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, states_ptr,
+    dx_ptr, partial_ptr,
+    L, B, D, TC, cut, scale, num_chunks, plane,
+    N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
+    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr,
+):
+    """One chunk of the backward pass from the gradient g of out = silu(z), z = y + omega x:
+    per direction the adjoint scan nu (dx = dz omega + sum over directions of sum_n a c nu, pads
+    excluded) and the forward-mode scan of s and v = ds/dq, whose sums U = sum dz s, V = sum dz v
+    over this program's rows and chunk give d(a) = c U, d(c) = a U, d(q) = a c V. Writes dx and one
+    row of partial sums (U, V (2, DIRS, N, D) and sum dz x (D,)) per (row block, chunk)."""
+    b, d, ok = _columns(B, D, ROWS, BD)
+    chunk = tl.program_id(2)
+    start, span = _chunk_span(TC, L)
+    n = tl.arange(0, N)
+    tile_ok = ok & (n[:, None] < N)
+    omega = tl.load(omega_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    omega_sum = tl.zeros((1, ROWS * BD), tl.float32)
+    width = 2 * DIRS * N * D + D
+    partial_row = partial_ptr + (tl.program_id(0) * num_chunks + chunk).to(tl.int64) * width
+    tile_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    for direction in range(DIRS):
+        step = 1 - 2 * direction
+        first_pass = direction == 0  # writes dx from scratch and sums omega's gradient
+        # the adjoint, against the direction's scan order (coefficients loaded per pass: fewer live registers)
+        q, a, c, q_cut, _ = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale, cut,
+                                          N)
+        ac = a * c
+        nu = tl.zeros((N, ROWS * BD), tl.float32)
+        if STATE_IN:
+            at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+            nu = tl.load(states_ptr + 2 * plane + at, mask=tile_ok, other=0.0)
+        first = start + (1 - direction) * (span - 1)
+        k = 0
+        while k < span:
+            t0 = first - step * k
+            gs = _load8(g_ptr, t0, -step, b, d, ok, L, B, D)
+            ys = _load8(y_ptr, t0, -step, b, d, ok, L, B, D)
+            xs = _load8(x_ptr, t0, -step, b, d, ok, L, B, D)
+            pads = _pad8(mask_ptr, t0, -step, b, ok, L, HAS_MASK)
+            if TRUNCATED:
+                gks = _load8(g_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+                yks = _load8(y_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+                xks = _load8(x_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+            if DIRS == 2:  # in the second pass: what the first left in dx
+                earlier = _load8(dx_ptr, t0, -step, b, d, ok & (direction == 1), L, B, D)
+            for i in tl.static_range(8):
+                t = t0 - step * i
+                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
+                nu = q * nu + dz
+                if TRUNCATED:
+                    nu -= q_cut * _silu_grad(gks[i], yks[i], xks[i], omega)
+                grad = tl.sum(ac * nu, axis=0, keep_dims=True)
+                if HAS_MASK:
+                    grad = tl.where(pads[i], 0.0, grad)
+                if DIRS == 2:
+                    grad += tl.where(first_pass, dz * omega, earlier[i].to(tl.float32))
+                    omega_sum += tl.where(first_pass, dz * xs[i].to(tl.float32), 0.0)
+                else:
+                    grad += dz * omega
+                    omega_sum += dz * xs[i].to(tl.float32)
+                _store(dx_ptr, t, grad, b, d, ok, L, B, D)
+            k += 8
+        if DIRS == 2:
+            tl.debug_barrier()
+        # the parameter sums, in the direction's scan order
+        q, _, _, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
+                                               cut, N)
+        s = tl.zeros((N, ROWS * BD), tl.float32)
+        v = tl.zeros((N, ROWS * BD), tl.float32)
+        if STATE_IN:
+            at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+            s = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
+            v = tl.load(states_ptr + plane + at, mask=tile_ok, other=0.0)
+        u_sum = tl.zeros((N, ROWS * BD), tl.float32)
+        v_sum = tl.zeros((N, ROWS * BD), tl.float32)
+        first = start + direction * (span - 1)
+        k = 0
+        while k < span:
+            t0 = first + step * k
+            gs = _load8(g_ptr, t0, step, b, d, ok, L, B, D)
+            ys = _load8(y_ptr, t0, step, b, d, ok, L, B, D)
+            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
+            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
+            if TRUNCATED:
+                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
+                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+            for i in tl.static_range(8):
+                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
+                if TRUNCATED:
+                    cut_input = _signal(xks[i], pks[i], HAS_MASK)
+                    v = q * v + s - dq_cut * cut_input
+                    s = q * s + _signal(xs[i], pads[i], HAS_MASK) - q_cut * cut_input
+                else:
+                    v = q * v + s
+                    s = q * s + _signal(xs[i], pads[i], HAS_MASK)
+                u_sum += dz * s
+                v_sum += dz * v
+            k += 8
+        out_at = n[:, None] * D + tile_d[None, :]
+        out_ok = (tile_d < D)[None, :] & (n[:, None] < N)
+        tl.store(partial_row + direction * N * D + out_at, _rows_sum(u_sum, ROWS, BD), mask=out_ok)
+        tl.store(partial_row + (DIRS + direction) * N * D + out_at, _rows_sum(v_sum, ROWS, BD), mask=out_ok)
+    omega_rows = tl.sum(tl.reshape(omega_sum, (ROWS, BD)), axis=0)
+    tl.store(partial_row + 2 * DIRS * N * D + tile_d, omega_rows, mask=tile_d < D)
+
+
+@triton.jit
+def _column_sums(ptr, columns, ok, rows, width, ROW_BLOCK: tl.constexpr):
+    """Sum over the rows of a (rows, width) float32 matrix at the given columns."""
+    r = tl.arange(0, ROW_BLOCK)
+    total = tl.zeros((ROW_BLOCK, columns.shape[0]), tl.float32)
+    start = 0
+    while start < rows:
+        row = start + r
+        at = row.to(tl.int64)[:, None] * width + columns[None, :]
+        total += tl.load(ptr + at, mask=(row < rows)[:, None] & ok[None, :], other=0.0)
+        start += ROW_BLOCK
+    return tl.sum(total, axis=0)
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _grad_finalize_kernel(
+    partial_ptr, rows, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr,
+    dalpha_ptr, ddelta_ptr, dbeta_ptr, dgamma_ptr, domega_ptr, D, scale,
+    N: tl.constexpr, DIRS: tl.constexpr, BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr,
+):
+    """Sums the backward kernel's partial rows and applies the chain rule from (q, a, c) to the raw
+    parameters: p = sigmoid(delta), q = 1 - p sigmoid(alpha), a = p beta, c = gamma scale."""
+    params = DIRS * N * D
+    width = 2 * params + D
+    param_programs = tl.cdiv(params, BLOCK)
+    pid = tl.program_id(0)
+    if pid < param_programs:
+        i = pid * BLOCK + tl.arange(0, BLOCK)
+        ok = i < params
+        u = _column_sums(partial_ptr, i, ok, rows, width, ROW_BLOCK)
+        v = _column_sums(partial_ptr + params, i, ok, rows, width, ROW_BLOCK)
+        direction = i // (N * D)
+        at = (direction * D + i % D) * N + (i // D) % N
+        alpha = tl.load(alpha_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        delta = tl.load(delta_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        gamma = tl.load(gamma_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        p = tl.sigmoid(delta)
+        sig_alpha = tl.sigmoid(alpha)
+        a = p * beta
+        c = gamma * scale
+        grad_a = c * u
+        grad_q = a * c * v
+        tl.store(dgamma_ptr + at, (scale * a * u).to(dgamma_ptr.dtype.element_ty), mask=ok)
+        tl.store(dbeta_ptr + at, (p * grad_a).to(dbeta_ptr.dtype.element_ty), mask=ok)
+        tl.store(ddelta_ptr + at, ((beta * grad_a - sig_alpha * grad_q) * p * (1.0 - p)).to(
+            ddelta_ptr.dtype.element_ty), mask=ok)
+        tl.store(dalpha_ptr + at, (-p * sig_alpha * (1.0 - sig_alpha) * grad_q).to(dalpha_ptr.dtype.element_ty),
+                 mask=ok)
+    else:
+        i = (pid - param_programs) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < D
+        total = _column_sums(partial_ptr + 2 * params, i, ok, rows, width, ROW_BLOCK)
+        tl.store(domega_ptr + i, total.to(domega_ptr.dtype.element_ty), mask=ok)
