@@ -11,3 +11,20 @@ one thread keeps the suite fast and stable.
 import torch
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session):
+    """Start the Triton-interpreter check scripts of the selected tests on the idle core."""
+    from interpreter_runs import start_all
+    from mega_fairseq.ops.triton import triton_available
+
+    if triton_available():
+        tests_dir = session.config.rootpath / "tests"
+        start_all({str(item.path.relative_to(tests_dir)) for item in session.items
+                   if item.path.is_relative_to(tests_dir) and not item.get_closest_marker("gpu")})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from interpreter_runs import stop_all
+
+    stop_all()

@@ -6,11 +6,8 @@ fused path against the PyTorch path, the compiled block (one subprocess, block_f
 option handling and fallbacks; every kernel compiled for an H100 with half-precision inputs.
 GPU (-m gpu): fused against PyTorch path at realistic sizes in float32 and bfloat16.
 """
-import json
-import os
-import subprocess
-import sys
 
+import interpreter_runs
 import pytest
 import torch
 
@@ -21,7 +18,6 @@ from mega_fairseq.ops import mega_block
 from mega_fairseq.ops.triton import triton_available
 from reference import randn, random_padding_mask, randomize_parameters_
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,11 +39,7 @@ def test_fused_block_in_triton_interpreter():
     """Every op against its reference (outputs, all gradients, dropout on with the kernels' own
     factors), dropout statistics, the fused modules against the PyTorch path, and the compiled block
     and ops against eager with one graph over two lengths; see block_fused_interpreted.py."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, os.path.join(HERE, "block_fused_interpreted.py")], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = interpreter_runs.result("modules/block_fused_interpreted.py")
     # post-norm FFN: forward mm, bias+act+dropout, mm, dropout+residual+norm; backward 2 x (kernel, column
     # sum, 2 mm) and the sum of the input's two gradients. Mega block: gates, reset product, update forward;
     # their three backward kernels and two column sums (EMA and attention not counted)

@@ -3,12 +3,9 @@ Triton's interpreter against the float64 references and the matmul path (CPU, on
 compilation for an H100, and GPU tests (marked gpu) against the matmul path and, at 4k-64k tokens
 chunked and unchunked, against a float64 reference of a few rows (issue 13 point 1)."""
 import copy
-import json
 import math
-import os
-import subprocess
-import sys
 
+import interpreter_runs
 import pytest
 import torch
 
@@ -19,7 +16,6 @@ from mega_fairseq.ops.attention import select_attention_impl
 from mega_fairseq.ops.triton import chunk_softmax, fused_attention, triton_available
 from reference import randn, random_padding_mask, randomize_parameters_
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 FUNCTIONS = ("softmax", "laplace", "relu2")
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -101,11 +97,7 @@ def test_kernels_in_triton_interpreter_match_references():
     against its PyTorch path; torch.compile (aot_eager, fullgraph, dynamic) of both ops equal to eager with
     one graph for three lengths and two batch sizes; a causal Mega block on the fused path, whole and fed
     in steps (incremental decoding), against the float64 block reference."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, os.path.join(HERE, "attention_interpreted.py")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = interpreter_runs.result("ops/attention_interpreted.py")
     compiled = results.pop("compiled")
     assert compiled == {"largest": 0.0, "graphs": 1}
     kept = results.pop("dropout_rate")["kept"]

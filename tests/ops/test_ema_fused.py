@@ -1,10 +1,7 @@
 """The fused Triton EMA: selection logic (CPU), the kernels through Triton's interpreter (CPU,
 when triton is installed) and on a GPU (marked gpu) against the FFT reference path."""
-import json
-import os
-import subprocess
-import sys
 
+import interpreter_runs
 import pytest
 import torch
 
@@ -12,7 +9,6 @@ from mega_fairseq.modules import MegaConfigError, MegaLayerConfig, MultiDimensio
 from mega_fairseq.ops.triton import ema_scan as ema_triton
 from reference import randn, random_padding_mask, randomize_parameters_
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 needs_triton = pytest.mark.skipif(not ema_triton.triton_available(), reason="triton is not installed")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -87,14 +83,10 @@ def test_custom_operators_are_registered():
 
 @pytest.fixture(scope="module")
 def interpreted():
-    """Every interpreter check of tests/ema_interpreted.py, run once in one subprocess."""
+    """Every interpreter check of tests/ops/ema_interpreted.py, run once in one background subprocess (helpers/interpreter_runs.py)."""
     if not ema_triton.triton_available():
         pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, os.path.join(HERE, "ema_interpreted.py")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return interpreter_runs.result("ops/ema_interpreted.py")
 
 
 @pytest.mark.parametrize("case", ["short_causal", "short_bidirectional_truncated_padded",
