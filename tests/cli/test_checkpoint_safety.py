@@ -13,13 +13,12 @@ import pytest
 import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq_cli import preprocess, train, validate
+from fairseq_cli import train, validate
 
 from fairseq_helpers import REPO, USER_DIR
+from toy_corpus import binarize
 from mega_fairseq.checkpoint_safety import CheckpointError
 
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
 
 FLAGS = ["--user-dir", USER_DIR, "--cpu", "--task", "mega_language_modeling", "--arch", "mega_lm",
          "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",
@@ -52,14 +51,8 @@ train.cli_main()
 
 @pytest.fixture(scope="module")
 def lm_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    toy_data.write_splits(str(root / "raw"), {"train": 200, "valid": 20, "test": 20}, seed=5)
-    parser = options.get_preprocessing_parser()
-    preprocess.main(parser.parse_args([
-        "--only-source", "--workers", "1", "--destdir", str(root / "data-bin"),
-        "--trainpref", str(root / "raw" / "train.en"), "--validpref", str(root / "raw" / "valid.en"),
-        "--testpref", str(root / "raw" / "test.en")]))
-    return root / "data-bin"
+    return binarize(tmp_path_factory.mktemp("lm"), {"train": 200, "valid": 20, "test": 20}, seed=5,
+                    language_model=True)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ import pytest
 import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq_cli import generate, preprocess, train
+from fairseq_cli import generate, train
 
 from fairseq_helpers import REPO, USER_DIR
+from toy_corpus import binarize
 
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
 
 TRAIN_FLAGS = ["--arch", "mega_wmt_en_de", "--encoder-layers", "1", "--decoder-layers", "1",
                "--encoder-embed-dim", "32", "--encoder-hidden-dim", "48", "--encoder-ffn-embed-dim", "48",
@@ -29,13 +28,7 @@ TRAIN_FLAGS = ["--arch", "mega_wmt_en_de", "--encoder-layers", "1", "--decoder-l
 def trained(tmp_path_factory):
     """A toy corpus, binarized, and a Mega trained on it for a few updates with fairseq_cli.train."""
     root = tmp_path_factory.mktemp("toy")
-    raw, data, save = root / "raw", root / "data-bin", root / "checkpoints"
-    toy_data.write_splits(str(raw), {"train": 600, "valid": 40, "test": 30}, seed=3)
-    parser = options.get_preprocessing_parser()
-    preprocess.main(parser.parse_args([
-        "--source-lang", "en", "--target-lang", "de", "--joined-dictionary", "--workers", "1",
-        "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"), "--testpref", str(raw / "test"),
-        "--destdir", str(data)]))
+    data, save = binarize(root, {"train": 600, "valid": 40, "test": 30}, seed=3), root / "checkpoints"
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [str(data), "--user-dir", USER_DIR, "--save-dir", str(save),
                                                 *TRAIN_FLAGS])

@@ -14,13 +14,10 @@ import sys
 
 import pytest
 import torch
-from fairseq import options
-from fairseq_cli import preprocess
 
-from fairseq_helpers import REPO, USER_DIR
+from fairseq_helpers import USER_DIR
+from toy_corpus import binarize
 
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
 
 FLAGS = ["--user-dir", USER_DIR, "--cpu", "--arch", "mega_wmt_en_de", "--encoder-layers", "1",
          "--decoder-layers", "1", "--encoder-embed-dim", "32", "--encoder-hidden-dim", "48",
@@ -35,14 +32,7 @@ FLAGS = ["--user-dir", USER_DIR, "--cpu", "--arch", "mega_wmt_en_de", "--encoder
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    toy_data.write_splits(str(root / "raw"), {"train": 300, "valid": 20, "test": 20}, seed=11)
-    parser = options.get_preprocessing_parser()
-    preprocess.main(parser.parse_args([
-        "--source-lang", "en", "--target-lang", "de", "--joined-dictionary", "--workers", "1",
-        "--trainpref", str(root / "raw" / "train"), "--validpref", str(root / "raw" / "valid"),
-        "--destdir", str(root / "data-bin")]))
-    return root / "data-bin"
+    return binarize(tmp_path_factory.mktemp("dist"), {"train": 300, "valid": 20, "test": 20}, seed=11)
 
 
 def free_port() -> int:

@@ -8,25 +8,16 @@ import pytest
 import torch
 
 pytest.importorskip("fairseq")
-from fairseq import options  # noqa: E402
-from fairseq_cli import preprocess  # noqa: E402
-
 from fairseq_helpers import REPO, USER_DIR  # noqa: E402
-
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
+from toy_corpus import binarize  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")]
 
 
 def test_two_gpu_run_ends_without_process_group_complaints(tmp_path):
-    toy_data.write_splits(str(tmp_path / "raw"), {"train": 300, "valid": 20, "test": 20}, seed=11)
-    preprocess.main(options.get_preprocessing_parser().parse_args([
-        "--source-lang", "en", "--target-lang", "de", "--joined-dictionary", "--workers", "1",
-        "--trainpref", str(tmp_path / "raw" / "train"), "--validpref", str(tmp_path / "raw" / "valid"),
-        "--destdir", str(tmp_path / "data-bin")]))
-    command = [sys.executable, "-m", "fairseq_cli.train", str(tmp_path / "data-bin"), "--user-dir", USER_DIR,
+    data = binarize(tmp_path, {"train": 300, "valid": 20, "test": 20}, seed=11)
+    command = [sys.executable, "-m", "fairseq_cli.train", str(data), "--user-dir", USER_DIR,
                "--arch", "mega_wmt_en_de", "--encoder-layers", "1", "--decoder-layers", "1",
                "--encoder-embed-dim", "32", "--encoder-hidden-dim", "48", "--encoder-ffn-embed-dim", "48",
                "--encoder-z-dim", "16", "--encoder-n-dim", "4", "--share-all-embeddings", "--optimizer", "adam",

@@ -3,8 +3,6 @@ the option: fairseq-train's precision flags and a forced fused EMA (before the f
 crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
 model's positions (instead of scoring part of the split), and a distributed run's process group
 is ended after success."""
-import os
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,15 +11,14 @@ from fairseq import options
 from fairseq.dataclass.configs import DistributedTrainingConfig, FairseqConfig
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import utils as distributed_utils
-from fairseq_cli import eval_lm, preprocess, train
+from fairseq_cli import eval_lm, train
 from omegaconf import OmegaConf
 
-from fairseq_helpers import REPO, TINY, USER_DIR, make_dictionary, parse_model_args
+from fairseq_helpers import TINY, USER_DIR, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
+from toy_corpus import binarize
 
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
 
 LM_FLAGS = ["--user-dir", USER_DIR, "--task", "mega_language_modeling", "--arch", "mega_lm", "--decoder-layers", "1",
             "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24", "--decoder-ffn-embed-dim", "24",
@@ -32,14 +29,8 @@ LM_FLAGS = ["--user-dir", USER_DIR, "--task", "mega_language_modeling", "--arch"
 
 @pytest.fixture(scope="module")
 def lm_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    toy_data.write_splits(str(root / "raw"), {"train": 60, "valid": 20, "test": 20}, seed=5)
-    parser = options.get_preprocessing_parser()
-    preprocess.main(parser.parse_args([
-        "--only-source", "--workers", "1", "--destdir", str(root / "data-bin"),
-        "--trainpref", str(root / "raw" / "train.en"), "--validpref", str(root / "raw" / "valid.en"),
-        "--testpref", str(root / "raw" / "test.en")]))
-    return root / "data-bin"
+    return binarize(tmp_path_factory.mktemp("lm"), {"train": 60, "valid": 20, "test": 20}, seed=5,
+                    language_model=True)
 
 
 def train_lm(data, save_dir, extra):

@@ -1,5 +1,4 @@
 """The Mega LM end to end through fairseq's entry points: preprocess, train, eval_lm, interactive sampling."""
-import os
 import re
 import subprocess
 import sys
@@ -7,13 +6,11 @@ import sys
 import pytest
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq_cli import eval_lm, preprocess, train
+from fairseq_cli import eval_lm, train
 
 from mega_fairseq import stream_eval
-from fairseq_helpers import REPO, USER_DIR
-
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-import toy_data  # noqa: E402
+from fairseq_helpers import USER_DIR
+from toy_corpus import binarize
 
 LM_FLAGS = ["--task", "mega_language_modeling", "--arch", "mega_lm", "--decoder-layers", "1",
             "--decoder-embed-dim", "32", "--decoder-hidden-dim", "48", "--decoder-ffn-embed-dim", "48",
@@ -28,14 +25,8 @@ ADAPTIVE = ["--adaptive-input", "--adaptive-input-cutoff", "20,40", "--adaptive-
 
 @pytest.fixture(scope="module")
 def lm_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    toy_data.write_splits(str(root / "raw"), {"train": 400, "valid": 40, "test": 40}, seed=5)
-    parser = options.get_preprocessing_parser()
-    preprocess.main(parser.parse_args([
-        "--only-source", "--workers", "1", "--destdir", str(root / "data-bin"),
-        "--trainpref", str(root / "raw" / "train.en"), "--validpref", str(root / "raw" / "valid.en"),
-        "--testpref", str(root / "raw" / "test.en")]))
-    return root / "data-bin"
+    return binarize(tmp_path_factory.mktemp("lm"), {"train": 400, "valid": 40, "test": 40}, seed=5,
+                    language_model=True)
 
 
 def train_lm(data, save_dir, extra):
