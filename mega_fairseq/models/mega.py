@@ -1,5 +1,6 @@
 """The Mega encoder-decoder model for fairseq (``--arch mega_wmt_en_de`` and friends)."""
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,7 +22,7 @@ from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOIC
                      build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
                      zero_pads)
 from .compile import COMPILE_LAYERS_HELP, compile_layers
-from .stepping import StepSession, new_entry_cache
+from .stepping import StepSession
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, SequenceNorm
 from ..modules.decoding import StepBuffers, decoder_layers_step, supports_steps
 from ..options import check_chunk_size
@@ -232,7 +233,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.layers = nn.ModuleList(MegaDecoderLayer(cfg, cross_positions) for _ in range(args.decoder_layers))
         self.steps_supported = supports_steps(self.layers) and (
             self.embedder.embed_norm is None or not self.embedder.embed_norm.is_batch_norm)
-        self.step_entries = new_entry_cache()
+        self.step_entries = OrderedDict()  # StepEntry by buffer shape (models/stepping.py)
         if safe_getattr(args, "compile_layers", False):
             compile_layers(self.layers)
         final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
@@ -337,8 +338,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self._check_step_positions(position, memory)
         session = self.get_incremental_state(incremental_state, "steps")
         if session is None:
-            session = StepSession(self, rows, 0 if memory is None else memory.size(0),
-                                  features_only or self.adaptive_softmax is not None)
+            session = StepSession(self, rows, 0 if memory is None else memory.size(0), features_only)
             session.start(prev_output_tokens[:, -1:], memory, memory_padding)
             self.set_incremental_state(incremental_state, "steps", session)
         out, attn = session.step(prev_output_tokens[:, -1:], position)

@@ -12,13 +12,11 @@ Self-attention slots: the chunk size, or for an unchunked decoder a capacity tha
 a new entry) when the decoded prefix outgrows it. Encoder positions are padded up to a multiple of
 ``MEMORY_MULTIPLE`` so that batches of similar source lengths share an entry.
 """
-from collections import OrderedDict
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
-from ..modules.decoding import StepBuffers, decoder_layers_step, fill_memory
+from ..modules.decoding import StepBuffers, fill_memory
 from ..modules.step_graph import GraphedStep, graphs_enabled
 
 MEMORY_MULTIPLE = 8
@@ -48,9 +46,8 @@ class StepSession:
     def step(self, tokens: Tensor, position: int) -> Tuple[Tensor, Optional[Tensor]]:
         """tokens (rows, 1) at ``position``. Returns the output (rows, 1, V or D) and the cross-attention
         weights (rows, 1, S) or None: views of the entry's outputs, valid until the next step."""
-        slots = self.decoder.chunk_size if self.decoder.chunk_size > 0 else self.entry.buffers.slots
-        if position >= slots and self.decoder.chunk_size <= 0:
-            self._move_to(self._entry(2 * slots, tokens))
+        if self.decoder.chunk_size <= 0 and position >= self.entry.buffers.slots:
+            self._move_to(self._entry(2 * self.entry.buffers.slots, tokens))
         buffers = self.entry.buffers
         buffers.tokens[: tokens.size(0)] = tokens
         buffers.position.fill_(position)
@@ -95,7 +92,3 @@ class StepSession:
     def _move_to(self, entry: StepEntry) -> None:
         self.entry.buffers.copy_into(entry.buffers)
         self.entry = entry
-
-
-def new_entry_cache() -> "OrderedDict":
-    return OrderedDict()
