@@ -3,6 +3,7 @@ the compiled layer gives the eager output."""
 import pytest
 import torch
 import torch._dynamo as dynamo
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MegaLayerConfig
 from reference import random_padding_mask
@@ -35,15 +36,17 @@ def test_decoder_layer_has_no_graph_break(chunk):
 def test_aot_traced_layer_matches_eager_with_gradients(role):
     """The layer traced whole (fullgraph) with dynamic shapes, its backward by AOT autograd (the tracing
     inductor compiles from; aot_eager runs the traced graphs without generating code): outputs and
-    every gradient equal the eager layer's at two lengths (one compilation)."""
+    every gradient equal the eager layer's at three lengths, compiled once (the counter must not grow)."""
     torch.manual_seed(0)
     cfg = config(4, role)
     build = (lambda: MegaEncoderLayer(cfg)) if role == "encoder" else (lambda: MegaDecoderLayer(cfg, 64))
     eager = build().double()
     traced = build().double()
     traced.load_state_dict(eager.state_dict())
-    traced.compile(dynamic=True, fullgraph=True, backend="aot_eager")
-    for length in (13, 22):
+    counter = CompileCounterWithBackend("aot_eager")
+    traced.compile(dynamic=True, fullgraph=True, backend=counter)
+    compilations = []
+    for length in (13, 22, 17):
         x = torch.randn(length, 2, 32, dtype=torch.float64)
         mask = random_padding_mask(2, length, seed=length)
         inputs = (x, mask) if role == "encoder" else (x, torch.randn(9, 2, 32, dtype=torch.float64), None, mask)
@@ -56,6 +59,8 @@ def test_aot_traced_layer_matches_eager_with_gradients(role):
             results.append([out.detach()] + [p.grad for p in layer.parameters()])
         for actual, expected in zip(*results):
             torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+        compilations.append(counter.frame_count)
+    assert compilations[0] > 0 and compilations == compilations[:1] * 3, compilations  # no recompilation
     dynamo.reset()
 
 
