@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.attention import attention_weights
+from ..ops.ema import ema_step
 from .position_bias import RelativePositionBias
 
 
@@ -111,10 +112,8 @@ def position_bias_row(bias: RelativePositionBias, query_position: Tensor, key_le
 def ema_step_(ema, x: Tensor, padding: Tensor, hidden: Tensor) -> Tensor:
     """The EMA sub-layer for one position, updating ``hidden`` (B, D, N) in place.
     x (1, B, D); padding (B, 1) bool. Returns silu(EMA(x) + omega * x), (1, B, D)."""
-    p_beta, q, gamma = ema._step_parameters()
-    signal = x[0].masked_fill(padding, 0.0).to(hidden.dtype)
-    hidden.mul_(q).addcmul_(p_beta, signal.unsqueeze(-1))
-    y = torch.einsum("bdn,dn->bd", hidden, gamma)
+    y, new_hidden = ema_step(x[0].masked_fill(padding, 0.0), *ema._step_parameters(), hidden)
+    hidden.copy_(new_hidden)
     return F.silu(y.to(x.dtype) + x[0] * ema.omega).unsqueeze(0)
 
 
