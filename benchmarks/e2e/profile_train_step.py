@@ -12,6 +12,9 @@ appends the figures to a file.
 """
 import argparse
 import collections
+import cProfile
+import io
+import pstats
 import json
 import statistics
 import sys
@@ -107,6 +110,21 @@ def profiled_updates(trainer, stream, steps: int):
     }
 
 
+def python_profile(trainer, stream, steps: int, top: int = 40) -> str:
+    """cProfile of ``steps`` updates: the Python functions with the most own (host) time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        trainer.train_step([next(stream)])
+    sync()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return text.getvalue()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data")
@@ -117,6 +135,8 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--python-profile", type=int, default=0, metavar="STEPS",
+                        help="also run cProfile over STEPS updates and print where the host time goes")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     trainer, epoch_itr, params = build_trainer(args.data, args.arch, args.max_tokens, extra)
@@ -139,6 +159,8 @@ def main():
                  f"{result['aten_ops']:6.0f}  host fwd/bwd/opt {result['host_forward_ms']:.0f}/"
                  f"{result['host_backward_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
     print(line, flush=True)
+    if args.python_profile:
+        print(python_profile(trainer, stream, args.python_profile), flush=True)
     if args.json:
         with open(args.json, "a") as handle:
             handle.write(json.dumps(result) + "\n")

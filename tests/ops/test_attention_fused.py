@@ -249,7 +249,9 @@ def test_long_sequences_on_gpu(fn, bias_kind, length, chunk_size, batch):
     """Issue 13 point 1: 32k and 64k tokens, chunked and unchunked, forward and backward, bf16, every
     position bias and attention function, causal and not, the last quarter padded. The cotangent is
     non-zero on a few rows only (first, second, middle, last real, last), so that every gradient is
-    exact from a float64 reference of those rows: no (L, L) reference needed."""
+    exact from a float64 reference of those rows: no (L, L) reference needed. Tolerance: 2e-2 / 3e-2,
+    or, where chunks make the matmul path cheap, twice the matmul path's own bf16 error (the bias
+    gradients sum rounded terms that cancel: at 32k the rotary one is a few percent off in both)."""
     z_dim, h_dim = 128, 64
     q, k, v = (randn(batch, length, dim, seed=n).to(CUDA, torch.bfloat16) for n, dim in enumerate((z_dim, z_dim,
                                                                                                    h_dim)))
@@ -258,23 +260,27 @@ def test_long_sequences_on_gpu(fn, bias_kind, length, chunk_size, batch):
     rows = [(0, 0), (0, 1), (batch - 1, length // 2 + 3), (batch - 1, length - length // 4 - 1),
             (batch - 1, length - 1)]
     cotangent = randn(len(rows), h_dim, seed=7).cuda()
+    full_cotangent = torch.zeros(batch, length, h_dim, device=CUDA, dtype=torch.float64)
+    for (b, r), row in zip(rows, cotangent):
+        full_cotangent[b, r] = row
     module = bias_module(bias_kind, length if chunk_size < 0 else chunk_size, z_dim, seed=11)
+    names = ("out", "dq", "dk", "dv", "bias", "bias2")
+    impls = ("triton", "matmul") if chunk_size > 0 else ("triton",)
     for causal in (False, True):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        module.zero_grad()
-        out = attend("triton", *leaves, module, fn, chunk_size, causal, mask)
-        full_cotangent = torch.zeros(out.shape, device=CUDA, dtype=torch.float64)
-        for (b, r), row in zip(rows, cotangent):
-            full_cotangent[b, r] = row
-        (out.double() * full_cotangent).sum().backward()
-        expected, expected_grads = row_reference(q, k, v, module, fn, chunk_size, causal, mask, rows, cotangent)
-        grads = [t.grad for t in leaves] + [p.grad for p in module.parameters()]
-        assert torch.isfinite(out).all()
-        assert relative_error(torch.stack([out[b, r] for b, r in rows]), expected) < 2e-2, causal
-        for name, grad, expected_grad in zip(("dq", "dk", "dv", "bias", "bias2"), grads, expected_grads):
-            assert relative_error(grad, expected_grad) < 3e-2, (causal, name)
-        del leaves, out, grads
-        torch.cuda.empty_cache()
+        expected = row_reference(q, k, v, module, fn, chunk_size, causal, mask, rows, cotangent)
+        errors = {}
+        for impl in impls:
+            result = outputs_and_grads(impl, (q, k, v), module, fn, chunk_size, causal, mask, full_cotangent,
+                                       torch.bfloat16)
+            assert torch.isfinite(result[0]).all(), (impl, causal)
+            result[0] = torch.stack([result[0][b, r] for b, r in rows])
+            errors[impl] = [relative_error(a, b) for a, b in zip(result, [expected[0], *expected[1]])]
+            del result
+            torch.cuda.empty_cache()
+        for n, name in enumerate(names[:len(errors["triton"])]):
+            floor = 2e-2 if name == "out" else 3e-2
+            allowed = max(floor, 2 * errors["matmul"][n]) if "matmul" in errors else floor
+            assert errors["triton"][n] < allowed, (causal, name, errors)
 
 
 @pytest.mark.gpu
