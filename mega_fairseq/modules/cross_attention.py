@@ -103,7 +103,7 @@ class GatedCrossAttention(nn.Module):
         """forward without state through the fused kernels (projections without their biases)."""
         length = query.size(0)
         memory = self._check_memory(memory, query.size(1))
-        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        seed = dropout_seed(query.device, self.hidden_dropout, self.dropout)
         k = self.k_proj(memory).transpose(0, 1)
         v = bias_activation(F.linear(memory, self.v_proj.weight), self.v_proj.bias, activation=self.activation_name,
                             dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,

@@ -48,7 +48,7 @@ class NormalizedFeedForward(nn.Module):
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
-        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        seed = dropout_seed(x.device, self.hidden_dropout, self.dropout)
         hidden = bias_activation(F.linear(x, self.fc1.weight), self.fc1.bias, activation=self.activation_name,
                                  dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,
                                  seed=seed)

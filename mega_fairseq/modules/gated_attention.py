@@ -39,9 +39,9 @@ def dropout_p(dropout: Dropout) -> float:
     return dropout.p if dropout.training else 0.0
 
 
-def dropout_seed(*dropouts: Dropout) -> Optional[Tensor]:
-    """One seed for a sub-layer's fused dropouts, or None when none of them drops anything."""
-    return draw_seed() if any(dropout_p(d) > 0.0 for d in dropouts) else None
+def dropout_seed(device: torch.device, *dropouts: Dropout) -> Optional[Tensor]:
+    """One seed (on ``device``) for a sub-layer's fused dropouts, or None when none of them drops anything."""
+    return draw_seed(device) if any(dropout_p(d) > 0.0 for d in dropouts) else None
 
 
 def fused_residual_update(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
@@ -156,7 +156,7 @@ class MovingAverageGatedAttention(nn.Module):
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
-        seed = dropout_seed(self.hidden_dropout, self.dropout)
+        seed = dropout_seed(x.device, self.hidden_dropout, self.dropout)
         values = F.linear(x, self.v_proj.weight)
         base = F.linear(self.dropout(self.move(x, padding_mask, None)), self.mx_proj.weight)
         u, r, hx, q, k, v = mega_gates(base, self.mx_proj.bias, values, self.v_proj.bias, self.gamma, self.beta,

@@ -16,8 +16,10 @@ projections' biases are added inside the kernels, so their gradients come from t
 Eager calls go through ``torch.autograd.Function`` (the least host time per call); under
 ``torch.compile`` the same launchers run as custom operators (``torch.ops.mega_fairseq.*``, with
 fake implementations and registered backward operators), which trace without graph breaks and
-with dynamic shapes. Dropout draws one seed per call (``draw_seed``: a CPU tensor from torch's
-default generator, no device synchronisation); the kernels regenerate the mask in the backward.
+with dynamic shapes. Dropout draws one seed per call (``draw_seed``: an int64 tensor on the input's
+device from torch's generator for it), which the kernels read: no host synchronisation, and a CUDA
+graph that replays the block draws a new seed each replay. The kernels regenerate the mask in the
+backward.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -48,17 +50,21 @@ def fused_block_unavailable(x: Tensor) -> Optional[str]:
     return None
 
 
-def draw_seed() -> Tensor:
-    """One dropout seed, a CPU int64 tensor (1,) from torch's default generator."""
-    return torch.randint(SEED_RANGE, (1,), dtype=torch.int64)
+def draw_seed(device: torch.device) -> Tensor:
+    """One dropout seed: an int64 tensor (1,) on ``device`` from torch's generator for that device."""
+    return torch.randint(SEED_RANGE, (1,), dtype=torch.int64, device=device)
 
 
-def _seed(seed: Optional[Tensor], p: float) -> int:
+def _seed(seed: Optional[Tensor], p: float, like: Tensor) -> Tensor:
+    """The seed tensor the kernels read; without dropout any tensor on the device (never read)."""
     if p <= 0.0:
-        return 0
+        return like
     if seed is None:
-        raise ValueError("dropout inside a fused kernel needs a seed (ops.mega_block.draw_seed())")
-    return int(seed)
+        raise ValueError("dropout inside a fused kernel needs a seed (ops.mega_block.draw_seed(device))")
+    if seed.device != like.device or seed.dtype != torch.int64 or seed.numel() != 1:
+        raise ValueError(f"a dropout seed is one int64 value on the input's device ({like.device}); got "
+                         f"{tuple(seed.shape)} {seed.dtype} on {seed.device}")
+    return seed
 
 
 def _split(packed: Tensor, like: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
@@ -93,24 +99,24 @@ def _output_meta(outputs: Sequence[Tensor]):
 
 def _mega_gates_fwd(base, base_bias, values, value_bias, gamma, beta, activation, p, feature, seed):
     return _gates.mega_gates_forward(base.contiguous(), base_bias, values.contiguous(), value_bias, gamma.contiguous(),
-                                     beta.contiguous(), activation, p, feature, _seed(seed, p))
+                                     beta.contiguous(), activation, p, feature, _seed(seed, p, base))
 
 
 def _mega_gates_bwd(base, base_bias, values, value_bias, gamma, grads, activation, p, feature, seed):
     grad_u, grad_r, grad_hx, grad_q, grad_k, grad_v = grads
     return _gates.mega_gates_backward(base, base_bias, values, value_bias, gamma, grad_u, grad_r, grad_hx, grad_q,
-                                      grad_k, grad_v, activation, p, feature, _seed(seed, p), base_bias.dtype)
+                                      grad_k, grad_v, activation, p, feature, _seed(seed, p, base), base_bias.dtype)
 
 
 def _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed):
     return _gated_update.gated_update_forward(
         h.contiguous(), bias, None if hx is None else hx.contiguous(), None if u is None else u.contiguous(),
-        residual.contiguous(), weight, norm_bias, norm, eps, activation, p, feature, _seed(seed, p))
+        residual.contiguous(), weight, norm_bias, norm, eps, activation, p, feature, _seed(seed, p, h))
 
 
 def _update_bwd(grad_out, h, bias, hx, u, residual, weight, has_norm_bias, stats, norm, activation, p, feature, seed):
     return _gated_update.gated_update_backward(grad_out.contiguous(), h, bias, hx, u, residual, weight, has_norm_bias,
-                                               stats, norm, activation, p, feature, _seed(seed, p), bias.dtype)
+                                               stats, norm, activation, p, feature, _seed(seed, p, h), bias.dtype)
 
 
 def _update_grads(grad_h, grad_u, grad_res, packed, bias, hx, u, weight, norm_bias):
@@ -173,14 +179,14 @@ class _BiasActivation(torch.autograd.Function):
         ctx.save_for_backward(x, bias)
         ctx.options = (activation, p, feature, seed, batch_first)
         return _bias_activation.bias_activation_forward(x.contiguous(), bias, activation, p, feature,
-                                                        _seed(seed, p), batch_first)
+                                                        _seed(seed, p, x), batch_first)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, bias = ctx.saved_tensors
         activation, p, feature, seed, batch_first = ctx.options
         grad_x, grad_bias = _bias_activation.bias_activation_backward(
-            grad_y.contiguous(), x.contiguous(), bias, activation, p, feature, _seed(seed, p), batch_first, bias.dtype)
+            grad_y.contiguous(), x.contiguous(), bias, activation, p, feature, _seed(seed, p, x), batch_first, bias.dtype)
         return grad_x, grad_bias, None, None, None, None, None
 
 
@@ -314,7 +320,7 @@ if triton_available():
     @torch.library.custom_op("mega_fairseq::bias_activation", mutates_args=())
     def _bias_activation_op(x: Tensor, bias: Tensor, activation: int, p: float, feature: bool, seed: Optional[Tensor],
                             batch_first: bool) -> Tensor:
-        return _bias_activation.bias_activation_forward(x.contiguous(), bias, activation, p, feature, _seed(seed, p),
+        return _bias_activation.bias_activation_forward(x.contiguous(), bias, activation, p, feature, _seed(seed, p, x),
                                                         batch_first)
 
     @_bias_activation_op.register_fake
@@ -326,7 +332,7 @@ if triton_available():
     def _bias_activation_backward_op(grad_y: Tensor, x: Tensor, bias: Tensor, activation: int, p: float, feature: bool,
                                      seed: Optional[Tensor], batch_first: bool) -> Tuple[Tensor, Tensor]:
         return _bias_activation.bias_activation_backward(grad_y.contiguous(), x.contiguous(), bias, activation, p,
-                                                         feature, _seed(seed, p), batch_first, bias.dtype)
+                                                         feature, _seed(seed, p, x), batch_first, bias.dtype)
 
     @_bias_activation_backward_op.register_fake
     def _(grad_y, x, bias, activation, p, feature, seed, batch_first):
@@ -454,5 +460,5 @@ def dropout_scales(like: Tensor, seed: Tensor, p: float, site: int, feature: boo
     """The dropout factors keep / (1 - p) (float32) the kernels apply at ``site`` to a time-major
     tensor shaped as ``like`` (L, B, W), for tests that compare with the references."""
     length, batch, width = like.shape
-    return block_common.dropout_scales(length * batch, width, batch, int(seed), p, site, feature,
+    return block_common.dropout_scales(length * batch, width, batch, seed, p, site, feature,
                                        like.device).view(like.shape)

@@ -250,7 +250,7 @@ class CrossAndFeedForwardOps(torch.nn.Module):
 
     def forward(self, base, values, h):
         u, r, q = mb.cross_gates(base, self.bias, ZM)
-        seed = mb.draw_seed()
+        seed = mb.draw_seed(base.device)
         v = mb.bias_activation(values, self.value_bias, activation="silu", dropout=0.2, feature_dropout=False,
                                seed=seed, batch_first=True)
         w = mb.bias_activation(values, self.value_bias, activation="gelu", dropout=0.0, feature_dropout=False,

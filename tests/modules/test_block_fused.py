@@ -159,6 +159,7 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
                   **drop)
     float32 = {name: "*fp32" for name in ("partials_ptr", "stats_ptr", "gamma_ptr", "beta_ptr", "weight_ptr",
                                           "norm_bias_ptr", "bias_ptr", "base_bias_ptr", "value_bias_ptr")}
+    float32["seed_ptr"] = "*i64"
     kernels = [
         (gates._mega_gates_forward_kernel, dict(ACT=1, **drop, **tile), "*bf16"),
         (gates._mega_gates_backward_kernel, dict(ACT=3, **drop, **tile), "*fp16"),
@@ -253,7 +254,7 @@ def test_fused_update_with_dropout_matches_reference_on_gpu(dtype):
     tensors = [torch.randn(length, batch, dim, device="cuda", dtype=torch.float64) for _ in range(4)]
     tensors[2] = torch.sigmoid(tensors[2])
     bias, weight, norm_bias = (torch.randn(dim, device="cuda", dtype=torch.float64) for _ in range(3))
-    seed = mega_block.draw_seed()
+    seed = mega_block.draw_seed(torch.device("cuda"))
     scale = mega_block.dropout_scales(tensors[0], seed, 0.1, 1)
     assert abs(float((scale > 0).double().mean()) - 0.9) < 0.01
     grad = torch.randn(length, batch, dim, device="cuda", dtype=torch.float64)
@@ -288,7 +289,7 @@ def test_fused_gates_with_dropout_match_reference_on_gpu(dtype):
     shapes = [(length, batch, 2 * dim + z_dim + hidden), (2 * dim + z_dim + hidden,), (length, batch, hidden),
               (hidden,), (2, z_dim), (2, z_dim)]
     tensors = [torch.randn(shape, device="cuda", dtype=torch.float64) for shape in shapes]
-    seed = mega_block.draw_seed()
+    seed = mega_block.draw_seed(torch.device("cuda"))
     scale = mega_block.dropout_scales(tensors[2], seed, 0.1, 0)
     results = []
     for fused in (True, False):

@@ -122,6 +122,8 @@ def _compile_for_h100(kernel, dtype, constants):
             return "*fp32"
         if name == "mask_ptr":
             return "*i1"
+        if name == "seed_ptr":
+            return "*i64"
         if name.endswith("_ptr"):
             return f"*{dtype}"
         return "fp32" if name in ("scale", "dropout") else "i32"

@@ -38,9 +38,9 @@ if triton is not None:
             out = time_major
         return time_major, out, mask
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _bias_activation_forward_kernel(
-        x_ptr, bias_ptr, y_ptr, rows_total, batch, length, W, seed, p,
+        x_ptr, bias_ptr, y_ptr, rows_total, batch, length, W, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr, BATCH_FIRST: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -50,12 +50,12 @@ if triton is not None:
         bias = tl.load(bias_ptr + cols, mask=cols < W, other=0.0).to(tl.float32)
         y = activation(tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32) + bias[None, :], ACT)
         if HAS_DROPOUT:
-            y = y * dropout_scale(seed, 0, rows, cols, W, batch, p, FEATURE)
+            y = y * dropout_scale(seed_ptr, 0, rows, cols, W, batch, p, FEATURE)
         tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _bias_activation_backward_kernel(
-        grad_y_ptr, x_ptr, bias_ptr, grad_x_ptr, partials_ptr, rows_total, row_programs, batch, length, W, seed, p,
+        grad_y_ptr, x_ptr, bias_ptr, grad_x_ptr, partials_ptr, rows_total, row_programs, batch, length, W, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr, BATCH_FIRST: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -71,7 +71,7 @@ if triton is not None:
             x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
             grad = tl.load(grad_y_ptr + out, mask=mask, other=0.0).to(tl.float32) * activation_grad(x, ACT)
             if HAS_DROPOUT:
-                grad = grad * dropout_scale(seed, 0, rows, cols, W, batch, p, FEATURE)
+                grad = grad * dropout_scale(seed_ptr, 0, rows, cols, W, batch, p, FEATURE)
             grad = tl.where(mask, grad, 0.0)
             tl.store(grad_x_ptr + at, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
             bias_sum += tl.sum(grad, axis=0)
@@ -79,7 +79,7 @@ if triton is not None:
         tl.store(partials_ptr + row_program.to(tl.int64) * W + cols, bias_sum, mask=cols < W)
 
 
-def bias_activation_forward(x: Tensor, bias: Tensor, activation: int, p: float, feature: bool, seed: int,
+def bias_activation_forward(x: Tensor, bias: Tensor, activation: int, p: float, feature: bool, seed: Tensor,
                             batch_first: bool) -> Tensor:
     """x (L, B, W) contiguous, bias (W,) -> dropout(act(x + bias)) in x's dtype, (L, B, W) or (B, L, W)."""
     length, batch, width = x.shape
@@ -93,7 +93,7 @@ def bias_activation_forward(x: Tensor, bias: Tensor, activation: int, p: float, 
 
 
 def bias_activation_backward(grad_y: Tensor, x: Tensor, bias: Tensor, activation: int, p: float, feature: bool,
-                             seed: int, batch_first: bool, param_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+                             seed: Tensor, batch_first: bool, param_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
     """grad_y contiguous in y's layout -> gradient of x (L, B, W) and of the bias (W,) in param_dtype."""
     length, batch, width = x.shape
     rows = length * batch

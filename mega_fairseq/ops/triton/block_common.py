@@ -5,8 +5,9 @@ Dropout: every element of a dropped tensor of width W gets the uniform number
 ``tl.rand(seed * NUM_SITES + site, row * W + col)``, kept when it is >= p and then scaled by
 1 / (1 - p); ``row`` is the time-major row t * B + b, or with feature dropout the batch index b
 (one mask per batch entry and channel, shared over time). The forward and backward kernels
-regenerate the same numbers from the seed (a host integer drawn from torch's default generator),
-so no mask is stored.
+regenerate the same numbers from the seed, so no mask is stored. The seed is an int64 tensor (1,) on the
+kernel's device that the kernels read (``seed_ptr``): drawing it takes no host sync, and a CUDA graph
+that replays the kernels reads the seed its replay drew.
 
 Loops with runtime bounds are written as while loops in all these kernels: Triton's interpreter
 (the CPU tests) cannot take runtime ``range`` bounds.
@@ -75,7 +76,7 @@ if triton is not None:
         return g
 
     @triton.jit
-    def dropout_scale(seed, SITE: tl.constexpr, rows, cols, width, batch, p, FEATURE: tl.constexpr):
+    def dropout_scale(seed_ptr, SITE: tl.constexpr, rows, cols, width, batch, p, FEATURE: tl.constexpr):
         """keep / (1 - p) (float32) for the tile of time-major rows (R,) x columns (C,) of a tensor
         of ``width`` columns; with FEATURE one mask per batch entry b = row % batch and column."""
         if FEATURE:
@@ -83,7 +84,7 @@ if triton is not None:
         else:
             mask_rows = rows
         offsets = mask_rows[:, None].to(tl.int64) * width + cols[None, :]
-        key = seed.to(tl.int64) * _NUM_SITES + SITE
+        key = tl.load(seed_ptr).to(tl.int64) * _NUM_SITES + SITE
         keep = tl.rand(key, offsets) >= p
         return tl.where(keep, 1.0 / (1.0 - p), 0.0)
 
@@ -103,13 +104,13 @@ if triton is not None:
             start += BLOCK_P
         tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=col_mask)
 
-    @triton.jit(do_not_specialize=["seed"])
-    def _dropout_scale_kernel(out_ptr, rows, width, batch, seed, p, SITE: tl.constexpr, FEATURE: tl.constexpr,
+    @triton.jit
+    def _dropout_scale_kernel(out_ptr, rows, width, batch, seed_ptr, p, SITE: tl.constexpr, FEATURE: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = (r[:, None] < rows) & (c[None, :] < width)
-        scale = dropout_scale(seed, SITE, r, c, width, batch, p, FEATURE)
+        scale = dropout_scale(seed_ptr, SITE, r, c, width, batch, p, FEATURE)
         tl.store(out_ptr + r[:, None].to(tl.int64) * width + c[None, :], scale, mask=mask)
 
 
@@ -128,7 +129,7 @@ def column_sums(partials: Tensor, dtype: torch.dtype) -> Tensor:
     return out
 
 
-def dropout_scales(rows: int, width: int, batch: int, seed: int, p: float, site: int, feature: bool,
+def dropout_scales(rows: int, width: int, batch: int, seed: Tensor, p: float, site: int, feature: bool,
                    device: Optional[torch.device] = None) -> Tensor:
     """The (rows, width) float32 factors keep / (1 - p) that the kernels apply at dropout ``site``
     with ``seed`` (for tests and debugging: the kernels never store them)."""

@@ -146,14 +146,14 @@ if triton is not None:
         return 2.0 * tl.maximum(x, 0.0)
 
     @triton.jit
-    def _keep(seed, offsets, dropout):
-        return tl.rand(seed, offsets) >= dropout
+    def _keep(seed_ptr, offsets, dropout):
+        return tl.rand(tl.load(seed_ptr), offsets) >= dropout
 
     @triton.jit
     def _forward_kernel(
         s_ptr, a_ptr, p_ptr, bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride,
-        mask_stride_b, mask_stride_k, scale, dropout, seed,
+        mask_stride_b, mask_stride_k, scale, dropout, seed_ptr,
         FUNCTION: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_VALID: tl.constexpr,
         KEY_STATS: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
         COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -201,7 +201,7 @@ if triton is not None:
             if STORE_WEIGHTS:
                 tl.store(a_ptr + offsets, weights.to(a_ptr.dtype.element_ty), mask=inside)
             if DROPOUT:
-                dropped = tl.where(_keep(seed, offsets, dropout), weights / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
+                dropped = tl.where(_keep(seed_ptr, offsets, dropout), weights / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
                 tl.store(p_ptr + offsets, dropped.to(p_ptr.dtype.element_ty), mask=inside)
             j0 += BLOCK_N
 
@@ -209,7 +209,7 @@ if triton is not None:
     def _backward_kernel(
         g_ptr, ds_ptr, a_ptr, p_ptr, bias_ptr, grad_bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride, bias_numel,
-        mask_stride_b, mask_stride_k, scale, dropout, seed,
+        mask_stride_b, mask_stride_k, scale, dropout, seed_ptr,
         FUNCTION: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_VALID: tl.constexpr,
         KEY_STATS: tl.constexpr, BIAS: tl.constexpr, DROPOUT: tl.constexpr, COMPUTE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -257,7 +257,7 @@ if triton is not None:
                 x = _logits(a_ptr, bias_ptr, row_base, i, j, position, row_scale, allowed, bias_center,
                             bias_stride, BIAS, COMPUTE)
                 if DROPOUT:
-                    g = tl.where(_keep(seed, offsets, dropout), g / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
+                    g = tl.where(_keep(seed_ptr, offsets, dropout), g / (1.0 - tl.cast(dropout, COMPUTE)), 0.0)
                 dx = tl.where(allowed, g * _derivative(x, FUNCTION), 0.0)
             tl.store(ds_ptr + offsets, (dx * row_scale[:, None]).to(ds_ptr.dtype.element_ty), mask=inside)
             if BIAS == 1:
@@ -313,7 +313,7 @@ def _common(scores: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], layo
 
 def weights_forward(scores: Tensor, weights: Optional[Tensor], dropped: Optional[Tensor], bias: Optional[Tensor],
                     mask: Optional[Tensor], layout: Layout, *, function: str, causal: bool, scale: float,
-                    dropout: float, seed: int, mask_is_valid: bool = False) -> None:
+                    dropout: float, seed: Optional[Tensor], mask_is_valid: bool = False) -> None:
     """scores (G, Cq, Ck) contiguous -> weights (same shape; may be scores itself; None: not written, which
     needs dropout) and, with dropout, the dropped weights. bias: vector (2P - 1,) centred at P - 1, or
     (Cq, Ck) matrix, contiguous, or None; mask (B, Lk) bool or None; scale: the softmax scale (laplace /
@@ -323,13 +323,14 @@ def weights_forward(scores: Tensor, weights: Optional[Tensor], dropped: Optional
     _forward_kernel[grid](
         scores, weights if weights is not None else dropped, dropped if dropped is not None else weights,
         bias if bias is not None else scores,
-        mask if mask is not None else scores, *geometry, *mask_strides, scale, dropout, seed,
+        mask if mask is not None else scores, *geometry, *mask_strides, scale, dropout,
+        seed if seed is not None else scores,
         DROPOUT=dropout > 0.0, STORE_WEIGHTS=weights is not None, num_warps=NUM_WARPS, **constants)
 
 
 def weights_backward(grad: Tensor, grad_scores: Tensor, saved: Tensor, dropped: Optional[Tensor],
                      bias: Optional[Tensor], grad_bias: Optional[Tensor], mask: Optional[Tensor], layout: Layout, *,
-                     function: str, causal: bool, scale: float, dropout: float, seed: int,
+                     function: str, causal: bool, scale: float, dropout: float, seed: Optional[Tensor],
                      mask_is_valid: bool = False) -> None:
     """grad: dP (G, Cq, Ck), the gradient of the (dropped) weights -> grad_scores (may be grad itself);
     adds the bias gradient into grad_bias (float32/64, the bias's shape, contiguous like the bias).
@@ -341,5 +342,5 @@ def weights_backward(grad: Tensor, grad_scores: Tensor, saved: Tensor, dropped: 
     _backward_kernel[grid](
         grad, grad_scores, saved, dropped if dropped is not None else saved, bias if bias is not None else saved,
         grad_bias if grad_bias is not None else grad, mask if mask is not None else saved,
-        *geometry, bias_numel, *mask_strides, scale, dropout, seed,
+        *geometry, bias_numel, *mask_strides, scale, dropout, seed if seed is not None else saved,
         DROPOUT=dropout > 0.0, num_warps=NUM_WARPS, **constants)

@@ -79,7 +79,7 @@ def _chunk_attention_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, key_
                        seed: Optional[Tensor], chunk_size: int, attention_fn: str, causal: bool,
                        dropout: float) -> Tuple[Tensor, Tensor, Tensor]:
     """q (B, Lq, Z), k (B, Lk, Z), v (B, Lk, H), one dtype; bias: (2P - 1,) per distance (centred at P - 1)
-    or (Cq, Ck) matrix; key_padding_mask (B, Lk) bool, True at pads; seed: int64 CPU scalar (dropout).
+    or (Cq, Ck) matrix; key_padding_mask (B, Lk) bool, True at pads; seed: int64 (1,) on the device (dropout).
     Returns the output (B, Lq, H), the weights that met V (B, nC, Cq, Ck) flattened, and what the backward
     pass needs besides: the softmax weights before dropout, the raw scores (laplace / relu2), or nothing.
     (Flat, the saved tensors' shapes need no guard on the number of chunks under torch.compile.)"""
@@ -97,7 +97,7 @@ def _chunk_attention_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, key_
         saved = scores
     weights_forward(scores.view(-1, rows, chunk), weights, probs if dropout > 0.0 else None, bias,
                     key_padding_mask, layout, function=attention_fn, causal=causal,
-                    scale=_softmax_scale(q.size(-1)), dropout=dropout, seed=0 if seed is None else int(seed))
+                    scale=_softmax_scale(q.size(-1)), dropout=dropout, seed=seed)
     out = _merge(torch.matmul(probs, _split(v, chunks, chunk, tail)), q.size(1))
     return out, probs.view(-1), saved.view(-1)
 
@@ -132,7 +132,7 @@ def _chunk_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
                      probs.view(-1, rows, chunk) if softmax and dropout > 0.0 else None, bias, grad_bias,
                      key_padding_mask, Layout(chunks, chunk, key_length, offset), function=attention_fn,
                      causal=causal, scale=_softmax_scale(q.size(-1)), dropout=dropout,
-                     seed=0 if seed is None else int(seed))
+                     seed=seed)
     grad_q = _merge(torch.matmul(grad_scores, k_chunks), q.size(1))
     grad_k = _merge(torch.matmul(grad_scores.transpose(-1, -2), q_chunks), key_length)
     return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype)
@@ -185,11 +185,11 @@ def fused_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, key_pad
     """Chunked attention (see ``ops.attention.chunk_attention``) in one operator: q (B, Lq, Z),
     k (B, Lk, Z), v (B, Lk, H) (cast to the autocast dtype when autocast is on, else to q's dtype);
     bias per distance (2P - 1,) or a (Cq, Ck) matrix; Lq < Lk only with a single chunk. Differentiable
-    in q, k, v and bias. The dropout seed comes from torch's default CPU generator (no device sync).
+    in q, k, v and bias. The dropout seed is drawn on q's device and read by the kernels (no host sync; CUDA-graph safe).
     Returns (B, Lq, H)."""
     dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    seed = torch.randint(2 ** 31 - 1, (), dtype=torch.int64) if dropout > 0.0 else None
+    seed = torch.randint(2 ** 31 - 1, (1,), dtype=torch.int64, device=q.device) if dropout > 0.0 else None
     arguments = (q, k, v, bias.contiguous(), key_padding_mask, seed, chunk_size, attention_fn, causal, dropout)
     if torch.compiler.is_compiling():
         return chunk_attention_op(*arguments)[0]
@@ -206,7 +206,7 @@ def _attention_weights_forward(scores: Tensor, bias: Tensor, key_valid: Optional
     weights = torch.empty_like(scores)
     layout = Layout(1, scores.size(-1), scores.size(-1), 0)
     weights_forward(scores, weights, None, bias, key_valid, layout, function=attention_fn, causal=False,
-                    scale=_softmax_scale(z_dim), dropout=0.0, seed=0, mask_is_valid=True)
+                    scale=_softmax_scale(z_dim), dropout=0.0, seed=None, mask_is_valid=True)
     return weights
 
 
@@ -225,7 +225,7 @@ def _attention_weights_backward(grad_weights: Tensor, scores: Tensor, weights: T
     layout = Layout(1, scores.size(-1), scores.size(-1), 0)
     weights_backward(grad_weights.contiguous(), grad_scores, scores if _saves_scores(attention_fn) else weights,
                      None, bias, grad_bias, key_valid, layout, function=attention_fn, causal=False,
-                     scale=_softmax_scale(z_dim), dropout=0.0, seed=0, mask_is_valid=True)
+                     scale=_softmax_scale(z_dim), dropout=0.0, seed=None, mask_is_valid=True)
     return grad_scores, grad_bias.to(bias.dtype)
 
 

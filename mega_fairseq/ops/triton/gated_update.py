@@ -39,7 +39,7 @@ UPDATE_DROPOUT_SITE = 1
 if triton is not None:
 
     @triton.jit
-    def _update_rows(h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, offsets, mask, cols, D, rows, batch, seed, p,
+    def _update_rows(h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, offsets, mask, cols, D, rows, batch, seed_ptr, p,
                      ACT: tl.constexpr, HAS_HX: tl.constexpr, GATED: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr):
         """a, the dropout factor, d, u, residual and o (float32 tiles) of a row tile."""
@@ -50,7 +50,7 @@ if triton is not None:
         d = activation(a, ACT)
         scale = tl.full(a.shape, 1.0, tl.float32)
         if HAS_DROPOUT:
-            scale = dropout_scale(seed, 1, rows, cols, D, batch, p, FEATURE)
+            scale = dropout_scale(seed_ptr, 1, rows, cols, D, batch, p, FEATURE)
             d = d * scale
         res = tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         u = tl.full(a.shape, 1.0, tl.float32)
@@ -61,10 +61,10 @@ if triton is not None:
             o = res + d
         return a, scale, d, u, res, o
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _gated_update_forward_kernel(
         h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, weight_ptr, norm_bias_ptr, out_ptr, stats_ptr,
-        rows_total, batch, D, eps, seed, p,
+        rows_total, batch, D, eps, seed_ptr, p,
         ACT: tl.constexpr, HAS_HX: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr,
         HAS_WEIGHT: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr,
         ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -76,7 +76,7 @@ if triton is not None:
         mask = (rows[:, None] < rows_total) & col_mask[None, :]
         offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
         _, _, _, _, _, o = _update_rows(h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, offsets, mask, cols, D, rows,
-                                        batch, seed, p, ACT, HAS_HX, GATED, HAS_DROPOUT, FEATURE)
+                                        batch, seed_ptr, p, ACT, HAS_HX, GATED, HAS_DROPOUT, FEATURE)
         if NORM != 0:
             if NORM == 1:
                 mean = tl.sum(o, axis=1) / D
@@ -98,11 +98,11 @@ if triton is not None:
             tl.store(stats_ptr + rows.to(tl.int64) * 2 + 1, rstd, mask=row_mask)
         tl.store(out_ptr + offsets, o.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _gated_update_backward_kernel(
         grad_out_ptr, h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, weight_ptr, stats_ptr,
         grad_h_ptr, grad_u_ptr, grad_res_ptr, partials_ptr,
-        rows_total, programs, batch, D, partial_width, seed, p,
+        rows_total, programs, batch, D, partial_width, seed_ptr, p,
         ACT: tl.constexpr, HAS_HX: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr,
         HAS_WEIGHT: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr,
         ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -128,7 +128,7 @@ if triton is not None:
             mask = row_mask[:, None] & col_mask[None, :]
             offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
             a, scale, d, u, res, o = _update_rows(h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, offsets, mask, cols, D,
-                                                  rows, batch, seed, p, ACT, HAS_HX, GATED, HAS_DROPOUT, FEATURE)
+                                                  rows, batch, seed_ptr, p, ACT, HAS_HX, GATED, HAS_DROPOUT, FEATURE)
             grad = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             if NORM != 0:
                 mean = tl.load(stats_ptr + rows.to(tl.int64) * 2, mask=row_mask, other=0.0)
@@ -182,7 +182,7 @@ def norm_weight_width(norm: int, dim: int, has_weight: bool) -> int:
 
 def gated_update_forward(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
                          weight: Optional[Tensor], norm_bias: Optional[Tensor], norm: int, eps: float,
-                         activation: int, p: float, feature: bool, seed: int) -> Tuple[Tensor, Tensor]:
+                         activation: int, p: float, feature: bool, seed: Tensor) -> Tuple[Tensor, Tensor]:
     """h, hx, u, residual (L, B, D) contiguous; bias (D,); weight (D,) or (1,) for scalenorm; norm_bias
     (D,). Returns the output (L, B, D) in the promoted dtype of the inputs and the (rows, 2) float32
     norm statistics (empty without a norm)."""
@@ -207,7 +207,7 @@ def gated_update_forward(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optio
 
 def gated_update_backward(grad_out: Tensor, h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor],
                           residual: Tensor, weight: Optional[Tensor], has_norm_bias: bool, stats: Tensor, norm: int,
-                          activation: int, p: float, feature: bool, seed: int, param_dtype: torch.dtype
+                          activation: int, p: float, feature: bool, seed: Tensor, param_dtype: torch.dtype
                           ) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     """Gradients of h (also that of hx), u (None when not gated) and the residual, and the
     parameter gradients packed as [bias (D) | norm weight (D or 1) | norm bias (D)] in param_dtype."""

@@ -65,11 +65,11 @@ if triton is not None:
         """Row b * L + t of a batch-first tensor for time-major rows t * B + b."""
         return (rows % batch) * length + rows // batch
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _mega_gates_forward_kernel(
         base_ptr, base_bias_ptr, values_ptr, value_bias_ptr, gamma_ptr, beta_ptr,
         u_ptr, r_ptr, hx_ptr, q_ptr, k_ptr, v_ptr,
-        rows_total, batch, length, D, Z, H, seed, p,
+        rows_total, batch, length, D, Z, H, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -113,17 +113,17 @@ if triton is not None:
             x, _, mask = _load_base(values_ptr, value_bias_ptr, rows, cols, rows_total, H, 0, H)
             v = activation(x, ACT)
             if HAS_DROPOUT:
-                v = v * dropout_scale(seed, 0, rows, cols, H, batch, p, FEATURE)
+                v = v * dropout_scale(seed_ptr, 0, rows, cols, H, batch, p, FEATURE)
             out, mask = _tile(_batch_first_rows(rows, batch, length), cols, rows_total, H)
             mask = mask & (rows[:, None] < rows_total)
             tl.store(v_ptr + out, v.to(v_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _mega_gates_backward_kernel(
         base_ptr, base_bias_ptr, values_ptr, value_bias_ptr, gamma_ptr,
         grad_u_ptr, grad_r_ptr, grad_hx_ptr, grad_q_ptr, grad_k_ptr, grad_v_ptr,
         grad_base_ptr, grad_values_ptr, partials_ptr,
-        rows_total, row_programs, batch, length, D, Z, H, seed, p,
+        rows_total, row_programs, batch, length, D, Z, H, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -216,7 +216,7 @@ if triton is not None:
                 offsets, _ = _tile(_batch_first_rows(rows, batch, length), cols, rows_total, H)
                 grad = _load(grad_v_ptr, offsets, mask) * activation_grad(x, ACT)
                 if HAS_DROPOUT:
-                    grad = grad * dropout_scale(seed, 0, rows, cols, H, batch, p, FEATURE)
+                    grad = grad * dropout_scale(seed_ptr, 0, rows, cols, H, batch, p, FEATURE)
                 tl.store(grad_values_ptr + at, grad.to(grad_values_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
                 start += row_programs * BLOCK_R
@@ -306,7 +306,7 @@ def _backward_row_programs(rows: int) -> int:
 
 
 def mega_gates_forward(base: Tensor, base_bias: Tensor, values: Tensor, value_bias: Tensor, gamma: Tensor,
-                       beta: Tensor, activation: int, p: float, feature: bool, seed: int
+                       beta: Tensor, activation: int, p: float, feature: bool, seed: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """base (L, B, E) and values (L, B, H) contiguous; biases (E,), (H,); gamma, beta (2, Z).
     Returns u (L, B, D), r (L, B, H), hx (L, B, D) in base's dtype, q, k (B, L, Z) in the dtype of
@@ -332,7 +332,7 @@ def mega_gates_forward(base: Tensor, base_bias: Tensor, values: Tensor, value_bi
 
 def mega_gates_backward(base: Tensor, base_bias: Tensor, values: Tensor, value_bias: Tensor, gamma: Tensor,
                         grad_u: Tensor, grad_r: Tensor, grad_hx: Tensor, grad_q: Tensor, grad_k: Tensor,
-                        grad_v: Tensor, activation: int, p: float, feature: bool, seed: int, param_dtype: torch.dtype
+                        grad_v: Tensor, activation: int, p: float, feature: bool, seed: Tensor, param_dtype: torch.dtype
                         ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of base (L, B, E) and values (L, B, H), and the parameter gradients packed as
     [bias of base (E) | bias of values (H) | gamma (2Z) | beta (2Z)] in ``param_dtype``.
