@@ -10,6 +10,7 @@ EMA_IMPLS = ("auto", "fft", "triton")
 # --block-impl: the gates, activations, gated updates and norms of the Mega block, the cross-attention
 # and the feed-forward network as fused Triton kernels (ops/mega_block.py) or as PyTorch operations
 BLOCK_IMPLS = ("auto", "torch", "triton")
+LAYER_GRAPHS = ("auto", "off")
 NORM_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 POSITION_BIASES = ("simple", "rotary")
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_accurate", "tanh", "linear")

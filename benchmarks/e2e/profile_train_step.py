@@ -110,6 +110,13 @@ def profiled_updates(trainer, stream, steps: int):
     }
 
 
+def compile_counters() -> dict:
+    """torch.compile's traced graphs and CUDA-graph skips so far (--layer-graphs, --compile-layers)."""
+    from torch._dynamo.utils import counters
+    return {"traced_graphs": sum(counters["stats"].get(k, 0) for k in ("unique_graphs",)),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
+
+
 def python_profile(trainer, stream, steps: int, top: int = 40) -> str:
     """cProfile of ``steps`` updates: the Python functions with the most own (host) time."""
     profiler = cProfile.Profile()
@@ -152,12 +159,14 @@ def main():
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
+    result.update(compile_counters())
     line = (f"{result['label']:<28} {params / 1e6:6.1f}M  warmup {warmup_s:6.1f}s  update {result['median_ms']:7.1f} ms"
             f" (mean {result['mean_ms']:7.1f})  tgt tok/s {result['tokens_per_s']:9.0f}")
     if "kernel_ms" in result:
         line += (f"  GPU busy {result['kernel_ms']:6.1f} ms  kernels {result['kernels']:6.0f}  aten ops "
                  f"{result['aten_ops']:6.0f}  host fwd/bwd/opt {result['host_forward_ms']:.0f}/"
                  f"{result['host_backward_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
+    line += f"  traced graphs {result['traced_graphs']}  cudagraph skips {result['cudagraph_skips']}"
     print(line, flush=True)
     if args.python_profile:
         print(python_profile(trainer, stream, args.python_profile), flush=True)

@@ -16,8 +16,8 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from ..modules import MegaLayerConfig
-from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, BLOCK_IMPLS, EMA_IMPLS, NORM_TYPES,
-                       POSITION_BIASES)
+from ..options import (ACTIVATIONS, ATTENTION_FUNCTIONS, ATTENTION_IMPLS, BLOCK_IMPLS, EMA_IMPLS, LAYER_GRAPHS,
+                       NORM_TYPES, POSITION_BIASES)
 
 ACTIVATION_CHOICES = ChoiceEnum(list(ACTIVATIONS))
 ATTENTION_CHOICES = ChoiceEnum(list(ATTENTION_FUNCTIONS))
@@ -26,6 +26,7 @@ POSITION_BIAS_CHOICES = ChoiceEnum(list(POSITION_BIASES))
 EMA_IMPL_CHOICES = ChoiceEnum(list(EMA_IMPLS))
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(ATTENTION_IMPLS))
 BLOCK_IMPL_CHOICES = ChoiceEnum(list(BLOCK_IMPLS))
+LAYER_GRAPHS_CHOICES = ChoiceEnum(list(LAYER_GRAPHS))
 EMA_IMPL_HELP = "EMA computation: auto (fused Triton scan on a GPU, FFT otherwise), fft (reference), triton"
 ATTENTION_IMPL_HELP = ("attention computation: auto (on a GPU: PyTorch's fused attention for softmax when Z and H "
                        "are <= 128, else the fused Triton kernel; matmul on a CPU), matmul (reference), sdpa, triton")

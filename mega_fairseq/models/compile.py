@@ -1,20 +1,74 @@
-"""torch.compile of the Mega layers (``--compile-layers``).
+"""torch.compile of the Mega layers: ``--compile-layers`` and ``--layer-graphs``.
 
-Each layer is compiled in place (``nn.Module.compile``: parameter names and checkpoints are
-unchanged) with dynamic shapes, so that batches of new lengths reuse the compiled code. The
-compiler fuses the layer's elementwise work (gates, activations, norms, their backward) into few
-kernels, which is where an eager Mega layer spends most of its GPU time below 16k tokens and most of
-its host time on short sentences. The fused Triton EMA runs as its own kernels between compiled
-graphs; incremental decoding steps run the layers eagerly (see ``MegaDecoder``).
+``--compile-layers`` compiles each layer in place (``nn.Module.compile``: parameter names and
+checkpoints are unchanged) with inductor and dynamic shapes, so that batches of new lengths reuse the
+compiled code; incremental decoding steps run the layers eagerly (see ``MegaDecoder``).
+
+``--layer-graphs`` (default ``auto``: on when training on CUDA) replays the training forward and
+backward of a whole encoder or decoder layer stack from CUDA graphs. The stack is traced once by
+torch.compile with dynamic shapes and its forward and backward graphs run through torch's CUDA graph
+trees (the ``cudagraphs`` backend: no code generation, the same kernels as eager): a graph is recorded
+per batch shape, all shapes share one memory pool, and a replay costs one launch per graph instead of
+the host time of every kernel and autograd node. Batches repeat their shapes from the second epoch
+on (fairseq's batches are fixed), so the recording cost is paid once per shape. The dropout seeds
+of the fused kernels are device tensors drawn inside the graph, so each replay drops anew.
 """
-from torch import nn
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..options import LAYER_GRAPHS, check_choice
 
 COMPILE_LAYERS_HELP = ("compile every Mega layer with torch.compile (dynamic shapes) for training and "
                        "full-sequence passes; incremental decoding steps stay eager")
 BACKEND = "inductor"
+LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder and decoder layer stacks from CUDA "
+                     "graphs, one per batch shape (torch.compile's cudagraphs backend; no code generation). auto: "
+                     "on when training on a CUDA device without --compile-layers; off: eager")
+GRAPH_BACKEND = "cudagraphs"
 
 
 def compile_layers(layers: nn.ModuleList) -> None:
     """Compile each layer of ``layers`` in place (lazily: the first call of a layer compiles it)."""
     for layer in layers:
         layer.compile(dynamic=True, backend=BACKEND)
+
+
+def check_layer_graphs(value: str) -> str:
+    check_choice(value, LAYER_GRAPHS, "--layer-graphs")
+    return value
+
+
+def graphs_apply(setting: str, compiled_layers: bool, training: bool, x: Tensor) -> bool:
+    """Whether a stack call runs on graphs: ``auto``, no --compile-layers, training, CUDA input."""
+    return setting == "auto" and not compiled_layers and training and x.is_cuda
+
+
+def encoder_stack(layers: nn.ModuleList, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """x (L, B, D) through every encoder layer."""
+    for layer in layers:
+        x = layer(x, padding_mask)
+    return x
+
+
+def decoder_stack(layers: nn.ModuleList, x: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
+                  padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], List[Tensor]]:
+    """x (T, B, D) through every decoder layer without incremental state: the output, the last layer's
+    cross-attention weights (B, T, S) or None, and the inputs and outputs of the layers."""
+    attn, states = None, [x]
+    for layer in layers:
+        x, attn = layer(x, memory, memory_padding_mask, padding_mask)
+        states.append(x)
+    return x, attn, states
+
+
+_compiled = {}
+
+
+def compiled_stack(stack):
+    """``stack`` (encoder_stack or decoder_stack) compiled with dynamic shapes for GRAPH_BACKEND (once)."""
+    key = (stack, GRAPH_BACKEND)
+    if key not in _compiled:
+        _compiled[key] = torch.compile(stack, backend=GRAPH_BACKEND, dynamic=True)
+    return _compiled[key]

@@ -18,10 +18,12 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
-                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
+                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, LAYER_GRAPHS_CHOICES, NORM_CHOICES,
+                     POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
                      build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
                      zero_pads)
-from .compile import COMPILE_LAYERS_HELP, compile_layers
+from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, check_layer_graphs, compile_layers, compiled_stack,
+                      decoder_stack, encoder_stack, graphs_apply)
 from .stepping import StepSession
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, SequenceNorm
 from ..modules.decoding import StepBuffers, decoder_layers_step, supports_steps
@@ -53,6 +55,7 @@ class MegaCommonConfig(FairseqDataclass):
     attention_impl: ATTENTION_IMPL_CHOICES = field(default="auto", metadata={"help": ATTENTION_IMPL_HELP})
     block_impl: BLOCK_IMPL_CHOICES = field(default="auto", metadata={"help": BLOCK_IMPL_HELP})
     compile_layers: bool = field(default=False, metadata={"help": COMPILE_LAYERS_HELP})
+    layer_graphs: LAYER_GRAPHS_CHOICES = field(default="auto", metadata={"help": LAYER_GRAPHS_HELP})
 
 
 @dataclass
@@ -160,8 +163,10 @@ class MegaEncoder(FairseqEncoder):
         self.chunk_size = args.encoder_chunk_size
         cfg = layer_config(args, STACK_ARGUMENTS, "max_source_positions", role="encoder")
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
-        if safe_getattr(args, "compile_layers", False):
+        self.compiled_layers = bool(safe_getattr(args, "compile_layers", False))
+        if self.compiled_layers:
             compile_layers(self.layers)
+        self.layer_graphs = check_layer_graphs(str(safe_getattr(args, "layer_graphs", "auto")))
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
@@ -179,10 +184,13 @@ class MegaEncoder(FairseqEncoder):
                 leading_pads = None
         x, padding_mask, embedded = self.embedder(src_tokens)
         states = []
-        for layer in self.layers:
-            x = layer(x, padding_mask)
-            if return_all_hiddens:
-                states.append(x)
+        if not return_all_hiddens and graphs_apply(self.layer_graphs, self.compiled_layers, self.training, x):
+            x = compiled_stack(encoder_stack)(self.layers, x.contiguous(), padding_mask)
+        else:
+            for layer in self.layers:
+                x = layer(x, padding_mask)
+                if return_all_hiddens:
+                    states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x, padding_mask)
         x = zero_pads(x, padding_mask)
@@ -234,8 +242,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.steps_supported = supports_steps(self.layers) and (
             self.embedder.embed_norm is None or not self.embedder.embed_norm.is_batch_norm)
         self.step_entries = OrderedDict()  # StepEntry by buffer shape (models/stepping.py)
-        if safe_getattr(args, "compile_layers", False):
+        self.compiled_layers = bool(safe_getattr(args, "compile_layers", False))
+        if self.compiled_layers:
             compile_layers(self.layers)
+        self.layer_graphs = check_layer_graphs(str(safe_getattr(args, "layer_graphs", "auto")))
         final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
         self.final_norm = (SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=final_norm_affine)
                            if args.normalize_before else None)
@@ -306,6 +316,11 @@ class MegaDecoder(FairseqIncrementalDecoder):
             if len(encoder_out["encoder_padding_mask"]) > 0:
                 memory_padding_mask = encoder_out["encoder_padding_mask"][0]
 
+        if incremental_state is None and graphs_apply(self.layer_graphs, self.compiled_layers, self.training, x):
+            x, attn, inner_states = compiled_stack(decoder_stack)(
+                self.layers, x.contiguous(), None if memory is None else memory.contiguous(), memory_padding_mask,
+                padding_mask)
+            return self._finish_features(x, padding_mask, attn, inner_states)
         attn = None
         inner_states: List[Optional[Tensor]] = [x]
         for index, layer in enumerate(self.layers):
@@ -314,6 +329,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
             run = layer if incremental_state is None else layer.forward
             x, attn = run(x, memory, memory_padding_mask, padding_mask, self_state, cross_state, position_offset)
             inner_states.append(x)
+        return self._finish_features(x, padding_mask, attn, inner_states)
+
+    def _finish_features(self, x: Tensor, padding_mask: Optional[Tensor], attn: Optional[Tensor], inner_states):
+        """The last layer's output (T, B, D) -> final norm, zeroed pads, (B, T, D), and the extras."""
         if self.final_norm is not None:
             x = self.final_norm(x, padding_mask)
         x = zero_pads(x, padding_mask)

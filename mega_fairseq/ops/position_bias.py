@@ -8,6 +8,7 @@ fused attention kernel reads (the simple bias's weight already is).
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Largest block of bias rows flipped in one kernel: PyTorch's flip of an overlapping (unfolded) view
@@ -20,9 +21,13 @@ def simple_position_bias(weight: Tensor, query_length: int, key_length: int, off
 
     Query position p reads the window w[P - 1 - p : P - 1 - p + Lk]. ``unfold`` lists the windows by
     increasing start, so the queries come out last first and the rows are flipped; large matrices
-    are flipped in row blocks of at most FLIP_BLOCK_ELEMENTS entries, written into one output."""
+    are flipped in row blocks of at most FLIP_BLOCK_ELEMENTS entries, written into one output. Under
+    torch.compile the matrix is skewed out of the vector instead (``unfold`` fixes the lengths)."""
     positions = (weight.numel() + 1) // 2
     last_query_start = positions - offset - query_length
+    if torch.compiler.is_compiling():
+        return _skewed_bias(weight[last_query_start: last_query_start + query_length + key_length - 1],
+                            query_length, key_length)
     windows = weight.unfold(0, key_length, 1)[last_query_start: last_query_start + query_length]
     if query_length * key_length <= FLIP_BLOCK_ELEMENTS:
         return windows.flip(0)
@@ -32,6 +37,15 @@ def simple_position_bias(weight: Tensor, query_length: int, key_length: int, off
         stop = min(start + rows, query_length)
         bias[start:stop] = windows[query_length - stop: query_length - start].flip(0)
     return bias
+
+
+def _skewed_bias(window: Tensor, query_length: int, key_length: int) -> Tensor:
+    """window (Lq + Lk - 1,) -> (Lq, Lk) with ``bias[i, j] = window[Lq - 1 - i + j]``: the padded window
+    repeated Lq times and read back with a row stride one shorter (views and one copy; dynamic shapes)."""
+    width = query_length + key_length
+    repeated = F.pad(window, (0, 1)).expand(query_length, width).reshape(-1)
+    rows = repeated[query_length - 1: query_length - 1 + query_length * (width - 1)].view(query_length, width - 1)
+    return rows[:, :key_length]
 
 
 def rotate(vector: Tensor, positions: Tensor) -> Tensor:

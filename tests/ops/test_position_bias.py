@@ -42,6 +42,31 @@ def test_simple_bias_gradient_sums_over_each_distance(positions, query_length, k
     torch.testing.assert_close(module.weight.grad, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_simple_bias_under_compile_is_the_lookup_with_one_graph_for_all_lengths():
+    """Under torch.compile the matrix is skewed out of the vector (symbolic lengths): values and the weight
+    gradient equal the reference and the eager path at every span, traced once (dynamic shapes)."""
+    traces = []
+
+    def counting_backend(graph, inputs):
+        traces.append(graph)
+        return graph
+
+    module = simple_bias(16, seed=3)
+    compiled = torch.compile(lambda q, k, o: module(q, k, o), backend=counting_backend, dynamic=True, fullgraph=True)
+    for positions, query_length, key_length, offset in [(16, 7, 13, 2), (16, 3, 9, 5), (16, 11, 16, 0), (16, 5, 5, 4)]:
+        upstream = torch.randn(query_length, key_length, dtype=torch.float64)
+        outputs = []
+        for run in (compiled, module):
+            module.weight.grad = None
+            out = run(query_length, key_length, offset)
+            (out * upstream).sum().backward()
+            outputs.append((out.detach(), module.weight.grad.clone()))
+        assert torch.equal(outputs[0][0], simple_bias_reference(module.weight, query_length, key_length, offset))
+        torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-12, atol=1e-12)
+    assert len(traces) <= 2, "one trace, plus one where a length 1 or equal lengths specialize"
+    torch._dynamo.reset()
+
+
 def test_simple_bias_uses_every_weight_once_per_distance():
     module = SimpleRelativePositionBias(4)
     with torch.no_grad():

@@ -1,0 +1,108 @@
+"""--layer-graphs: the training forward and backward of the encoder and decoder layer stacks through
+torch.compile. On a GPU the stacks compile for the cudagraphs backend (CUDA graph trees, a graph per
+batch shape); on the CPU the same compiled stacks run with aot_eager (the AOT forward and backward
+graphs that the cudagraphs backend records, run without graphs): the model's outputs and gradients
+equal the eager model's over batches of several shapes, traced once per stack and padding case. GPU
+test: a few training updates with graphs equal the eager ones, and dropout draws anew each replay."""
+import random
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from torch._dynamo.backends.registry import lookup_backend
+
+from fairseq_helpers import build_model, make_dictionary, random_tokens
+from mega_fairseq.models import compile as compile_module
+from mega_fairseq.models import mega as mega_module
+from mega_fairseq.modules import MegaConfigError
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def translation_batch(dictionary, source_lengths, target_lengths, seed):
+    src = random_tokens(dictionary, source_lengths, random.Random(seed), left_pad=True)
+    prev = random_tokens(dictionary, target_lengths, random.Random(seed + 1), left_pad=False)
+    return src, src.ne(dictionary.pad()).sum(1), prev
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    out, _ = model(*batch)
+    loss = out.log_softmax(-1).square().mean()
+    loss.backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_unknown_value_is_refused():
+    """fairseq's parser refuses it; a model built from a Namespace or a checkpoint's options too."""
+    with pytest.raises(MegaConfigError, match="unknown value 'on' for --layer-graphs; choose one of auto, off"):
+        compile_module.check_layer_graphs("on")
+
+
+@pytest.mark.parametrize("setting, compiled, training, cuda, expected", [
+    ("auto", False, True, True, True), ("off", False, True, True, False), ("auto", True, True, True, False),
+    ("auto", False, False, True, False), ("auto", False, True, False, False),
+])
+def test_graphs_apply_when_training_on_cuda(setting, compiled, training, cuda, expected):
+    x = type("Input", (), {"is_cuda": cuda})()
+    assert compile_module.graphs_apply(setting, compiled, training, x) is expected
+
+
+def test_compiled_stacks_match_eager_model(monkeypatch):
+    """The model in training mode with its stacks compiled (aot_eager, counted) against the same model's
+    eager layers: outputs and every gradient at several batch shapes; once a padded, an unpadded and a
+    single-sentence batch were traced, batches of new lengths and sizes trace nothing new."""
+    traces = []
+
+    def counting_aot_eager(graph, inputs):
+        traces.append((graph, inputs))
+        return lookup_backend("aot_eager")(graph, inputs)
+
+    dynamo.reset()
+    monkeypatch.setattr(compile_module, "GRAPH_BACKEND", counting_aot_eager)
+    monkeypatch.setattr(mega_module, "graphs_apply", lambda setting, compiled, training, x: setting == "auto" and training)
+    dictionary = make_dictionary()
+    flags = []
+    graphed = build_model(flags, dictionary, seed=4).train()
+    eager = build_model([*flags, "--layer-graphs", "off"], dictionary, seed=4).train()
+    shapes = ((0, [7, 5, 2], [6, 4, 6]), (1, [4, 4, 4, 4], [5, 5, 5, 5]), (2, [13], [8]),  # padded, unpadded, B=1
+              (3, [11, 9], [9, 3]), (4, [15, 2, 6, 6, 9], [4, 12, 7, 7, 3]), (5, [6, 6], [10, 10]))
+    for index, (seed, sources, targets) in enumerate(shapes):
+        if index == 3:
+            seen = len(traces)
+        batch = translation_batch(dictionary, sources, targets, seed)
+        (out, grads), (reference, reference_grads) = loss_and_grads(graphed, batch), loss_and_grads(eager, batch)
+        torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
+        assert grads.keys() == reference_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+    assert seen > 0 and len(traces) == seen, "new lengths and batch sizes must reuse the traced stacks"
+    dynamo.reset()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_training_updates_on_cuda_graphs_match_eager():
+    """On the GPU (cudagraphs backend): three updates of SGD on batches of two shapes, twice each (the
+    second time replayed), give the eager model's losses; with dropout, two replays of one batch differ."""
+    dictionary = make_dictionary()
+    flags = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
+    models = [build_model([*flags, "--layer-graphs", setting], dictionary, seed=4).float().cuda().train()
+              for setting in ("auto", "off")]
+    batches = [tuple(t.cuda() for t in translation_batch(dictionary, s, t, seed))
+               for seed, s, t in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3]))]
+    losses = {0: [], 1: []}
+    for index, model in enumerate(models):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for batch in batches * 2:
+            optimizer.zero_grad(set_to_none=True)
+            out, _ = model(*batch)
+            loss = out.float().log_softmax(-1).square().mean()
+            loss.backward()
+            optimizer.step()
+            losses[index].append(float(loss))
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5)
+    dropping = build_model([*flags, "--dropout", "0.3", "--hidden-dropout", "0.2"], dictionary, seed=4).cuda().float()
+    dropping.train()
+    outputs = [dropping(*batches[0])[0].detach().clone() for _ in range(3)]
+    assert not torch.equal(outputs[1], outputs[2])
