@@ -26,7 +26,37 @@ BACKEND = "inductor"
 LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder and decoder layer stacks from CUDA "
                      "graphs, one per batch shape (torch.compile's cudagraphs backend; no code generation). auto: "
                      "on when training on a CUDA device without --compile-layers; off: eager")
-GRAPH_BACKEND = "cudagraphs"
+
+
+def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
+    """torch's ``cudagraphs`` backend, with its forward and backward graphs recorded per shape of their
+    inputs. With dynamic shapes the stock backend keys its recordings on the graph's int inputs only,
+    and a graph whose sizes all come from its tensors (the backward, a forward with the batch size
+    only in a tensor) would replay a recording of another shape. The key here is every input's shape;
+    all recordings stay in torch's CUDA graph trees (one memory pool)."""
+    from torch._dynamo.backends.registry import lookup_backend
+    from torch._inductor import cudagraph_trees
+
+    record = cudagraph_trees.cudagraphify_impl
+
+    def per_shape(model, inputs, static_input_idxs, *args, **kwargs):
+        recordings = {}
+
+        def run(new_inputs):
+            key = tuple(tuple(t.shape) if isinstance(t, Tensor) else t for t in new_inputs)
+            if key not in recordings:
+                recordings[key] = record(model, list(new_inputs), static_input_idxs, *args, **kwargs)
+            return recordings[key](new_inputs)
+        return run
+
+    cudagraph_trees.cudagraphify_impl = per_shape  # read once by the backend below, for this graph only
+    try:
+        return lookup_backend("cudagraphs")(graph, example_inputs)
+    finally:
+        cudagraph_trees.cudagraphify_impl = record
+
+
+GRAPH_BACKEND = shape_keyed_cudagraphs
 
 
 def compile_layers(layers: nn.ModuleList) -> None:
