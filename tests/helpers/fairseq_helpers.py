@@ -55,6 +55,31 @@ def random_tokens(dictionary: Dictionary, lengths, generator: random.Random, lef
     return torch.tensor(rows)
 
 
+def translation_batch(dictionary: Dictionary, source_lengths, target_lengths, seed: int):
+    """(src_tokens left-padded, src_lengths, prev_output_tokens right-padded) of random words."""
+    src = random_tokens(dictionary, source_lengths, random.Random(seed), left_pad=True)
+    prev = random_tokens(dictionary, target_lengths, random.Random(seed + 1), left_pad=False)
+    return src, src.ne(dictionary.pad()).sum(1), prev
+
+
+def loss_and_grads(model, batch):
+    """The model's logits on a translation batch and the gradients of a loss of them, by parameter name."""
+    model.zero_grad()
+    out, _ = model(*batch)
+    loss = out.log_softmax(-1).square().mean()
+    loss.backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_outputs_and_grads(model, reference, batch):
+    """model and reference give the same logits and parameter gradients (loss_and_grads) on batch."""
+    (out, grads), (expected, expected_grads) = loss_and_grads(model, batch), loss_and_grads(reference, batch)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
 TINY_LM = ["--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",
            "--decoder-ffn-embed-dim", "20", "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--dropout", "0",
            "--attention-dropout", "0", "--hidden-dropout", "0", "--activation-dropout", "0", "--truncation-length", "0"]

@@ -6,13 +6,12 @@ These tests are about the wiring of the models (which layers are compiled, what 
 them): the layers compile with dynamo's ``eager`` backend (graph capture with dynamic shapes, run
 by eager autograd; seconds instead of minutes). AOT autograd's tracing of a layer's backward is
 tested per layer in test_compile.py (``aot_eager``); inductor with the fused EMA on a GPU there too."""
-import random
-
 import pytest
 import torch
 import torch._dynamo as dynamo
 
-from fairseq_helpers import build_lm, build_model, full_log_probs, make_dictionary, random_stream, random_tokens
+from fairseq_helpers import (assert_same_outputs_and_grads, build_lm, build_model, full_log_probs, make_dictionary,
+                             random_stream, translation_batch)
 from lra_helpers import TINY_MEGA, build, token_batch
 from mega_fairseq.models import compile as compile_module
 
@@ -27,20 +26,6 @@ def graph_capture_backend():
 
 def compiled_layers(model):
     return [layer for layer in model.modules() if getattr(layer, "_compiled_call_impl", None) is not None]
-
-
-def translation_batch(dictionary, source_lengths, target_lengths, seed):
-    src = random_tokens(dictionary, source_lengths, random.Random(seed), left_pad=True)
-    prev = random_tokens(dictionary, target_lengths, random.Random(seed + 1), left_pad=False)
-    return src, src.ne(dictionary.pad()).sum(1), prev
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    out, _ = model(*batch)
-    loss = out.log_softmax(-1).square().mean()
-    loss.backward()
-    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +43,7 @@ def test_compiled_translation_model_matches_eager(translation_models):
     assert list(compiled.state_dict()) == list(eager.state_dict())
     for seed, sources, targets in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3])):
         batch = translation_batch(dictionary, sources, targets, seed)
-        (out, grads), (reference, reference_grads) = loss_and_grads(compiled, batch), loss_and_grads(eager, batch)
-        torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
-        assert grads.keys() == reference_grads.keys()
-        for name in grads:
-            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+        assert_same_outputs_and_grads(compiled, eager, batch)
 
 
 def test_compiled_decoder_steps_match_its_full_pass(translation_models):

@@ -5,32 +5,16 @@ captures with dynamic shapes, run by eager autograd; AOT autograd's tracing of a
 cudagraphs backend records, is tested per layer in tests/modules/test_compile.py): the model's outputs
 and gradients equal the eager model's over batches of several shapes, and new shapes trace nothing new.
 GPU test: training updates with graphs equal the eager ones, and dropout draws anew each replay."""
-import random
-
 import pytest
 import torch
 import torch._dynamo as dynamo
 
-from fairseq_helpers import build_model, make_dictionary, random_tokens
+from fairseq_helpers import assert_same_outputs_and_grads, build_model, make_dictionary, translation_batch
 from mega_fairseq.models import compile as compile_module
 from mega_fairseq.models import mega as mega_module
 from mega_fairseq.modules import MegaConfigError
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def translation_batch(dictionary, source_lengths, target_lengths, seed):
-    src = random_tokens(dictionary, source_lengths, random.Random(seed), left_pad=True)
-    prev = random_tokens(dictionary, target_lengths, random.Random(seed + 1), left_pad=False)
-    return src, src.ne(dictionary.pad()).sum(1), prev
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    out, _ = model(*batch)
-    loss = out.log_softmax(-1).square().mean()
-    loss.backward()
-    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def test_unknown_value_is_refused():
@@ -71,11 +55,7 @@ def test_compiled_stacks_match_eager_model(monkeypatch):
         if index == 2:
             seen = len(traces)
         batch = translation_batch(dictionary, sources, targets, seed)
-        (out, grads), (reference, reference_grads) = loss_and_grads(graphed, batch), loss_and_grads(eager, batch)
-        torch.testing.assert_close(out, reference, rtol=1e-9, atol=1e-9)
-        assert grads.keys() == reference_grads.keys()
-        for name in grads:
-            torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+        assert_same_outputs_and_grads(graphed, eager, batch)
     assert seen > 0 and len(traces) == seen, "new lengths and batch sizes must reuse the traced stacks"
     dynamo.reset()
 
