@@ -221,8 +221,9 @@ if triton is not None:
             FUNCTION, CAUSAL, HAS_MASK, MASK_IS_VALID, KEY_STATS, COMPUTE, BLOCK_M, BLOCK_N)
         columns = tl.arange(0, BLOCK_N)
         row_ok = (i < Cq)[:, None]
-        if FUNCTION == 0:  # pass 1: r = sum_j P * dP per row
+        if FUNCTION == 0:  # pass 1: r = sum_j P * dP and the weights' sum per row
             r = tl.zeros((BLOCK_M,), COMPUTE)
+            total = tl.zeros((BLOCK_M,), COMPUTE)
             seen_columns = Ck
             if CAUSAL:
                 seen_columns = tl.minimum(Ck, query_offset + tl.minimum(i0 + BLOCK_M, Cq))
@@ -234,7 +235,12 @@ if triton is not None:
                 g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(COMPUTE)
                 p = tl.load(p_ptr + offsets, mask=inside, other=0.0).to(COMPUTE)
                 r += tl.sum(p * g, axis=1)
+                total += tl.sum(tl.load(a_ptr + offsets, mask=inside, other=0.0).to(COMPUTE), axis=1)
                 j0 += BLOCK_N
+            # weights stored in half precision do not sum to 1; dividing by their sum keeps the rows of dS
+            # summing to 0 (softmax ignores a shift of a row's logits), so the bias gradient does not drift
+            inverse = 1.0 / tl.where(total > 0.0, total, 1.0)
+            r = r * inverse
         u0 = 1 - BLOCK_M
         while u0 < Ck:  # pass 2, along diagonals: key j = (i - i0) + u, distance j - p_i = u - i0 - query_offset
             u = u0 + columns
@@ -250,7 +256,7 @@ if triton is not None:
                 p = a
                 if DROPOUT:
                     p = tl.load(p_ptr + offsets, mask=seen, other=0.0).to(COMPUTE)
-                dx = p * g - a * r[:, None]
+                dx = (p * g - a * r[:, None]) * inverse[:, None]
             else:
                 allowed = _allowed(i, j, position, keeps_mask, Cq, Ck, mask_ptr, mask_row, mask_stride_k,
                                    key_start, key_length, FUNCTION, CAUSAL, HAS_MASK, MASK_IS_VALID)
