@@ -9,7 +9,8 @@ Prints one JSON line: case name -> largest errors, in float64:
   fd_ref    directional derivative (every input and bias parameter) against central differences of the
             float64 reference, relative;
   out, dq, dk, dv, dbias   against the matmul path (the unfused twin), outputs and gradients.
-Dropout, attention_weights and torch.compile cases report their own quantities.
+Dropout, the bf16 bias-gradient drift, attention_weights and torch.compile cases report their own
+quantities.
 """
 import contextlib
 import json
@@ -193,6 +194,19 @@ def check_dropout_rate(p=0.3, length=64, seed=30):
     return {"kept": float((dropped != 0).double().mean())}
 
 
+def check_bias_gradient_drift(length=64, seed=35):
+    """bf16, softmax, a cotangent on every row: each row of dS sums to 0, so the simple bias's gradient
+    (a sum of dS over every row) sums to 0; returns |sum| / norm (weights rounded to bf16 without the
+    renormalization of the backward left about 1e-3)."""
+    q, k, v = (randn(2, length, dim, seed=seed + n).to(torch.bfloat16) for n, dim in enumerate((Z, Z, H)))
+    module = bias_module("simple", 8, seed).float()
+    out = chunk_attention(q, k, v, chunk_size=8, attention_fn="softmax", position_bias=module, causal=True,
+                          key_padding_mask=random_padding_mask(2, length, seed), impl="triton")[0]
+    (out.double() * randn(2, length, H, seed=seed + 9)).sum().backward()
+    grad = module.weight.grad.double()
+    return {"relative_sum": float(grad.sum().abs() / grad.norm())}
+
+
 def check_attention_weights(seed=40):
     """attention_weights on given scores (cross-attention: bias matrix, key mask, no causal mask)."""
     errors = {}
@@ -286,6 +300,7 @@ def main():
     results["dropout_softmax"] = check_dropout("softmax")
     results["dropout_laplace"] = check_dropout("laplace", chunk_size=4, length=10, causal=False)
     results["dropout_rate"] = check_dropout_rate()
+    results["bias_gradient_drift"] = check_bias_gradient_drift()
     results["attention_weights"] = check_attention_weights()
     results["block_steps"] = check_block_steps()
     with full_tiles():

@@ -93,7 +93,8 @@ def test_kernels_in_triton_interpreter_match_references():
     last chunk and unchunked, left, right and all-pad rows, queries fewer than keys, simple and rotary
     biases: the output against the float64 loop reference, every gradient (q, k, v, bias parameters)
     against central differences of that reference and against the matmul path; dropout reproducible,
-    applying the forward's mask in the backward, keeping 1 - p of the weights; attention_weights
+    applying the forward's mask in the backward, keeping 1 - p of the weights; in bf16 the bias gradient
+    sums to 0 (each row of dS does, the stored weights renormalized); attention_weights
     against its PyTorch path; torch.compile (aot_eager, fullgraph, dynamic) of both ops equal to eager with
     one graph for three lengths and two batch sizes; a causal Mega block on the fused path, whole and fed
     in steps (incremental decoding), against the float64 block reference."""
@@ -102,6 +103,8 @@ def test_kernels_in_triton_interpreter_match_references():
     assert compiled == {"largest": 0.0, "graphs": 1}
     kept = results.pop("dropout_rate")["kept"]
     assert abs(kept - 0.7) < 0.03, kept  # 8192 weights: 6 standard deviations
+    drift = results.pop("bias_gradient_drift")["relative_sum"]
+    assert drift < 1e-5, drift
     for case, errors in results.items():
         if "other_seed_differs" in errors:
             assert errors.pop("other_seed_differs") == 1.0, case
