@@ -113,7 +113,7 @@ def profiled_updates(trainer, stream, steps: int):
 def compile_counters() -> dict:
     """torch.compile's traced graphs and CUDA-graph skips so far (--layer-graphs, --compile-layers)."""
     from torch._dynamo.utils import counters
-    return {"traced_graphs": sum(counters["stats"].get(k, 0) for k in ("unique_graphs",)),
+    return {"traced_graphs": int(counters["stats"].get("unique_graphs", 0)),
             "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
 
 

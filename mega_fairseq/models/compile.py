@@ -32,8 +32,9 @@ def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
     """torch's ``cudagraphs`` backend, with its forward and backward graphs recorded per shape of their
     inputs. With dynamic shapes the stock backend keys its recordings on the graph's int inputs only,
     and a graph whose sizes all come from its tensors (the backward, a forward with the batch size
-    only in a tensor) would replay a recording of another shape. The key here is every input's shape;
-    all recordings stay in torch's CUDA graph trees (one memory pool)."""
+    only in a tensor) would replay a recording of another shape. The key here is every input's shape
+    (the backward's "static" inputs, the saved activations, change shape with the batch too); all
+    recordings stay in torch's CUDA graph trees (one memory pool)."""
     from torch._dynamo.backends.registry import lookup_backend
     from torch._inductor import cudagraph_trees
 
@@ -65,14 +66,19 @@ def compile_layers(layers: nn.ModuleList) -> None:
         layer.compile(dynamic=True, backend=BACKEND)
 
 
-def check_layer_graphs(value: str) -> str:
-    check_choice(value, LAYER_GRAPHS, "--layer-graphs")
-    return value
+def prepare_stack(layers: nn.ModuleList, compile_each: bool, layer_graphs: str) -> str:
+    """Applies --compile-layers to a stack's layers; returns its --layer-graphs setting (checked), ``off``
+    when the layers are compiled."""
+    check_choice(layer_graphs, LAYER_GRAPHS, "--layer-graphs")
+    if compile_each:
+        compile_layers(layers)
+        return "off"
+    return layer_graphs
 
 
-def graphs_apply(setting: str, compiled_layers: bool, training: bool, x: Tensor) -> bool:
-    """Whether a stack call runs on graphs: ``auto``, no --compile-layers, training, CUDA input."""
-    return setting == "auto" and not compiled_layers and training and x.is_cuda
+def graphs_apply(setting: str, training: bool, x: Tensor) -> bool:
+    """Whether a stack call runs on graphs: ``auto``, training, CUDA input."""
+    return setting == "auto" and training and x.is_cuda
 
 
 def encoder_stack(layers: nn.ModuleList, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:

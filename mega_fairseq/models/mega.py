@@ -22,8 +22,8 @@ from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOIC
                      POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
                      build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
                      zero_pads)
-from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, check_layer_graphs, compile_layers, compiled_stack,
-                      decoder_stack, encoder_stack, graphs_apply)
+from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, compiled_stack, decoder_stack, encoder_stack,
+                      graphs_apply, prepare_stack)
 from .stepping import StepSession
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, SequenceNorm
 from ..modules.decoding import StepBuffers, decoder_layers_step, supports_steps
@@ -163,10 +163,8 @@ class MegaEncoder(FairseqEncoder):
         self.chunk_size = args.encoder_chunk_size
         cfg = layer_config(args, STACK_ARGUMENTS, "max_source_positions", role="encoder")
         self.layers = nn.ModuleList(MegaEncoderLayer(cfg) for _ in range(args.encoder_layers))
-        self.compiled_layers = bool(safe_getattr(args, "compile_layers", False))
-        if self.compiled_layers:
-            compile_layers(self.layers)
-        self.layer_graphs = check_layer_graphs(str(safe_getattr(args, "layer_graphs", "auto")))
+        self.layer_graphs = prepare_stack(self.layers, bool(safe_getattr(args, "compile_layers", False)),
+                                          str(safe_getattr(args, "layer_graphs", "auto")))
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
@@ -184,7 +182,7 @@ class MegaEncoder(FairseqEncoder):
                 leading_pads = None
         x, padding_mask, embedded = self.embedder(src_tokens)
         states = []
-        if not return_all_hiddens and graphs_apply(self.layer_graphs, self.compiled_layers, self.training, x):
+        if not return_all_hiddens and graphs_apply(self.layer_graphs, self.training, x):
             x = compiled_stack(encoder_stack)(self.layers, x.contiguous(), padding_mask)
         else:
             for layer in self.layers:
@@ -242,10 +240,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.steps_supported = supports_steps(self.layers) and (
             self.embedder.embed_norm is None or not self.embedder.embed_norm.is_batch_norm)
         self.step_entries = OrderedDict()  # StepEntry by buffer shape (models/stepping.py)
-        self.compiled_layers = bool(safe_getattr(args, "compile_layers", False))
-        if self.compiled_layers:
-            compile_layers(self.layers)
-        self.layer_graphs = check_layer_graphs(str(safe_getattr(args, "layer_graphs", "auto")))
+        self.layer_graphs = prepare_stack(self.layers, bool(safe_getattr(args, "compile_layers", False)),
+                                          str(safe_getattr(args, "layer_graphs", "auto")))
         final_norm_affine = not safe_getattr(args, "no_affine_final_norm", False)
         self.final_norm = (SequenceNorm(cfg.norm_type, cfg.embed_dim, affine=final_norm_affine)
                            if args.normalize_before else None)
@@ -316,7 +312,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
             if len(encoder_out["encoder_padding_mask"]) > 0:
                 memory_padding_mask = encoder_out["encoder_padding_mask"][0]
 
-        if incremental_state is None and graphs_apply(self.layer_graphs, self.compiled_layers, self.training, x):
+        if incremental_state is None and graphs_apply(self.layer_graphs, self.training, x):
             x, attn, inner_states = compiled_stack(decoder_stack)(
                 self.layers, x.contiguous(), None if memory is None else memory.contiguous(), memory_padding_mask,
                 padding_mask)

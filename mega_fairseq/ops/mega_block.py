@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .triton import block_common, interpreting, triton_available
-from .triton.block_common import activation_code
+from .triton.block_common import activation_code, draw_seed  # noqa: F401  (the modules draw their seeds here)
 from .triton.gated_update import NORM_CODES
 
 if triton_available():
@@ -35,8 +35,6 @@ if triton_available():
     from .triton import gated_update as _gated_update
     from .triton import gates as _gates
     from .triton import reset_product as _reset_product
-
-SEED_RANGE = 2 ** 31 - 1
 
 
 def fused_block_unavailable(x: Tensor) -> Optional[str]:
@@ -48,11 +46,6 @@ def fused_block_unavailable(x: Tensor) -> Optional[str]:
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"the input dtype {x.dtype} is not float32, float16 or bfloat16"
     return None
-
-
-def draw_seed(device: torch.device) -> Tensor:
-    """One dropout seed: an int64 tensor (1,) on ``device`` from torch's generator for that device."""
-    return torch.randint(SEED_RANGE, (1,), dtype=torch.int64, device=device)
 
 
 def _seed(seed: Optional[Tensor], p: float, like: Tensor) -> Tensor:

@@ -20,16 +20,21 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def test_unknown_value_is_refused():
     """fairseq's parser refuses it; a model built from a Namespace or a checkpoint's options too."""
     with pytest.raises(MegaConfigError, match="unknown value 'on' for --layer-graphs; choose one of auto, off"):
-        compile_module.check_layer_graphs("on")
+        compile_module.prepare_stack(torch.nn.ModuleList(), False, "on")
 
 
-@pytest.mark.parametrize("setting, compiled, training, cuda, expected", [
-    ("auto", False, True, True, True), ("off", False, True, True, False), ("auto", True, True, True, False),
-    ("auto", False, False, True, False), ("auto", False, True, False, False),
+def test_compiled_layers_turn_graphs_off():
+    model = build_model(["--compile-layers"])
+    assert model.encoder.layer_graphs == model.decoder.layer_graphs == "off"
+    assert build_model([]).encoder.layer_graphs == "auto"
+
+
+@pytest.mark.parametrize("setting, training, cuda, expected", [
+    ("auto", True, True, True), ("off", True, True, False), ("auto", False, True, False), ("auto", True, False, False),
 ])
-def test_graphs_apply_when_training_on_cuda(setting, compiled, training, cuda, expected):
+def test_graphs_apply_when_training_on_cuda(setting, training, cuda, expected):
     x = type("Input", (), {"is_cuda": cuda})()
-    assert compile_module.graphs_apply(setting, compiled, training, x) is expected
+    assert compile_module.graphs_apply(setting, training, x) is expected
 
 
 def test_compiled_stacks_match_eager_model(monkeypatch):
@@ -44,7 +49,7 @@ def test_compiled_stacks_match_eager_model(monkeypatch):
 
     dynamo.reset()
     monkeypatch.setattr(compile_module, "GRAPH_BACKEND", counting_backend)
-    monkeypatch.setattr(mega_module, "graphs_apply", lambda setting, compiled, training, x: setting == "auto" and training)
+    monkeypatch.setattr(mega_module, "graphs_apply", lambda setting, training, x: setting == "auto" and training)
     dictionary = make_dictionary()
     flags = []
     graphed = build_model(flags, dictionary, seed=4).train()

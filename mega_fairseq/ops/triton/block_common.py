@@ -27,6 +27,7 @@ except ImportError:  # CPU-only installs: the PyTorch paths are used
 
 ACTIVATION_CODES: Dict[str, int] = {"linear": 0, "silu": 1, "relu": 2, "gelu": 3, "gelu_accurate": 4, "tanh": 5}
 NUM_SITES = 4  # dropout sites per seed (distinct Philox keys)
+SEED_RANGE = 2 ** 31 - 1
 SUM_BLOCK_P, SUM_BLOCK_W = 64, 64  # tile of the partial-sum reduction (one program per 64 columns)
 
 if triton is not None:
@@ -127,6 +128,11 @@ def column_sums(partials: Tensor, dtype: torch.dtype) -> Tensor:
     _column_sum_kernel[(triton.cdiv(width, SUM_BLOCK_W),)](
         partials, out, programs, width, BLOCK_P=SUM_BLOCK_P, BLOCK_W=SUM_BLOCK_W, num_warps=4)
     return out
+
+
+def draw_seed(device: torch.device) -> Tensor:
+    """One dropout seed: an int64 tensor (1,) on ``device`` from torch's generator for that device."""
+    return torch.randint(SEED_RANGE, (1,), dtype=torch.int64, device=device)
 
 
 def dropout_scales(rows: int, width: int, batch: int, seed: Tensor, p: float, site: int, feature: bool,

@@ -235,7 +235,10 @@ if triton is not None:
                 g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(COMPUTE)
                 p = tl.load(p_ptr + offsets, mask=inside, other=0.0).to(COMPUTE)
                 r += tl.sum(p * g, axis=1)
-                total += tl.sum(tl.load(a_ptr + offsets, mask=inside, other=0.0).to(COMPUTE), axis=1)
+                a = p
+                if DROPOUT:
+                    a = tl.load(a_ptr + offsets, mask=inside, other=0.0).to(COMPUTE)
+                total += tl.sum(a, axis=1)
                 j0 += BLOCK_N
             # weights stored in half precision do not sum to 1; dividing by their sum keeps the rows of dS
             # summing to 0 (softmax ignores a shift of a row's logits), so the bias gradient does not drift

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ...options import MegaConfigError
 from . import interpreting, triton_available
+from .block_common import draw_seed
 from .chunk_softmax import Layout, weights_backward, weights_forward
 
 
@@ -189,7 +190,7 @@ def fused_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, key_pad
     Returns (B, Lq, H)."""
     dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    seed = torch.randint(2 ** 31 - 1, (1,), dtype=torch.int64, device=q.device) if dropout > 0.0 else None
+    seed = draw_seed(q.device) if dropout > 0.0 else None
     arguments = (q, k, v, bias.contiguous(), key_padding_mask, seed, chunk_size, attention_fn, causal, dropout)
     if torch.compiler.is_compiling():
         return chunk_attention_op(*arguments)[0]
