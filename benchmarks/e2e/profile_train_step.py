@@ -148,13 +148,13 @@ def main():
     extra = [a for a in extra if a != "--"]
     trainer, epoch_itr, params = build_trainer(args.data, args.arch, args.max_tokens, extra)
     stream = batches(epoch_itr)
-    start = time.perf_counter()
-    timed_updates(trainer, stream, args.warmup)
-    warmup_s = time.perf_counter() - start
+    warmup_times, _ = timed_updates(trainer, stream, args.warmup)
+    warmup_s = sum(warmup_times) / 1e3
+    warmup_curve_s = {n: round(sum(warmup_times[:n]) / 1e3, 1) for n in range(25, args.warmup + 1, 25)}
     times, tokens = timed_updates(trainer, stream, args.steps)
     result = {
         "label": args.label or args.arch, "arch": args.arch, "extra": " ".join(extra), "params": params,
-        "warmup_s": warmup_s, "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
+        "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s, "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
         "tokens_per_s": sum(tokens) / (sum(times) / 1e3),
     }
     if args.profile_steps:
@@ -168,6 +168,10 @@ def main():
                  f"{result['host_backward_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
     line += f"  traced graphs {result['traced_graphs']}  cudagraph skips {result['cudagraph_skips']}"
     print(line, flush=True)
+    if result["traced_graphs"]:
+        from torch._dynamo.utils import compile_times
+        print(compile_times(repr="str", aggregate=True), flush=True)
+    print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items()), flush=True)
     if args.python_profile:
         print(python_profile(trainer, stream, args.python_profile), flush=True)
     if args.json:

@@ -6,9 +6,9 @@ compiled code; incremental decoding steps run the layers eagerly (see ``MegaDeco
 
 ``--layer-graphs`` (default ``auto``: on when training on CUDA) replays the training forward and
 backward of a whole encoder or decoder layer stack from CUDA graphs. The stack is traced once by
-torch.compile with dynamic shapes and its forward and backward graphs run through torch's CUDA graph
-trees (the ``cudagraphs`` backend: no code generation, the same kernels as eager): a graph is recorded
-per batch shape, all shapes share one memory pool, and a replay costs one launch per graph instead of
+torch.compile with dynamic lengths and batch size (static widths) and its forward and backward graphs
+run through torch's CUDA graph trees (the ``cudagraphs`` backend: no code generation, the same kernels
+as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs one launch per graph instead of
 the host time of every kernel and autograd node. Batches repeat their shapes from the second epoch
 on (fairseq's batches are fixed), so the recording cost is paid once per shape. The dropout seeds
 of the fused kernels are device tensors drawn inside the graph, so each replay drops anew.
@@ -102,9 +102,25 @@ def decoder_stack(layers: nn.ModuleList, x: Tensor, memory: Optional[Tensor], me
 _compiled = {}
 
 
+def mark_length_and_batch_dynamic(tensors) -> None:
+    """Marks the first two dims (length and batch, in either order) of every tensor dynamic for
+    torch.compile; the other dims (model widths) stay static, which keeps the traced shape expressions
+    simple (all-dynamic tracing took twice as long and re-traced once after specializing the widths)."""
+    for tensor in tensors:
+        if tensor is not None:
+            for dim in range(min(tensor.dim(), 2)):
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
 def compiled_stack(stack):
-    """``stack`` (encoder_stack or decoder_stack) compiled with dynamic shapes for GRAPH_BACKEND (once)."""
+    """``stack`` (encoder_stack or decoder_stack) compiled for GRAPH_BACKEND (once), its lengths and batch
+    size dynamic: called as ``stack(layers, *tensors)``."""
     key = (stack, GRAPH_BACKEND)
     if key not in _compiled:
-        _compiled[key] = torch.compile(stack, backend=GRAPH_BACKEND, dynamic=True)
+        compiled = torch.compile(stack, backend=GRAPH_BACKEND)
+
+        def run(layers: nn.ModuleList, *tensors: Optional[Tensor]):
+            mark_length_and_batch_dynamic(tensors)
+            return compiled(layers, *tensors)
+        _compiled[key] = run
     return _compiled[key]

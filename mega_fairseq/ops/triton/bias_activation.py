@@ -38,7 +38,7 @@ if triton is not None:
             out = time_major
         return time_major, out, mask
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch", "length"])
     def _bias_activation_forward_kernel(
         x_ptr, bias_ptr, y_ptr, rows_total, batch, length, W, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr, BATCH_FIRST: tl.constexpr,
@@ -53,7 +53,7 @@ if triton is not None:
             y = y * dropout_scale(seed_ptr, 0, rows, cols, W, batch, p, FEATURE)
         tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "row_programs", "batch", "length"])
     def _bias_activation_backward_kernel(
         grad_y_ptr, x_ptr, bias_ptr, grad_x_ptr, partials_ptr, rows_total, row_programs, batch, length, W, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr, BATCH_FIRST: tl.constexpr,

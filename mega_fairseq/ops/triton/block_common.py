@@ -89,7 +89,7 @@ if triton is not None:
         keep = tl.rand(key, offsets) >= p
         return tl.where(keep, 1.0 / (1.0 - p), 0.0)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["programs"])
     def _column_sum_kernel(partials_ptr, out_ptr, programs, width,
                            BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
         """out[c] = sum over p of partials[p, c], float32 sums stored in out's dtype."""
@@ -105,7 +105,7 @@ if triton is not None:
             start += BLOCK_P
         tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=col_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "batch"])
     def _dropout_scale_kernel(out_ptr, rows, width, batch, seed_ptr, p, SITE: tl.constexpr, FEATURE: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)

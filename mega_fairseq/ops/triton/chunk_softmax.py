@@ -41,6 +41,10 @@ BIAS_VECTOR, BIAS_MATRIX = 1, 2
 MAX_BLOCK_N = 128  # columns per tile (a power of two)
 TILE_ELEMENTS = 1024  # rows x columns per tile: 8 per thread (more spills registers on an H100)
 NUM_WARPS = 4
+# sizes that change with the batch: not specialized (a value divisible by 16 or equal to 1 would compile
+# another variant of each kernel for every such shape)
+SHAPE_ARGUMENTS = ["Cq", "Ck", "chunks", "chunk_stride", "key_length", "query_offset", "bias_center", "bias_stride",
+                   "mask_stride_b"]
 
 if triton is not None:
 
@@ -149,7 +153,7 @@ if triton is not None:
     def _keep(seed_ptr, offsets, dropout):
         return tl.rand(tl.load(seed_ptr), offsets) >= dropout
 
-    @triton.jit
+    @triton.jit(do_not_specialize=SHAPE_ARGUMENTS)
     def _forward_kernel(
         s_ptr, a_ptr, p_ptr, bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride,
@@ -205,7 +209,7 @@ if triton is not None:
                 tl.store(p_ptr + offsets, dropped.to(p_ptr.dtype.element_ty), mask=inside)
             j0 += BLOCK_N
 
-    @triton.jit
+    @triton.jit(do_not_specialize=[*SHAPE_ARGUMENTS, "bias_numel"])
     def _backward_kernel(
         g_ptr, ds_ptr, a_ptr, p_ptr, bias_ptr, grad_bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride, bias_numel,

@@ -61,7 +61,7 @@ if triton is not None:
             o = res + d
         return a, scale, d, u, res, o
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch"])
     def _gated_update_forward_kernel(
         h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, weight_ptr, norm_bias_ptr, out_ptr, stats_ptr,
         rows_total, batch, D, eps, seed_ptr, p,
@@ -98,7 +98,7 @@ if triton is not None:
             tl.store(stats_ptr + rows.to(tl.int64) * 2 + 1, rstd, mask=row_mask)
         tl.store(out_ptr + offsets, o.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "programs", "batch"])
     def _gated_update_backward_kernel(
         grad_out_ptr, h_ptr, bias_ptr, hx_ptr, u_ptr, res_ptr, weight_ptr, stats_ptr,
         grad_h_ptr, grad_u_ptr, grad_res_ptr, partials_ptr,

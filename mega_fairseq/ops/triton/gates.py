@@ -65,7 +65,7 @@ if triton is not None:
         """Row b * L + t of a batch-first tensor for time-major rows t * B + b."""
         return (rows % batch) * length + rows // batch
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch", "length"])
     def _mega_gates_forward_kernel(
         base_ptr, base_bias_ptr, values_ptr, value_bias_ptr, gamma_ptr, beta_ptr,
         u_ptr, r_ptr, hx_ptr, q_ptr, k_ptr, v_ptr,
@@ -118,7 +118,7 @@ if triton is not None:
             mask = mask & (rows[:, None] < rows_total)
             tl.store(v_ptr + out, v.to(v_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "row_programs", "batch", "length"])
     def _mega_gates_backward_kernel(
         base_ptr, base_bias_ptr, values_ptr, value_bias_ptr, gamma_ptr,
         grad_u_ptr, grad_r_ptr, grad_hx_ptr, grad_q_ptr, grad_k_ptr, grad_v_ptr,
@@ -222,7 +222,7 @@ if triton is not None:
                 start += row_programs * BLOCK_R
             tl.store(partials_ptr + E + cols, bias_sum, mask=cols < H)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch", "length"])
     def _cross_gates_forward_kernel(
         base_ptr, bias_ptr, u_ptr, r_ptr, q_ptr,
         rows_total, batch, length, D, Z,
@@ -250,7 +250,7 @@ if triton is not None:
             mask = mask & (rows[:, None] < rows_total)
             tl.store(q_ptr + out, x.to(q_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "row_programs", "batch", "length"])
     def _cross_gates_backward_kernel(
         base_ptr, bias_ptr, grad_u_ptr, grad_r_ptr, grad_q_ptr, grad_base_ptr, partials_ptr,
         rows_total, row_programs, batch, length, D, Z,

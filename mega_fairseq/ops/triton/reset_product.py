@@ -31,7 +31,7 @@ if triton is not None:
         batch_first = (b * out_stride_b + t * out_stride_t)[:, None] + cols[None, :]
         return time_major, batch_first, mask
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch"])
     def _reset_product_forward_kernel(out_ptr, r_ptr, y_ptr, rows_total, batch, H, out_stride_b, out_stride_t,
                                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -41,7 +41,7 @@ if triton is not None:
         r = tl.load(r_ptr + time_major, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + time_major, (out * r).to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_total", "batch", "length"])
     def _reset_product_backward_kernel(grad_y_ptr, out_ptr, r_ptr, grad_out_ptr, grad_r_ptr,
                                        rows_total, batch, length, H, out_stride_b, out_stride_t,
                                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
