@@ -113,8 +113,8 @@ def summarize(name, train_as):
         "train_wps": sum(float(r["wps"]) for r in timed) / len(timed),
         "train_ups": sum(float(r["ups"]) for r in timed) / len(timed),
         "peak_gb": float(total_gb.group(1)) - min(gb_free) if total_gb and gb_free else None,
-        "records": [{"num_updates": int(r["num_updates"]), "wps": float(r["wps"]), "ups": float(r["ups"])}
-                    for r in records],
+        "records": [{"num_updates": int(r["num_updates"]), "wps": float(r["wps"]), "ups": float(r["ups"]),
+                     "wall": float(r["wall"])} for r in records],
     }
     if generate == "1":
         translated = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "

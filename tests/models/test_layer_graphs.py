@@ -40,11 +40,17 @@ def test_graphs_apply_when_training_on_cuda(setting, training, cuda, expected):
 def test_compiled_stacks_match_eager_model(monkeypatch):
     """The model in training mode with its stacks compiled (counted) against the same model's
     eager layers: outputs and every gradient at several batch shapes; once a padded and an unpadded batch
-    were traced, batches of new lengths and sizes trace nothing new (a single sentence would: size 1)."""
-    traces = []
+    were traced, batches of new lengths and sizes trace nothing new (a single sentence would: size 1); only
+    lengths and batch sizes are symbolic in the traced graphs, the model widths static."""
+    traces, symbolic_sizes = [], []
 
     def counting_backend(graph, inputs):
         traces.append(graph)
+        for node in graph.graph.find_nodes(op="placeholder"):
+            tensor = node.meta.get("example_value")
+            if isinstance(tensor, torch.Tensor):
+                symbolic_sizes.extend((dim, tensor.dim()) for dim, size in enumerate(tensor.shape)
+                                      if isinstance(size, torch.SymInt))
         return graph
 
     dynamo.reset()
@@ -62,6 +68,8 @@ def test_compiled_stacks_match_eager_model(monkeypatch):
         batch = translation_batch(dictionary, sources, targets, seed)
         assert_same_outputs_and_grads(graphed, eager, batch)
     assert seen > 0 and len(traces) == seen, "new lengths and batch sizes must reuse the traced stacks"
+    assert symbolic_sizes and all(dim < 2 for dim, _ in symbolic_sizes), \
+        f"only lengths and batch sizes are dynamic (dims 0 and 1), not the widths: {symbolic_sizes}"
     dynamo.reset()
 
 
