@@ -154,7 +154,8 @@ def main():
     times, tokens = timed_updates(trainer, stream, args.steps)
     result = {
         "label": args.label or args.arch, "arch": args.arch, "extra": " ".join(extra), "params": params,
-        "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s, "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
+        "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s, "median_ms": statistics.median(times),
+        "mean_ms": statistics.mean(times),
         "tokens_per_s": sum(tokens) / (sum(times) / 1e3),
     }
     if args.profile_steps:

@@ -8,8 +8,8 @@ compiled code; incremental decoding steps run the layers eagerly (see ``MegaDeco
 backward of a whole encoder or decoder layer stack from CUDA graphs. The stack is traced once by
 torch.compile with dynamic lengths and batch size (static widths) and its forward and backward graphs
 run through torch's CUDA graph trees (the ``cudagraphs`` backend: no code generation, the same kernels
-as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs one launch per graph instead of
-the host time of every kernel and autograd node. Batches repeat their shapes from the second epoch
+as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs
+one launch per graph instead of the host time of every kernel and autograd node. Batches repeat their shapes from the second epoch
 on (fairseq's batches are fixed), so the recording cost is paid once per shape. The dropout seeds
 of the fused kernels are device tensors drawn inside the graph, so each replay drops anew.
 """

@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from .autocast import BF16_AUTOCAST_HELP, autocast_forward
 from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOICES, ATTENTION_IMPL_HELP,
-                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, LAYER_GRAPHS_CHOICES, NORM_CHOICES,
-                     POSITION_BIAS_CHOICES, STACK_ARGUMENTS,
-                     build_embedding, fill_defaults, follows, from_task, layer_config, register_architectures,
-                     zero_pads)
+                     BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, LAYER_GRAPHS_CHOICES,
+                     NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS, build_embedding, fill_defaults, follows,
+                     from_task, layer_config, register_architectures, zero_pads)
 from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, compiled_stack, decoder_stack, encoder_stack,
                       graphs_apply, prepare_stack)
 from .stepping import StepSession

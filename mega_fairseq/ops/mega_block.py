@@ -179,7 +179,8 @@ class _BiasActivation(torch.autograd.Function):
         x, bias = ctx.saved_tensors
         activation, p, feature, seed, batch_first = ctx.options
         grad_x, grad_bias = _bias_activation.bias_activation_backward(
-            grad_y.contiguous(), x.contiguous(), bias, activation, p, feature, _seed(seed, p, x), batch_first, bias.dtype)
+            grad_y.contiguous(), x.contiguous(), bias, activation, p, feature, _seed(seed, p, x), batch_first,
+            bias.dtype)
         return grad_x, grad_bias, None, None, None, None, None
 
 

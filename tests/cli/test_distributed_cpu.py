@@ -8,14 +8,13 @@ worker with batch b and ``--update-freq 2`` (dropout off, so the runs are determ
 """
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fairseq_helpers import USER_DIR
+from fairseq_helpers import USER_DIR, free_port
 from toy_corpus import binarize
 
 
@@ -33,12 +32,6 @@ FLAGS = ["--user-dir", USER_DIR, "--cpu", "--arch", "mega_wmt_en_de", "--encoder
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return binarize(tmp_path_factory.mktemp("dist"), {"train": 300, "valid": 20, "test": 20}, seed=11)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_command(data, save_dir, extra):

@@ -2,6 +2,7 @@
 inputs, for the model-level tests."""
 import os
 import random
+import socket
 from types import SimpleNamespace
 
 import torch
@@ -103,3 +104,10 @@ def random_stream(dictionary, length, seed):
 def full_log_probs(model, tokens):
     """(B, T) tokens -> (B, T, V) log-probabilities of the next token, one forward pass."""
     return model.get_normalized_probs(model(tokens), log_probs=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

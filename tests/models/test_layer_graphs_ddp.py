@@ -4,7 +4,6 @@ them at gradient-bucket boundaries and compiles each piece (on a GPU: a CUDA gra
 traced and split here (AOT autograd, no code generation) and must give the eager model's outputs and
 gradients on each rank. Marked slow (about 40 s of tracing)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -12,18 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch._dynamo.backends.common import aot_autograd
 
-from fairseq_helpers import build_model, loss_and_grads, make_dictionary, translation_batch
+from fairseq_helpers import build_model, free_port, loss_and_grads, make_dictionary, translation_batch
 from mega_fairseq.models import compile as compile_module
 from mega_fairseq.models import mega as mega_module
 
 WIDE = ["--encoder-embed-dim", "128", "--encoder-hidden-dim", "512", "--encoder-ffn-embed-dim", "512",
         "--encoder-z-dim", "64"]  # about 4 MB of parameters per layer: several 1 MB buckets per stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_checks(rank: int, port: int) -> None:

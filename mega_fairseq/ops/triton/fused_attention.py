@@ -186,7 +186,8 @@ def fused_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, key_pad
     """Chunked attention (see ``ops.attention.chunk_attention``) in one operator: q (B, Lq, Z),
     k (B, Lk, Z), v (B, Lk, H) (cast to the autocast dtype when autocast is on, else to q's dtype);
     bias per distance (2P - 1,) or a (Cq, Ck) matrix; Lq < Lk only with a single chunk. Differentiable
-    in q, k, v and bias. The dropout seed is drawn on q's device and read by the kernels (no host sync; CUDA-graph safe).
+    in q, k, v and bias. The dropout seed is drawn on q's device and read by the kernels (no host sync;
+    a CUDA graph replay draws a new one).
     Returns (B, Lq, H)."""
     dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
