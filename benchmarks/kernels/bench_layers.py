@@ -12,6 +12,9 @@ chunk 128 and unchunked) with automatic kernel selection and with the original a
 EMA, attention by matmul), and of fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048,
 PyTorch's fused attention; PyTorch's layer without fairseq) at a fixed token budget per batch,
 under bf16 autocast on a GPU: tokens/s, peak memory, ratios to the Transformer and the original.
+On a GPU, the chunked Mega layer and the Transformer layer also run as the models' training runs them
+by default (``--layer-graphs auto``): traced once by torch.compile and replayed from CUDA graphs
+(``*_graphs``; the Transformer layer the same way, for a like-for-like baseline).
 On a CPU it runs with the sizes given (for checking the script).
 """
 import argparse
@@ -24,6 +27,11 @@ from torch import nn
 
 from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensionalEMA
 from mega_fairseq.ops.triton import ema_scan as ema_triton
+
+try:  # the layer graphs live in the fairseq models; without fairseq the *_graphs variants are left out
+    from mega_fairseq.models.compile import GRAPH_BACKEND, compiled_stack, encoder_stack, mark_length_and_batch_dynamic
+except ImportError:
+    GRAPH_BACKEND = None
 
 
 def device_and_dtype():
@@ -142,6 +150,30 @@ def mega_layer(chunk: int, length: int, fast: bool, device) -> nn.Module:
     return MegaEncoderLayer(cfg).to(device)
 
 
+class _OnLayerGraphs(nn.Module):
+    """A Mega layer run as the models run their layer stacks in training (``--layer-graphs auto``)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layers = nn.ModuleList([layer])
+
+    def forward(self, x):
+        return compiled_stack(encoder_stack)(self.layers, x, None)
+
+
+class _TransformerOnGraphs(nn.Module):
+    """The Transformer layer traced and replayed from CUDA graphs the same way as the Mega stacks."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.compiled = torch.compile(layer, backend=GRAPH_BACKEND)
+
+    def forward(self, x):
+        mark_length_and_batch_dynamic([x])
+        return self.compiled(x)
+
+
 def bench_layer(args):
     """One layer forward+backward under bf16 autocast at a fixed token budget per batch."""
     device, dtype = device_and_dtype()
@@ -153,11 +185,16 @@ def bench_layer(args):
         for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
             layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device)
             layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device)
+        if device.type == "cuda" and GRAPH_BACKEND is not None:
+            layers["transformer_graphs"] = lambda: _TransformerOnGraphs(transformer_layer(device))
+            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device))
         row = {"L": length, "batch": batch}
         for name, build in layers.items():
             layer = build()
 
             def run(layer=layer):
+                layer.zero_grad(set_to_none=True)  # as the optimizer does: graph replays own their outputs
+                x.grad = None
                 with torch.autocast(device_type=device.type, dtype=dtype):
                     forward_backward(layer, x)()
             try:
@@ -165,13 +202,21 @@ def bench_layer(args):
                 row[name] = {"tokens/s": length * batch / ms * 1e3, "ms": ms, "peak_MiB": peak_memory_mib(run)}
             except torch.OutOfMemoryError:
                 row[name] = {"tokens/s": float("nan"), "ms": float("nan"), "peak_MiB": float("inf")}
+            except Exception as error:  # a graph variant that cannot run is reported, not fatal
+                if not name.endswith("_graphs"):
+                    raise
+                row[name] = {"tokens/s": float("nan"), "ms": float("nan"), "peak_MiB": float("nan"),
+                             "error": f"{type(error).__name__}: {error}"[:300]}
             del layer
-            x.grad = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         for name in ("mega_chunk128", "mega_unchunked"):
             row[name]["x_transformer"] = row[name]["tokens/s"] / row["transformer"]["tokens/s"]
             row[name]["x_original"] = row[name]["tokens/s"] / row[name + "_original"]["tokens/s"]
+        if "mega_chunk128_graphs" in row:
+            graphs = row["mega_chunk128_graphs"]
+            graphs["x_transformer"] = graphs["tokens/s"] / row["transformer"]["tokens/s"]
+            graphs["x_transformer_graphs"] = graphs["tokens/s"] / row["transformer_graphs"]["tokens/s"]
         rows.append(row)
     return {"device": str(device), "rows": rows}
 
@@ -194,7 +239,8 @@ def print_table(what: str, results: dict) -> None:
         parts = [f"L={row['L']:>6} B={row['batch']:>3}"]
         for name, r in row.items():
             if isinstance(r, dict):
-                extra = "".join(f" {key} {r[key]:.2f}" for key in ("x_transformer", "x_original") if key in r)
+                ratios = ("x_transformer", "x_transformer_graphs", "x_original")
+                extra = "".join(f" {key} {r[key]:.2f}" for key in ratios if key in r)
                 parts.append(f"{name} {r['tokens/s'] / 1e3:7.1f}k tok/s {r['peak_MiB']:7.0f} MiB{extra}")
         print(" | ".join(parts))
 

@@ -11,7 +11,9 @@ run through torch's CUDA graph trees (the ``cudagraphs`` backend: no code genera
 as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs
 one launch per graph instead of the host time of every kernel and autograd node. Batches repeat their shapes from the second epoch
 on (fairseq's batches are fixed), so the recording cost is paid once per shape. The dropout seeds
-of the fused kernels are device tensors drawn inside the graph, so each replay drops anew.
+of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The
+gradients leave the graphs' memory pool as each backward replay returns them, so that they accumulate
+over several backward passes (``--update-freq``) like eager gradients.
 """
 from typing import List, Optional, Tuple
 
@@ -28,29 +30,54 @@ LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder an
                      "on when training on a CUDA device without --compile-layers; off: eager")
 
 
+def copied_out_of_pool(outputs):
+    """The tensors of a backward replay's ``outputs`` (list) copied out of the graphs' memory pool, exactly
+    (a batched multiply by 1: a few launches for all of them); other entries kept.
+
+    A backward graph's outputs are the parameters' gradients, which autograd installs as ``.grad``. Left in
+    the pool, the next replay overwrites them: gradients accumulated over several backward passes
+    (fairseq's --update-freq) would read overwritten memory (torch's CUDA graph trees raise, or with
+    some access patterns sum stale values; pytorch/pytorch#169545)."""
+    positions = [i for i, output in enumerate(outputs) if isinstance(output, Tensor)]
+    if not positions:
+        return outputs
+    copies = torch._foreach_mul([outputs[i] for i in positions], 1)
+    outputs = list(outputs)
+    for i, copy in zip(positions, copies):
+        outputs[i] = copy
+    return outputs
+
+
+def record_per_shape(record):
+    """A ``cudagraphify_impl`` that records with ``record`` once per shape of a graph's inputs and copies
+    every backward replay's outputs (the gradients) out of the memory pool."""
+    def per_shape(model, inputs, static_input_idxs, *args, **kwargs):
+        recordings = {}
+        is_backward = bool(kwargs.get("is_backward", False))
+
+        def run(new_inputs):
+            key = tuple(tuple(t.shape) if isinstance(t, Tensor) else t for t in new_inputs)
+            if key not in recordings:
+                recordings[key] = record(model, list(new_inputs), static_input_idxs, *args, **kwargs)
+            outputs = recordings[key](new_inputs)
+            return copied_out_of_pool(outputs) if is_backward else outputs
+        return run
+    return per_shape
+
+
 def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
     """torch's ``cudagraphs`` backend, with its forward and backward graphs recorded per shape of their
     inputs. With dynamic shapes the stock backend keys its recordings on the graph's int inputs only,
     and a graph whose sizes all come from its tensors (the backward, a forward with the batch size
     only in a tensor) would replay a recording of another shape. The key here is every input's shape
     (the backward's "static" inputs, the saved activations, change shape with the batch too); all
-    recordings stay in torch's CUDA graph trees (one memory pool)."""
+    recordings stay in torch's CUDA graph trees (one memory pool). The gradients leave the pool as
+    each backward replay returns them (see ``copied_out_of_pool``)."""
     from torch._dynamo.backends.registry import lookup_backend
     from torch._inductor import cudagraph_trees
 
     record = cudagraph_trees.cudagraphify_impl
-
-    def per_shape(model, inputs, static_input_idxs, *args, **kwargs):
-        recordings = {}
-
-        def run(new_inputs):
-            key = tuple(tuple(t.shape) if isinstance(t, Tensor) else t for t in new_inputs)
-            if key not in recordings:
-                recordings[key] = record(model, list(new_inputs), static_input_idxs, *args, **kwargs)
-            return recordings[key](new_inputs)
-        return run
-
-    cudagraph_trees.cudagraphify_impl = per_shape  # read once by the backend below, for this graph only
+    cudagraph_trees.cudagraphify_impl = record_per_shape(record)  # read once by the backend, for this graph only
     try:
         return lookup_backend("cudagraphs")(graph, example_inputs)
     finally:

@@ -73,6 +73,55 @@ def test_compiled_stacks_match_eager_model(monkeypatch):
     dynamo.reset()
 
 
+def test_recordings_per_shape_and_backward_outputs_out_of_the_pool():
+    """record_per_shape with a fake recorder whose replays write into one buffer, as a CUDA graph's memory
+    pool does: one recording per shape of the inputs; a backward replay's gradients survive the next
+    replay (copied out, values exact), a forward replay's outputs are returned as they are."""
+    pool, recorded = torch.zeros(3), []
+
+    def record(model, inputs, static_input_idxs, *args, **kwargs):
+        recorded.append(tuple(inputs[0].shape))
+
+        def replay(new_inputs):
+            pool[: new_inputs[0].numel()].copy_(new_inputs[0] / 3)
+            return [pool[: new_inputs[0].numel()], None]
+        return replay
+
+    backward = compile_module.record_per_shape(record)(None, [torch.ones(3)], [], is_backward=True)
+    first = backward([torch.ones(3)])
+    second = backward([torch.full((3,), 5.0)])
+    third = backward([torch.full((2,), 7.0)])
+    assert torch.equal(first[0], torch.ones(3) / 3) and first[1] is None
+    assert torch.equal(second[0], torch.full((3,), 5.0) / 3) and torch.equal(third[0], torch.full((2,), 7.0) / 3)
+    assert recorded == [(3,), (2,)]
+    forward = compile_module.record_per_shape(record)(None, [torch.ones(3)], [], is_backward=False)
+    assert forward([torch.ones(3)])[0].data_ptr() == pool.data_ptr()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gradients_accumulated_over_replays_match_eager():
+    """fairseq's --update-freq on the GPU: gradients summed over backward passes of two batch shapes before
+    an update (recorded, then replayed) equal the eager model's, every parameter."""
+    dictionary = make_dictionary()
+    flags = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
+    models = [build_model([*flags, "--layer-graphs", setting], dictionary, seed=4).float().cuda().train()
+              for setting in ("auto", "off")]
+    batches = [tuple(t.cuda() for t in translation_batch(dictionary, s, t, seed))
+               for seed, s, t in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3]))]
+    grads = []
+    for model in models:
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            for batch in batches:
+                out, _ = model(*batch)
+                out.float().log_softmax(-1).square().mean().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.gpu
 @needs_gpu
 def test_training_updates_on_cuda_graphs_match_eager():

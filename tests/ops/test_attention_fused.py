@@ -359,8 +359,8 @@ def test_inductor_compiled_fused_attention_matches_eager_on_gpu():
             out = f(*leaves, mask)
             out.square().sum().backward()
             results.append([out] + [t.grad for t in leaves] + [module.weight.grad.clone()])
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        for a, b in zip(*results):  # fp32; the bias gradient sums ~1e5 terms in inductor's order
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1
 
     def with_dropout(q, k, v, mask):
