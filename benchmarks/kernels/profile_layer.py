@@ -36,8 +36,11 @@ def kernel_group(name: str) -> str:
 
 
 def bf16_step(layer, x):
-    """One forward+backward of layer(x) under bf16 autocast, as a callable."""
+    """One forward+backward of layer(x) under bf16 autocast from cleared gradients (as after an
+    optimizer's zero_grad), as a callable."""
     def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
         with torch.autocast("cuda", dtype=torch.bfloat16):
             forward_backward(layer, x)()
     return step
