@@ -5,8 +5,9 @@ set before triton is imported, hence a separate process; see test_ema_fused.py).
 
 Prints one JSON line: check name -> {quantity: value}; errors are the largest error relative to
 the float64 reference (or to the eager result), counts and flags are plain numbers. Sizes are tiny
-but cover every code path: one chunk and several (chunk lengths shrunk), a last chunk and an
-8-step group cut by the sequence end, several row and channel blocks with masked tails, padding,
+but cover every code path: one chunk and several (chunk lengths shrunk), more chunks than the prefix
+scan loads at once (19 and 10, not multiples of its 4), a last chunk and an 8-step group cut by the
+sequence end, several row and channel blocks with masked tails, padding,
 both directions, truncation below and at the length, carried states, the custom operators compiled.
 """
 import contextlib
@@ -32,6 +33,7 @@ LAYER_CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, p
     "short_truncation_not_below_length": (9, 2, 3, 2, False, 9, True, False),
     "long_causal_truncated_padded": (37, 2, 3, 8, False, 11, True, True),
     "long_bidirectional_truncated_padded": (21, 3, 33, 2, True, 5, True, True),
+    "many_chunks_bidirectional_truncated_padded": (150, 2, 5, 4, True, 40, True, True),
 }
 
 
@@ -90,12 +92,13 @@ def check_layer(length, batch, dim, ndim, bidirectional, truncation, padded, sev
 
 
 def check_carried_state(batch=2, dim=5, ndim=4, seed=5):
-    """A causal EMA fed in parts [1, 13, 1, 5, 1, 12] with a carried state (a fresh start, several
-    chunks from a state, one-step launches, one chunk from a state; padded) equals the float64
+    """A causal EMA fed in parts [1, 13, 1, 5, 1, 12, 45] with a carried state (a fresh start, several
+    chunks from a state, one-step launches, one chunk from a state, more chunks than the prefix scan
+    loads at once; padded) equals the float64
     recurrence over the whole sequence; the state is one tensor updated in place; a (B, D) step
     equals the (1, B, D) one."""
     ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, impl="triton"), seed)
-    sizes = [1, 13, 1, 5, 1, 12]
+    sizes = [1, 13, 1, 5, 1, 12, 45]
     x = randn(sum(sizes), batch, dim, seed=seed + 1).float()
     mask = random_padding_mask(batch, sum(sizes), seed=seed + 2, min_real=20)
     state, parts, position, buffers = {}, [], 0, set()

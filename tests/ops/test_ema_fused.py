@@ -91,10 +91,11 @@ def interpreted():
 
 @pytest.mark.parametrize("case", ["short_causal", "short_bidirectional_truncated_padded",
                                   "short_truncation_not_below_length", "long_causal_truncated_padded",
-                                  "long_bidirectional_truncated_padded"])
+                                  "long_bidirectional_truncated_padded",
+                                  "many_chunks_bidirectional_truncated_padded"])
 def test_interpreted_layer_matches_float64_lag_sum(interpreted, case):
     """Output, dx and the five parameter gradients in float32 against the float64 direct sum over lags:
-    one chunk and several, causal and bidirectional, truncated (K < L and K >= L), padded, row and
+    one chunk, several and many, causal and bidirectional, truncated (K < L and K >= L), padded, row and
     channel blocks with masked tails."""
     errors = interpreted[case]
     assert set(errors) == {"y", "dx", "dalpha", "ddelta", "dbeta", "dgamma", "domega"}
@@ -277,16 +278,16 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
     params = ["*fp32"] * 5
     ints = ["i32"] * 5
     cases = [
-        (kernels._forward_kernel, ["*bf16", "*i1"] + params + ["*fp32", "*fp32", "*bf16", "*fp32"] + ints
+        (kernels._ema_forward_kernel, ["*bf16", "*i1"] + params + ["*fp32", "*fp32", "*bf16", "*fp32"] + ints
          + ["fp32"] + ints, dict(scan, STATE_IN=True, STORE_FINAL=False, STORE_Y=True)),
-        (kernels._forward_kernel, ["*fp16", "*i1"] + ["*fp16"] * 5 + ["*fp32", "*fp32", "*fp16", "*fp16"] + ints
+        (kernels._ema_forward_kernel, ["*fp16", "*i1"] + ["*fp16"] * 5 + ["*fp32", "*fp32", "*fp16", "*fp16"] + ints
          + ["fp32"] + ints, dict(scan, DIRS=1, TRUNCATED=False, HAS_MASK=False, STATE_IN=True, STORE_FINAL=True,
                                  STORE_Y=False)),
         (kernels._chunk_states_kernel, ["*bf16", "*i1", "*fp32", "*bf16"] + params + ["*fp32"] + ints
          + ["fp32", "i32", "i32"], dict(scan, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, HAS_H0=False, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, DIRS=1, HAS_H0=True, GRAD=False)),
-        (kernels._backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params + ["*fp32", "*bf16", "*fp32"] + ints
+        (kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params + ["*fp32", "*bf16", "*fp32"] + ints
          + ["fp32", "i32", "i32"], dict(scan, STATE_IN=True)),
         (kernels._grad_finalize_kernel, ["*fp32", "i32"] + ["*fp16"] * 9 + ["i32", "fp32"],
          dict(N=16, DIRS=2, BLOCK=128, ROW_BLOCK=16)),

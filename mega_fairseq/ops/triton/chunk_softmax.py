@@ -154,7 +154,7 @@ if triton is not None:
         return tl.rand(tl.load(seed_ptr), offsets) >= dropout
 
     @triton.jit(do_not_specialize=SHAPE_ARGUMENTS)
-    def _forward_kernel(
+    def _attention_forward_kernel(
         s_ptr, a_ptr, p_ptr, bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride,
         mask_stride_b, mask_stride_k, scale, dropout, seed_ptr,
@@ -210,7 +210,7 @@ if triton is not None:
             j0 += BLOCK_N
 
     @triton.jit(do_not_specialize=[*SHAPE_ARGUMENTS, "bias_numel"])
-    def _backward_kernel(
+    def _attention_backward_kernel(
         g_ptr, ds_ptr, a_ptr, p_ptr, bias_ptr, grad_bias_ptr, mask_ptr,
         Cq, Ck, chunks, chunk_stride, key_length, query_offset, bias_center, bias_stride, bias_numel,
         mask_stride_b, mask_stride_k, scale, dropout, seed_ptr,
@@ -333,7 +333,7 @@ def weights_forward(scores: Tensor, weights: Optional[Tensor], dropped: Optional
     relu2 use their normalizer)."""
     grid, geometry, mask_strides, constants = _common(scores, bias, mask, layout, function, causal, mask_is_valid,
                                                       False)
-    _forward_kernel[grid](
+    _attention_forward_kernel[grid](
         scores, weights if weights is not None else dropped, dropped if dropped is not None else weights,
         bias if bias is not None else scores,
         mask if mask is not None else scores, *geometry, *mask_strides, scale, dropout,
@@ -352,7 +352,7 @@ def weights_backward(grad: Tensor, grad_scores: Tensor, saved: Tensor, dropped: 
     grid, geometry, mask_strides, constants = _common(saved, bias, mask, layout, function, causal, mask_is_valid,
                                                       True)
     bias_numel = bias.numel() if bias is not None else 0
-    _backward_kernel[grid](
+    _attention_backward_kernel[grid](
         grad, grad_scores, saved, dropped if dropped is not None else saved, bias if bias is not None else saved,
         grad_bias if grad_bias is not None else grad, mask if mask is not None else saved,
         *geometry, bias_numel, *mask_strides, scale, dropout, seed if seed is not None else saved,

@@ -125,7 +125,7 @@ def _rows_sum(tile, ROWS: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["L", "B", "TC", "cut"])
-def _forward_kernel(
+def _ema_forward_kernel(
     x_ptr, mask_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, state_ptr, final_ptr, y_ptr, out_ptr,
     L, B, D, TC, cut, scale, state_stride_b, state_stride_chunk, state_stride_dir, state_stride_n, state_stride_d,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
@@ -257,6 +257,34 @@ def _chunk_states_kernel(
         tl.store(states_ptr + 2 * plane + at, nu, mask=tile_ok)
 
 
+@triton.jit
+def _scan_chunk(i, direction, num_chunks, REVERSE: tl.constexpr):
+    """The chunk at position i of a direction's scan order (direction 1 starts at the last chunk);
+    REVERSE: of the opposite order (the adjoint's)."""
+    if REVERSE:
+        i = num_chunks - 1 - i
+    return i + direction * (num_chunks - 1 - 2 * i)
+
+
+@triton.jit
+def _chunk_tile(ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS: tl.constexpr, N: tl.constexpr,
+                REVERSE: tl.constexpr):
+    """The (N, COLS) tile of a state plane at scan position i (zero past the last chunk)."""
+    chunk = _scan_chunk(i, direction, num_chunks, REVERSE)
+    return tl.load(ptr + _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N),
+                   mask=tile_ok & (i < num_chunks), other=0.0)
+
+
+@triton.jit
+def _chunk_tiles4(ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS: tl.constexpr, N: tl.constexpr,
+                  REVERSE: tl.constexpr):
+    """_chunk_tile at scan positions i, ..., i + 3, issued together."""
+    return (_chunk_tile(ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, REVERSE),
+            _chunk_tile(ptr, b, d, i + 1, direction, num_chunks, D, tile_ok, DIRS, N, REVERSE),
+            _chunk_tile(ptr, b, d, i + 2, direction, num_chunks, D, tile_ok, DIRS, N, REVERSE),
+            _chunk_tile(ptr, b, d, i + 3, direction, num_chunks, D, tile_ok, DIRS, N, REVERSE))
+
+
 @triton.jit(do_not_specialize=["L", "B", "TC", "num_chunks"])
 def _chunk_prefix_kernel(
     states_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, h0_ptr,
@@ -267,7 +295,8 @@ def _chunk_prefix_kernel(
     """Turns the chunks' own end states into incoming states, in place (grid axis 2 = direction):
     a chunk of length m maps a state S to q^m S + its own. Forward: the scaled h = a S (+ q^t h0,
     h0 (B, D, N) carried into direction 0). GRAD: the unscaled s and v = ds/dq in scan order, and
-    the adjoint nu in the other order."""
+    the adjoint nu in the other order. The scan is sequential over chunks: the own states of 4
+    chunks are loaded together, so that the chain waits on memory once per 4 chunks."""
     b, d, ok = _columns(B, D, ROWS, BD)
     direction = tl.program_id(2)
     n = tl.arange(0, N)
@@ -282,41 +311,45 @@ def _chunk_prefix_kernel(
     v = tl.zeros((N, ROWS * BD), tl.float32)
     i = 0
     while i < num_chunks:
-        chunk = i + direction * (num_chunks - 1 - 2 * i)
-        at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
-        steps = tl.minimum(TC, L - chunk * TC).to(tl.float32)
-        decay = tl.exp2(steps * log_q)
-        own = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
+        owns = _chunk_tiles4(states_ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, False)
         if GRAD:
-            own_v = tl.load(states_ptr + plane + at, mask=tile_ok, other=0.0)
-            tl.store(states_ptr + at, s, mask=tile_ok)
-            tl.store(states_ptr + plane + at, v, mask=tile_ok)
-            v = decay * v + steps * tl.exp2((steps - 1.0) * log_q) * s + own_v
-        else:
-            h = a * s
-            if HAS_H0:
-                h += tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
-            tl.store(states_ptr + at, h, mask=tile_ok)
-        s = decay * s + own
-        i += 1
+            own_vs = _chunk_tiles4(states_ptr + plane, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, False)
+        for j in tl.static_range(4):
+            chunk = _scan_chunk(i + j, direction, num_chunks, False)
+            at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+            store_ok = tile_ok & (i + j < num_chunks)
+            steps = tl.minimum(TC, L - chunk * TC).to(tl.float32)
+            decay = tl.exp2(steps * log_q)
+            if GRAD:
+                tl.store(states_ptr + at, s, mask=store_ok)
+                tl.store(states_ptr + plane + at, v, mask=store_ok)
+                v = decay * v + steps * tl.exp2((steps - 1.0) * log_q) * s + own_vs[j]
+            else:
+                h = a * s
+                if HAS_H0:
+                    h += tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
+                tl.store(states_ptr + at, h, mask=store_ok)
+            s = decay * s + owns[j]
+        i += 4
     if GRAD:
         nu = tl.zeros((N, ROWS * BD), tl.float32)
         i = 0
         while i < num_chunks:
-            chunk = num_chunks - 1 - i - direction * (num_chunks - 1 - 2 * i)
-            at = 2 * plane + _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
-            decay = tl.exp2(tl.minimum(TC, L - chunk * TC).to(tl.float32) * log_q)
-            own = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
-            tl.store(states_ptr + at, nu, mask=tile_ok)
-            nu = decay * nu + own
-            i += 1
+            owns = _chunk_tiles4(states_ptr + 2 * plane, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, True)
+            for j in tl.static_range(4):
+                chunk = _scan_chunk(i + j, direction, num_chunks, True)
+                at = 2 * plane + _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
+                decay = tl.exp2(tl.minimum(TC, L - chunk * TC).to(tl.float32) * log_q)
+                tl.store(states_ptr + at, nu, mask=tile_ok & (i + j < num_chunks))
+                nu = decay * nu + owns[j]
+            i += 4
 
 
 # ------------------------------------------------------------------ backward
 
 
 @triton.jit(do_not_specialize=["L", "B", "TC", "cut", "num_chunks"])
-def _backward_kernel(
+def _ema_backward_kernel(
     g_ptr, x_ptr, mask_ptr, y_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, states_ptr,
     dx_ptr, partial_ptr,
     L, B, D, TC, cut, scale, num_chunks, plane,

@@ -112,7 +112,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         states, strides = h0, (dim * n_dim, 0, 0, 1, n_dim)
     else:
         states, strides = x, (0, 0, 0, 0, 0)
-    kernels._forward_kernel[grid](
+    kernels._ema_forward_kernel[grid](
         x, mask_arg, *params, omega, states, x if final is None else final, x if y is None else y, out,
         length, batch, dim, chunk, cut, scale, *strides,
         STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y, **scan)
@@ -151,7 +151,7 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x, length, batch, dim, chunk, num_chunks, plane, HAS_H0=False, GRAD=True, **shape)
     partial = torch.empty(grid[0] * num_chunks, 2 * dirs * n_dim * dim + dim, device=x.device, dtype=torch.float32)
-    kernels._backward_kernel[grid](
+    kernels._ema_backward_kernel[grid](
         grad_out, x, mask_arg, y, *params, omega, states, dx, partial, length, batch, dim, chunk, cut, scale,
         num_chunks, plane, STATE_IN=num_chunks > 1, **scan)
     programs = triton.cdiv(dirs * n_dim * dim, FINALIZE_BLOCK) + triton.cdiv(dim, FINALIZE_BLOCK)
