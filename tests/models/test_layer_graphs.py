@@ -98,17 +98,26 @@ def test_recordings_per_shape_and_backward_outputs_out_of_the_pool():
     assert forward([torch.ones(3)])[0].data_ptr() == pool.data_ptr()
 
 
+GPU_FLAGS = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
+
+
+def graphed_and_eager_models_on_gpu():
+    """The same small model (float32, CUDA, training mode) with layer graphs and eagerly, and two batches of
+    different shapes."""
+    dictionary = make_dictionary()
+    models = [build_model([*GPU_FLAGS, "--layer-graphs", setting], dictionary, seed=4).float().cuda().train()
+              for setting in ("auto", "off")]
+    batches = [tuple(t.cuda() for t in translation_batch(dictionary, s, t, seed))
+               for seed, s, t in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3]))]
+    return models, batches
+
+
 @pytest.mark.gpu
 @needs_gpu
 def test_gradients_accumulated_over_replays_match_eager():
     """fairseq's --update-freq on the GPU: gradients summed over backward passes of two batch shapes before
     an update (recorded, then replayed) equal the eager model's, every parameter."""
-    dictionary = make_dictionary()
-    flags = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
-    models = [build_model([*flags, "--layer-graphs", setting], dictionary, seed=4).float().cuda().train()
-              for setting in ("auto", "off")]
-    batches = [tuple(t.cuda() for t in translation_batch(dictionary, s, t, seed))
-               for seed, s, t in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3]))]
+    models, batches = graphed_and_eager_models_on_gpu()
     grads = []
     for model in models:
         for _ in range(2):
@@ -127,12 +136,7 @@ def test_gradients_accumulated_over_replays_match_eager():
 def test_training_updates_on_cuda_graphs_match_eager():
     """On the GPU (cudagraphs backend): three updates of SGD on batches of two shapes, twice each (the
     second time replayed), give the eager model's losses; with dropout, two replays of one batch differ."""
-    dictionary = make_dictionary()
-    flags = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
-    models = [build_model([*flags, "--layer-graphs", setting], dictionary, seed=4).float().cuda().train()
-              for setting in ("auto", "off")]
-    batches = [tuple(t.cuda() for t in translation_batch(dictionary, s, t, seed))
-               for seed, s, t in ((0, [7, 5, 2], [6, 4, 6]), (1, [11, 9], [9, 3]))]
+    models, batches = graphed_and_eager_models_on_gpu()
     losses = {0: [], 1: []}
     for index, model in enumerate(models):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -144,7 +148,8 @@ def test_training_updates_on_cuda_graphs_match_eager():
             optimizer.step()
             losses[index].append(float(loss))
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5)
-    dropping = build_model([*flags, "--dropout", "0.3", "--hidden-dropout", "0.2"], dictionary, seed=4).cuda().float()
+    dropping = build_model([*GPU_FLAGS, "--dropout", "0.3", "--hidden-dropout", "0.2"], make_dictionary(),
+                           seed=4).cuda().float()
     dropping.train()
     outputs = [dropping(*batches[0])[0].detach().clone() for _ in range(3)]
     assert not torch.equal(outputs[1], outputs[2])
