@@ -3,7 +3,8 @@
 # (--share-all-embeddings) for the same number of updates at the same --max-tokens and
 # optimizer settings as benchmarks/e2e/multi30k_translation.sh (its learning-rate schedule of a 2,000-update
 # run, stopped after UPDATES), then time fairseq-generate (beam 5, batch 128) on the test split with
-# each trained checkpoint. Prints a table, writes OUT_DIR/e2e.json; a failing step prints its log tail.
+# each trained checkpoint. Prints a table, writes OUT_DIR/e2e.json and OUT_DIR/e2e.png (words/s over updates,
+# when matplotlib is installed); a failing step prints its log tail.
 #   bash benchmarks/e2e/e2e_multi30k.sh DATA_BIN OUT_DIR
 #   PAIR             wmt: mega_wmt_en_de vs transformer_wmt_en_de (arch defaults; default);
 #                    multi30k: the sizes of benchmarks/e2e/multi30k_translation.sh (Mega H 512, FFN 640)
@@ -154,3 +155,8 @@ if precision == "bf16":
     print("note: the transformer trained with --fp16 (fairseq's --bf16 means TPU); both decoded with --fp16")
 print(f"wrote {out}/e2e.json")
 EOF
+if python3 -c "import matplotlib" 2>/dev/null; then
+    python3 "$repo/benchmarks/plot_results.py" e2e "$out/e2e.json" "$out/e2e.png" && echo "wrote $out/e2e.png"
+else
+    echo "no plot: matplotlib is not installed"
+fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: the GPU tests (pytest -m gpu), then benchmarks 1-3
-# (bench_layers.py ema / layer, bench_attention.py when present) and the layer profile with
-# torch.compile (profile_layer.py --compile, as --compile-layers compiles). Tables go to stdout, JSON
-# to OUT_DIR. The compile tests and the compiled profile spend minutes compiling on a cold machine.
+# Everything that needs one GPU, in one go: the GPU tests (pytest -m gpu, no 2-GPU test), the one-layer
+# benchmark (bench_layers.py layer, eager and on layer graphs; JSON and plot), where the layer's time
+# goes at 1k and 16k tokens per sequence (profile_layer.py, both layers), the fused EMA's launch plans
+# at the layer's shapes (profile_ema.py --sweep-layer) and LM decoding over 16k tokens (bench_decode.py).
+# Tables go to stdout, JSON and plots to OUT_DIR. From cold caches the GPU tests spend minutes compiling
+# (Triton, torch.compile): give them TEST_SECONDS (default 600).
 #   bash benchmarks/e2e/gpu_checks.sh OUT_DIR [REPEATS]
 set -uo pipefail
 out=${1:?usage: bash benchmarks/e2e/gpu_checks.sh OUT_DIR [REPEATS]}
@@ -13,14 +15,16 @@ cd "$repo"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 echo "== GPU tests"
-timeout 600 python3 -m pytest tests -q -m gpu -p no:cacheprovider 2>&1 | tail -15
-echo "== benchmark 1: EMA, B x D = 8 x 1024"
-timeout 200 python3 benchmarks/kernels/bench_layers.py ema --repeats "$repeats" --json "$out/ema.json" 2>&1 | grep -v INFO
-echo "== benchmarks 2-3: one layer, bf16, 32768 tokens per batch"
-timeout 300 python3 benchmarks/kernels/bench_layers.py layer --repeats "$repeats" --json "$out/layer.json" 2>&1 | grep -v INFO
-if [ -f benchmarks/kernels/bench_attention.py ]; then
-    echo "== chunked attention: matmul vs sdpa"
-    timeout 200 python3 benchmarks/kernels/bench_attention.py --json "$out/attention.json" 2>&1 | grep -v INFO
-fi
-echo "== one layer at L 4096: where the time goes, eager and compiled"
-(cd benchmarks/kernels && timeout 400 python3 profile_layer.py --length 4096 --compile 2>&1 | grep -v INFO)
+timeout "${TEST_SECONDS:-600}" python3 -m pytest tests -q -m gpu -p no:cacheprovider -k "not two_gpu" 2>&1 | tail -15
+echo "== one layer, bf16, 32768 tokens per batch"
+timeout 300 python3 benchmarks/kernels/bench_layers.py layer --lengths 1024 4096 16384 --repeats "$repeats" \
+    --json "$out/layer.json" 2>&1 | grep -v INFO
+echo "== where one layer's time goes"
+for length in 1024 16384; do
+    (cd benchmarks/kernels && timeout 120 python3 profile_layer.py --length "$length" 2>&1 | grep -v INFO)
+done
+echo "== fused EMA launch plans at the layer's shapes"
+(cd benchmarks/kernels && timeout 200 python3 profile_ema.py --sweep-layer 2>&1 | grep "^EMA L")
+echo "== LM decoding, batch 1, 16k tokens"
+timeout 300 python3 benchmarks/kernels/bench_decode.py --tokens 16384 --bucket 2048 --chunk 128 \
+    --json "$out/decode.json" 2>&1 | grep -v "INFO\|arning"

@@ -17,10 +17,14 @@ by default (``--layer-graphs auto``): traced once by torch.compile and replayed 
 (``*_graphs``; the Transformer layer the same way, for a like-for-like baseline). Their peak memory is
 not measured: a replay allocates nothing, its memory is the graphs' pool, reserved when recording.
 On a CPU it runs with the sizes given (for checking the script).
+With --json, ``layer`` also writes a plot beside it (tokens/s and peak memory against L; the same name,
+.png; needs matplotlib, see benchmarks/plot_results.py).
 """
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -265,6 +269,20 @@ def main():
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     print_table(args.what, results)
+    if args.json and args.what == "layer":
+        write_plot(results, os.path.splitext(args.json)[0] + ".png")
+
+
+def write_plot(results: dict, path: str) -> None:
+    """The layer plot of benchmarks/plot_results.py, when matplotlib is installed."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        from plot_results import plot_layer
+    except ImportError as error:
+        print(f"no plot ({error})")
+        return
+    plot_layer(results, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
