@@ -9,6 +9,11 @@ CUDA kernel time per update (how long the GPU is busy), kernels launched per upd
 time of the forward, backward and optimizer phases (fairseq's record_function regions). An update
 whose wall time is far above its kernel time is host-bound. Prints one line per model; --json
 appends the figures to a file.
+
+With layer graphs (Mega on a GPU) it also counts the CUDA graph captures of the warm-up and the
+seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching allocator), and
+``--keep-allocator-cache`` makes that entry keep the cache (an experiment: does re-allocating the eager
+memory after every capture cost start-up time?).
 """
 import argparse
 import collections
@@ -110,6 +115,38 @@ def profiled_updates(trainer, stream, steps: int):
     }
 
 
+class CaptureStats:
+    """Counts ``torch.cuda.graph`` captures and the seconds inside them; optionally keeps the caching
+    allocator's cache at each capture's entry (torch.cuda.empty_cache made a no-op while active)."""
+
+    def __init__(self, keep_allocator_cache: bool):
+        self.keep_allocator_cache = keep_allocator_cache
+        self.captures, self.seconds = 0, 0.0
+
+    def __enter__(self):
+        graph = torch.cuda.graph
+        self.saved = graph.__enter__, graph.__exit__, torch.cuda.empty_cache
+        enter, leave = self.saved[:2]
+        stats = self
+
+        def timed_enter(context):
+            context.capture_started = time.perf_counter()
+            return enter(context)
+
+        def timed_exit(context, *exc):
+            result = leave(context, *exc)
+            stats.captures += 1
+            stats.seconds += time.perf_counter() - context.capture_started
+            return result
+        graph.__enter__, graph.__exit__ = timed_enter, timed_exit
+        if self.keep_allocator_cache:
+            torch.cuda.empty_cache = lambda: None
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.graph.__enter__, torch.cuda.graph.__exit__, torch.cuda.empty_cache = self.saved
+
+
 def compile_counters() -> dict:
     """torch.compile's traced graphs and CUDA-graph skips so far (--layer-graphs, --compile-layers)."""
     from torch._dynamo.utils import counters
@@ -142,13 +179,16 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--keep-allocator-cache", action="store_true",
+                        help="experiment: CUDA graph captures do not empty the caching allocator")
     parser.add_argument("--python-profile", type=int, default=0, metavar="STEPS",
                         help="also run cProfile over STEPS updates and print where the host time goes")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     trainer, epoch_itr, params = build_trainer(args.data, args.arch, args.max_tokens, extra)
     stream = batches(epoch_itr)
-    warmup_times, _ = timed_updates(trainer, stream, args.warmup)
+    with CaptureStats(args.keep_allocator_cache) as captures:
+        warmup_times, _ = timed_updates(trainer, stream, args.warmup)
     warmup_s = sum(warmup_times) / 1e3
     warmup_curve_s = {n: round(sum(warmup_times[:n]) / 1e3, 1) for n in range(25, args.warmup + 1, 25)}
     times, tokens = timed_updates(trainer, stream, args.steps)
@@ -157,6 +197,8 @@ def main():
         "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s, "median_ms": statistics.median(times),
         "mean_ms": statistics.mean(times),
         "tokens_per_s": sum(tokens) / (sum(times) / 1e3),
+        "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
+        "keep_allocator_cache": args.keep_allocator_cache,
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
@@ -172,7 +214,9 @@ def main():
     if result["traced_graphs"]:
         from torch._dynamo.utils import compile_times
         print(compile_times(repr="str", aggregate=True), flush=True)
-    print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items()), flush=True)
+    print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
+          + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
+          + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
     if args.python_profile:
         print(python_profile(trainer, stream, args.python_profile), flush=True)
     if args.json:
