@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs one GPU, in one go: the GPU tests (pytest -m gpu, no 2-GPU test), the one-layer
-# benchmark (bench_layers.py layer, eager and on layer graphs; JSON and plot), where the layer's time
+# benchmark (bench_layers.py layer, eager and on layer graphs, under bf16 autocast and with bf16
+# parameters; JSON and plots), where the layer's time
 # goes at 1k and 16k tokens per sequence (profile_layer.py, both layers), the fused EMA's launch plans
 # at the layer's shapes (profile_ema.py --sweep-layer) and LM decoding over 16k tokens (bench_decode.py).
 # Tables go to stdout, JSON and plots to OUT_DIR. From cold caches the GPU tests spend minutes compiling
@@ -17,8 +18,10 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 echo "== GPU tests"
 timeout "${TEST_SECONDS:-600}" python3 -m pytest tests -q -m gpu -p no:cacheprovider -k "not two_gpu" 2>&1 | tail -15
 echo "== one layer, bf16, 32768 tokens per batch"
-timeout 300 python3 benchmarks/kernels/bench_layers.py layer --lengths 1024 4096 16384 --repeats "$repeats" \
-    --json "$out/layer.json" 2>&1 | grep -v INFO
+for precision in bf16-autocast bf16; do
+    timeout 300 python3 benchmarks/kernels/bench_layers.py layer --lengths 1024 4096 16384 --repeats "$repeats" \
+        --precision "$precision" --json "$out/layer_$precision.json" 2>&1 | grep -v INFO
+done
 echo "== where one layer's time goes"
 for length in 1024 16384; do
     (cd benchmarks/kernels && timeout 120 python3 profile_layer.py --length "$length" 2>&1 | grep -v INFO)

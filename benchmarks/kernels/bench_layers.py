@@ -11,7 +11,8 @@ the same run (the memory-traffic floor); speedup of the scan over the FFT.
 chunk 128 and unchunked) with automatic kernel selection and with the original algorithm (FFT
 EMA, attention by matmul), and of fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048,
 PyTorch's fused attention; PyTorch's layer without fairseq) at a fixed token budget per batch,
-under bf16 autocast on a GPU: tokens/s, peak memory, ratios to the Transformer and the original.
+under bf16 autocast on a GPU (or, --precision bf16, with bf16 parameters as fairseq's --fp16 trains):
+tokens/s, peak memory, ratios to the Transformer and the original.
 On a GPU, the chunked Mega layer and the Transformer layer also run as the models' training runs them
 by default (``--layer-graphs auto``): traced once by torch.compile and replayed from CUDA graphs
 (``*_graphs``; the Transformer layer the same way, for a like-for-like baseline). Their peak memory is
@@ -180,12 +181,15 @@ class _TransformerOnGraphs(nn.Module):
 
 
 def bench_layer(args):
-    """One layer forward+backward under bf16 autocast at a fixed token budget per batch."""
+    """One layer forward+backward at a fixed token budget per batch: under bf16 autocast (float32
+    parameters), or with --precision bf16 every layer's parameters and the input in bf16 (as fairseq's
+    --fp16 / --bf16 train: half-precision parameters, float32 master weights in the optimizer)."""
     device, dtype = device_and_dtype()
+    half = args.precision == "bf16"
     rows = []
     for length in args.lengths:
         batch = max(1, args.tokens // length)
-        x = torch.randn(length, batch, 512, device=device, requires_grad=True)
+        x = torch.randn(length, batch, 512, device=device, dtype=dtype if half else torch.float32, requires_grad=True)
         layers = {"transformer": lambda: transformer_layer(device)}
         for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
             layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device)
@@ -195,12 +199,12 @@ def bench_layer(args):
             layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device))
         row = {"L": length, "batch": batch}
         for name, build in layers.items():
-            layer = build()
+            layer = build().to(dtype) if half else build()
 
             def run(layer=layer):
                 layer.zero_grad(set_to_none=True)  # as the optimizer does: graph replays own their outputs
                 x.grad = None
-                with torch.autocast(device_type=device.type, dtype=dtype):
+                with torch.autocast(device_type=device.type, dtype=dtype, enabled=not half):
                     forward_backward(layer, x)()
             try:
                 ms = median_ms(run, repeats=args.repeats)
@@ -224,7 +228,7 @@ def bench_layer(args):
             graphs["x_transformer"] = graphs["tokens/s"] / row["transformer"]["tokens/s"]
             graphs["x_transformer_graphs"] = graphs["tokens/s"] / row["transformer_graphs"]["tokens/s"]
         rows.append(row)
-    return {"device": str(device), "rows": rows}
+    return {"device": str(device), "precision": args.precision, "rows": rows}
 
 
 def print_table(what: str, results: dict) -> None:
@@ -259,6 +263,8 @@ def main():
     parser.add_argument("--dim", type=int, default=1024, help="ema: channels")
     parser.add_argument("--ndim", type=int, default=16, help="ema: EMA order N")
     parser.add_argument("--tokens", type=int, default=32768, help="layer: tokens per batch")
+    parser.add_argument("--precision", choices=["bf16-autocast", "bf16"], default="bf16-autocast",
+                        help="layer: bf16 autocast over float32 parameters, or bf16 parameters and input")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
