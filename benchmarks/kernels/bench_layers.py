@@ -35,9 +35,9 @@ from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensi
 from mega_fairseq.ops.triton import ema_scan as ema_triton
 
 try:  # the layer graphs live in the fairseq models; without fairseq the *_graphs variants are left out
-    from mega_fairseq.models.compile import GRAPH_BACKEND, compiled_stack, encoder_stack, mark_length_and_batch_dynamic
+    from mega_fairseq.models.compile import compiled_stack, encoder_stack
 except ImportError:
-    GRAPH_BACKEND = None
+    compiled_stack = None
 
 
 def device_and_dtype():
@@ -157,27 +157,21 @@ def mega_layer(chunk: int, length: int, fast: bool, device) -> nn.Module:
 
 
 class _OnLayerGraphs(nn.Module):
-    """A Mega layer run as the models run their layer stacks in training (``--layer-graphs auto``)."""
+    """A layer run as the models run their layer stacks in training (``--layer-graphs auto``): ``stack``
+    over a one-layer list, traced by torch.compile and replayed from CUDA graphs (models/compile.py)."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, stack, *stack_arguments):
         super().__init__()
         self.layers = nn.ModuleList([layer])
+        self.stack, self.stack_arguments = stack, stack_arguments
 
     def forward(self, x):
-        return compiled_stack(encoder_stack)(self.layers, x, None)
+        return compiled_stack(self.stack)(self.layers, x, *self.stack_arguments)
 
 
-class _TransformerOnGraphs(nn.Module):
-    """The Transformer layer traced and replayed from CUDA graphs the same way as the Mega stacks."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-        self.compiled = torch.compile(layer, backend=GRAPH_BACKEND)
-
-    def forward(self, x):
-        mark_length_and_batch_dynamic([x])
-        return self.compiled(x)
+def _single_layer_stack(layers: nn.ModuleList, x):
+    """A stack of one layer called as layer(x) (the Transformer layer, for _OnLayerGraphs)."""
+    return layers[0](x)
 
 
 def bench_layer(args):
@@ -194,9 +188,10 @@ def bench_layer(args):
         for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
             layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device)
             layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device)
-        if device.type == "cuda" and GRAPH_BACKEND is not None:
-            layers["transformer_graphs"] = lambda: _TransformerOnGraphs(transformer_layer(device))
-            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device))
+        if device.type == "cuda" and compiled_stack is not None:
+            layers["transformer_graphs"] = lambda: _OnLayerGraphs(transformer_layer(device), _single_layer_stack)
+            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device),
+                                                                    encoder_stack, None)
         row = {"L": length, "batch": batch}
         for name, build in layers.items():
             layer = build().to(dtype) if half else build()

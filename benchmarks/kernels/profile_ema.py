@@ -90,7 +90,8 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--sweep", action="store_true", help="also sweep the launch shape")
-    parser.add_argument("--sweep-layer", action="store_true", help="also sweep the plan at the layer benchmark's shapes")
+    parser.add_argument("--sweep-layer", action="store_true",
+                        help="also sweep the plan at the layer benchmark's shapes")
     args = parser.parse_args()
 
     compare("Multi30k", 30, 300, 512, True, torch.float16, torch.float16, padded=True)

@@ -63,13 +63,22 @@ def translation_batch(dictionary: Dictionary, source_lengths, target_lengths, se
     return src, src.ne(dictionary.pad()).sum(1), prev
 
 
+def translation_loss(logits):
+    """A loss of a translation model's logits (B, T, V) that weighs every output (for gradient checks)."""
+    return logits.log_softmax(-1).square().mean()
+
+
+def parameter_grads(model):
+    """Copies of the model's parameter gradients, by parameter name (parameters without one left out)."""
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
 def loss_and_grads(model, batch):
-    """The model's logits on a translation batch and the gradients of a loss of them, by parameter name."""
+    """The model's logits on a translation batch and the gradients of translation_loss, by parameter name."""
     model.zero_grad()
     out, _ = model(*batch)
-    loss = out.log_softmax(-1).square().mean()
-    loss.backward()
-    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    translation_loss(out).backward()
+    return out.detach(), parameter_grads(model)
 
 
 def assert_same_outputs_and_grads(model, reference, batch):

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from fairseq_helpers import assert_same_outputs_and_grads, build_model, make_dictionary, translation_batch
+from fairseq_helpers import (assert_same_outputs_and_grads, build_model, make_dictionary, parameter_grads,
+                             translation_batch, translation_loss)
 from mega_fairseq.models import compile as compile_module
 from mega_fairseq.models import mega as mega_module
 from mega_fairseq.modules import MegaConfigError
@@ -123,9 +124,8 @@ def test_gradients_accumulated_over_replays_match_eager():
         for _ in range(2):
             model.zero_grad(set_to_none=True)
             for batch in batches:
-                out, _ = model(*batch)
-                out.float().log_softmax(-1).square().mean().backward()
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+                translation_loss(model(*batch)[0]).backward()
+        grads.append(parameter_grads(model))
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -142,8 +142,7 @@ def test_training_updates_on_cuda_graphs_match_eager():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         for batch in batches * 2:
             optimizer.zero_grad(set_to_none=True)
-            out, _ = model(*batch)
-            loss = out.float().log_softmax(-1).square().mean()
+            loss = translation_loss(model(*batch)[0])
             loss.backward()
             optimizer.step()
             losses[index].append(float(loss))

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch._dynamo.backends.common import aot_autograd
 
-from fairseq_helpers import build_model, free_port, loss_and_grads, make_dictionary, translation_batch
+from fairseq_helpers import build_model, free_port, loss_and_grads, make_dictionary, translation_batch, translation_loss
 from mega_fairseq.models import compile as compile_module
 from mega_fairseq.models import mega as mega_module
 
@@ -39,7 +39,7 @@ def rank_checks(rank: int, port: int) -> None:
             batch = translation_batch(dictionary, sources, targets, seed)
             wrapped.zero_grad()
             out, _ = wrapped(*batch)
-            out.log_softmax(-1).square().mean().backward()  # the loss of loss_and_grads
+            translation_loss(out).backward()
             expected, grads = loss_and_grads(eager, batch)
             torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
             for name, parameter in graphed.named_parameters():

@@ -141,7 +141,8 @@ def test_kernels_compile_for_h100_with_half_precision_inputs(kernel):
     """Both kernels compile to sm_90a cubins (ptxas ships with triton; no GPU needed) for bf16, fp16 and
     fp32 inputs, every attention function, vector and matrix biases, masks, causal and dropout."""
     import triton.language as tl
-    kernel = chunk_softmax._attention_forward_kernel if kernel == "forward" else chunk_softmax._attention_backward_kernel
+    kernel = (chunk_softmax._attention_forward_kernel if kernel == "forward"
+              else chunk_softmax._attention_backward_kernel)
     variants = [("bf16", 0, True, True, chunk_softmax.BIAS_VECTOR, True),
                 ("fp16", 1, False, True, chunk_softmax.BIAS_MATRIX, True),
                 ("fp32", 2, True, False, chunk_softmax.BIAS_VECTOR, False)]
