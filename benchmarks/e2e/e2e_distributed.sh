@@ -3,15 +3,23 @@
 # one GPU with --update-freq 2 and once on two GPUs (--distributed-world-size 2, one process a GPU,
 # c10d DDP with gradient buckets overlapping the backward), both at the same per-GPU --max-tokens, so
 # that every update sees the same number of tokens. Prints words/s of each, the scaling factor, and the
-# losses at the logged updates (they must agree: same data, same seed, same effective batch).
-#   bash benchmarks/e2e_distributed.sh DATA_BIN OUT_DIR
+# losses at the logged updates (same data, seed and effective batch: with FIX_BATCHES=0 the same batches
+# make each update and the losses agree; with --fix-batches-to-gpus they agree in trend).
+#   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
+#   FIX_BATCHES   1 (default): --fix-batches-to-gpus, each GPU keeps its batches every epoch, so that the
+#                 layer graphs of each batch shape are recorded in the first two epochs (without it the
+#                 batches move between the GPUs every epoch and each GPU keeps meeting shapes it has not
+#                 recorded: 0.16x over 260 updates). 0: fairseq's default, whose losses equal the one-GPU
+#                 run's update for update (the same batches in the same updates)
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
 bucket=${BUCKET_CAP_MB:-25}
+fix_batches=()
+[ "${FIX_BATCHES:-1}" = 1 ] && fix_batches=(--fix-batches-to-gpus)
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
 
@@ -28,7 +36,7 @@ train() {  # train NAME [OPTIONS...]
 }
 
 train one_gpu --distributed-world-size 1 --update-freq 2
-train two_gpus --distributed-world-size 2
+train two_gpus --distributed-world-size 2 "${fix_batches[@]}"
 
 python3 - "$out" "$warmup_updates" <<'EOF'
 """Words/s of both runs (records past the warm-up), their ratio, and the losses side by side."""
