@@ -23,4 +23,5 @@ if fairseq is not None:
     fairseq_fixes.keep_last_batch()
     fairseq_fixes.restore_numpy_compat()
     fairseq_fixes.end_process_group_after_success()
+    fairseq_fixes.fix_batches_to_gpus_for_every_dataset()
     run_checks.check_options_before_training()

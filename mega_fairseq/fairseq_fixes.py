@@ -9,6 +9,15 @@ translates and scores only part of the test set, and validation skips examples
 blocks for inference (``fairseq-interactive``/``fairseq-generate`` with a language model) and
 bucketed translation batches; without it they crash. ``numpy.compat.long`` was Python's ``int``.
 
+``fix_batches_to_gpus_for_every_dataset``: fairseq's ``--fix-batches-to-gpus`` ("don't shuffle batches
+between GPUs") works only for datasets that prefetch; for every other dataset (translation's
+LanguagePairDataset, language modelling's) ``EpochBatchIterator`` silently ignores it and deals the
+globally shuffled batches to the GPUs anew each epoch. With the flag, each GPU now keeps the same batches
+every epoch and shuffles their order, as fairseq does for prefetching datasets (``--grouped-shuffling``
+already keeps each GPU's batches: unchanged). Layer graphs need it on
+several GPUs: a GPU records a graph per batch shape it meets, and one whose batches change every epoch
+keeps meeting new shapes for many epochs.
+
 ``end_process_group_after_success``: fairseq never destroys the process group of a distributed
 run, so a successful multi-GPU run ends with PyTorch's "destroy_process_group() was not called"
 stack trace and TCPStore errors of the ranks that outlive rank 0 (which hosts the store). After
@@ -19,7 +28,7 @@ import types
 
 import numpy as np
 import torch
-from fairseq.data import data_utils
+from fairseq.data import data_utils, iterators
 from fairseq.distributed import utils as distributed_utils
 
 
@@ -72,3 +81,26 @@ def end_process_group_after_success() -> None:
     """Patch ``fairseq.distributed.utils.call_main`` once so that a successful run ends its process group."""
     if not getattr(distributed_utils.call_main, "ends_process_group", False):
         distributed_utils.call_main = _ending_process_group(distributed_utils.call_main)
+
+
+def _batches_fixed_to_gpus(ordered_batches):
+    @functools.wraps(ordered_batches)
+    def wrapper(self, epoch, fix_batches_to_gpus, shuffle):
+        if self._supports_prefetch or not fix_batches_to_gpus or self.grouped_shuffling:
+            return ordered_batches(self, epoch, fix_batches_to_gpus, shuffle)
+        batches = list(iterators.ShardedIterator(self.frozen_batches, self.num_shards, self.shard_id, fill_value=[]))
+        if shuffle:
+            with data_utils.numpy_seed(self.seed + epoch + self.shard_id):
+                np.random.shuffle(batches)
+        return batches
+
+    wrapper.fixes_batches_to_gpus = True
+    return wrapper
+
+
+def fix_batches_to_gpus_for_every_dataset() -> None:
+    """Patch ``EpochBatchIterator.ordered_batches`` once so that --fix-batches-to-gpus holds for datasets
+    that do not prefetch."""
+    iterator = iterators.EpochBatchIterator
+    if not getattr(iterator.ordered_batches, "fixes_batches_to_gpus", False):
+        iterator.ordered_batches = _batches_fixed_to_gpus(iterator.ordered_batches)

@@ -1,4 +1,4 @@
-"""The fairseq-facing pieces besides the model: scheduler, checkpoint allow-list, batching fix, imports."""
+"""The fairseq-facing pieces besides the model: scheduler, checkpoint allow-list, batching fixes, imports."""
 import argparse
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fairseq.data import data_utils
+from fairseq.data import FairseqDataset, data_utils, iterators
 from fairseq.optim import FairseqOptimizer
 
 import mega_fairseq  # noqa: F401  (registers the plugin, applies the fixes)
@@ -81,6 +81,55 @@ def test_batching_keeps_every_example(count, multiple):
                                        required_batch_size_multiple=multiple)
     flat = np.concatenate([np.asarray(b) for b in batches])
     assert sorted(flat.tolist()) == list(range(count))
+
+
+class Numbers(FairseqDataset):
+    """Item i is i; a batch collates to the tuple of its items. Does not prefetch."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def __getitem__(self, index):
+        return index
+
+    def __len__(self):
+        return self.count
+
+    def collater(self, samples):
+        return tuple(samples)
+
+
+def batches_per_epoch(shard_id, num_shards, fix_batches_to_gpus, grouped_shuffling=False, epochs=3):
+    """The batches (tuples of item ids) one GPU of ``num_shards`` gets in each of ``epochs`` epochs:
+    40 batches of 2 items, fairseq's EpochBatchIterator, shuffled."""
+    dataset = Numbers(80)
+    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 80, 2)], seed=3,
+                                            num_shards=num_shards, shard_id=shard_id,
+                                            grouped_shuffling=grouped_shuffling)
+    return [list(iterator.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus))
+            for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("grouped_shuffling", [False, True])
+def test_fixed_batches_stay_on_their_gpu_every_epoch(grouped_shuffling):
+    """--fix-batches-to-gpus on a dataset that does not prefetch (fairseq ignored it there): each of 2 GPUs
+    gets the same 20 batches every epoch, in a new order each epoch; together they get every batch once.
+    With --grouped-shuffling (fairseq's own way, unchanged) too."""
+    every_batch = {(i, i + 1) for i in range(0, 80, 2)}
+    shards = [batches_per_epoch(shard, 2, True, grouped_shuffling) for shard in (0, 1)]
+    for epochs in shards:
+        assert len(epochs[0]) == 20
+        assert all(set(epoch) == set(epochs[0]) for epoch in epochs)
+        assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    assert set(shards[0][0]) | set(shards[1][0]) == every_batch
+    assert not set(shards[0][0]) & set(shards[1][0])
+
+
+def test_unfixed_batches_move_between_gpus():
+    """Without the flag fairseq deals the shuffled batches anew each epoch (unchanged); one GPU gets all."""
+    epochs = batches_per_epoch(0, 2, False)
+    assert set(epochs[0]) != set(epochs[1])
+    assert all(len(set(epoch)) == 40 for epoch in batches_per_epoch(0, 1, True))
 
 
 def test_modules_import_without_fairseq():

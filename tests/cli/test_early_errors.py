@@ -2,7 +2,8 @@
 the option: fairseq-train's precision flags and a forced fused EMA (before the first step, no
 crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
 model's positions (instead of scoring part of the split), and a distributed run's process group
-is ended after success."""
+is ended after success. Layer graphs on several GPUs whose batches move between them are advised to
+keep them (--fix-batches-to-gpus)."""
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +15,10 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq_cli import eval_lm, train
 from omegaconf import OmegaConf
 
-from fairseq_helpers import TINY, USER_DIR, make_dictionary, parse_model_args
+from fairseq_helpers import TINY, USER_DIR, build_model, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
+from mega_fairseq.run_checks import fixed_batches_advice
 from toy_corpus import binarize
 
 
@@ -83,3 +85,24 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("gpus, kept, device, layer_graphs, advised", [
+    (2, {}, "cuda", "auto", True), (8, {}, "cuda", "auto", True),
+    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", False), (2, {"grouped_shuffling": True}, "cuda", "auto", False),
+    (1, {}, "cuda", "auto", False), (2, {}, "cpu", "auto", False), (2, {}, "cuda", "off", False),
+])
+def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, kept, device, layer_graphs, advised):
+    """Both forms of fairseq's options: its config's groups and a flat Namespace."""
+    model = build_model(["--layer-graphs", layer_graphs])
+    fixed, grouped = kept.get("fix_batches_to_gpus", False), kept.get("grouped_shuffling", False)
+    grouped_cfg = SimpleNamespace(
+        distributed_training=SimpleNamespace(distributed_world_size=gpus, fix_batches_to_gpus=fixed),
+        dataset=SimpleNamespace(grouped_shuffling=grouped))
+    flat_cfg = SimpleNamespace(distributed_world_size=gpus, fix_batches_to_gpus=fixed, grouped_shuffling=grouped)
+    for cfg in (grouped_cfg, flat_cfg):
+        advice = fixed_batches_advice(cfg, model, torch.device(device))
+        if advised:
+            assert advice.startswith(f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus")
+        else:
+            assert advice is None
