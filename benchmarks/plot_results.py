@@ -2,10 +2,12 @@
 
     python benchmarks/plot_results.py layer LAYER_JSON OUT_PNG    # bench_layers.py layer --json
     python benchmarks/plot_results.py e2e E2E_JSON OUT_PNG        # e2e_multi30k.sh's e2e.json
+    python benchmarks/plot_results.py distributed DIST_JSON OUT_PNG   # e2e_distributed.sh's distributed.json
 
 layer: tokens/s and peak memory against sequence length for every layer of the run (Mega with the
 fast kernels, Mega with the original algorithm, fairseq's Transformer layer; dotted: on layer graphs).
 e2e: fairseq-train words/s over updates for the Mega and the Transformer of the run.
+distributed: fairseq-train words/s over updates, one GPU with --update-freq 2 and two GPUs.
 """
 import argparse
 import json
@@ -65,15 +67,34 @@ def plot_e2e(results: dict, out: str) -> None:
     figure.savefig(out, dpi=110)
 
 
+def plot_distributed(results: dict, out: str) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus": "two GPUs"}
+    for name, records in results["records"].items():
+        axis.plot([update for update, _ in records], [wps / 1e3 for _, wps in records], marker="o",
+                  label=labels.get(name, name))
+    axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
+    axis.set_xlabel("update")
+    axis.set_ylabel("thousand target words/s (fairseq-train)")
+    axis.set_title(f"Multi30k, 2 GPUs vs 1: {results['scaling']:.2f}x past the warm-up")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+PLOTS = {"layer": plot_layer, "e2e": plot_e2e, "distributed": plot_distributed}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["layer", "e2e"])
+    parser.add_argument("what", choices=sorted(PLOTS))
     parser.add_argument("results")
     parser.add_argument("out")
     args = parser.parse_args()
     with open(args.results) as handle:
         results = json.load(handle)
-    (plot_layer if args.what == "layer" else plot_e2e)(results, args.out)
+    PLOTS[args.what](results, args.out)
 
 
 if __name__ == "__main__":

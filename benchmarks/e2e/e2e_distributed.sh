@@ -4,7 +4,8 @@
 # c10d DDP with gradient buckets overlapping the backward), both at the same per-GPU --max-tokens, so
 # that every update sees the same number of tokens. Prints words/s of each, the scaling factor, and the
 # losses at the logged updates (same data, seed and effective batch: with FIX_BATCHES=0 the same batches
-# make each update and the losses agree; with --fix-batches-to-gpus they agree in trend).
+# make each update and the losses agree; with --fix-batches-to-gpus they agree in trend). Writes
+# OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
@@ -54,7 +55,8 @@ def records(name):
 runs = {name: records(name) for name in ("one_gpu", "two_gpus")}
 wps = {name: sum(float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup)
        / max(1, sum(int(r["num_updates"]) > warmup for r in recs)) for name, recs in runs.items()}
-summary = {"wps": wps, "scaling": wps["two_gpus"] / wps["one_gpu"],
+summary = {"wps": wps, "scaling": wps["two_gpus"] / wps["one_gpu"], "warmup_updates": warmup,
+           "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
 print(f"words/s: one GPU (--update-freq 2) {wps['one_gpu']:.0f}, two GPUs {wps['two_gpus']:.0f}: "
@@ -62,3 +64,7 @@ print(f"words/s: one GPU (--update-freq 2) {wps['one_gpu']:.0f}, two GPUs {wps['
 for (update, one), (_, two) in zip(summary["losses"]["one_gpu"], summary["losses"]["two_gpus"]):
     print(f"update {update:>5}: loss {one:.3f} (one GPU) {two:.3f} (two GPUs)")
 EOF
+if python3 -c "import matplotlib" 2>/dev/null; then
+    python3 "$repo/benchmarks/plot_results.py" distributed "$out/distributed.json" "$out/distributed.png" \
+        && echo "wrote $out/distributed.png"
+fi
