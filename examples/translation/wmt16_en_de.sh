@@ -4,7 +4,8 @@
 # DATA_BIN comes from `bash scripts/prepare-wmt16-en-de.sh` (default data-bin/wmt16_en_de_bpe32k).
 # The original run used 8 GPUs with --max-tokens 8192 each; with fewer GPUs raise --update-freq
 # (UPDATE_FREQ=8 on one GPU) to keep 65k tokens per update. Set STAGES to skip steps, e.g.
-# STAGES="generate score". FP="--fp16" by default.
+# STAGES="generate score". FP="--fp16" by default. --fix-batches-to-gpus keeps each GPU's batches every
+# epoch, so that each GPU records the layer graphs of its batch shapes once (README, Distributed training).
 set -euo pipefail
 data=${1:-data-bin/wmt16_en_de_bpe32k}
 save=${2:-checkpoints/mega_wmt16_en_de}
@@ -16,7 +17,7 @@ mkdir -p "$save"
 
 if [[ " $stages " == *" train "* ]]; then
     fairseq-train "$data" --user-dir "$repo/mega_fairseq" \
-        --seed 1 --ddp-backend c10d --valid-subset valid -s en -t de \
+        --seed 1 --ddp-backend c10d --fix-batches-to-gpus --valid-subset valid -s en -t de \
         --eval-bleu --eval-bleu-remove-bpe '@@ ' --eval-tokenized-bleu --eval-bleu-detok space \
         --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
         -a mega_wmt_en_de --encoder-layers 6 --decoder-layers 6 \
