@@ -7,7 +7,7 @@
 layer: tokens/s and peak memory against sequence length for every layer of the run (Mega with the
 fast kernels, Mega with the original algorithm, fairseq's Transformer layer; dotted: on layer graphs).
 e2e: fairseq-train words/s over updates for the Mega and the Transformer of the run.
-distributed: fairseq-train words/s over updates, one GPU with --update-freq 2 and two GPUs.
+distributed: fairseq-train words/s over updates, one GPU with --update-freq 2 and each 2-GPU run.
 """
 import argparse
 import json
@@ -69,14 +69,16 @@ def plot_e2e(results: dict, out: str) -> None:
 
 def plot_distributed(results: dict, out: str) -> None:
     figure, axis = plt.subplots(figsize=(7, 4))
-    labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus": "two GPUs"}
+    labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus_fixed": "two GPUs, --fix-batches-to-gpus",
+              "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew"}
     for name, records in results["records"].items():
+        scaling = results["scaling"].get(name)
         axis.plot([update for update, _ in records], [wps / 1e3 for _, wps in records], marker="o",
-                  label=labels.get(name, name))
+                  label=labels.get(name, name) + (f": {scaling:.2f}x" if scaling else ""))
     axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
     axis.set_xlabel("update")
     axis.set_ylabel("thousand target words/s (fairseq-train)")
-    axis.set_title(f"Multi30k, 2 GPUs vs 1: {results['scaling']:.2f}x past the warm-up")
+    axis.set_title("Multi30k, 2 GPUs vs 1 (ratios past the warm-up)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

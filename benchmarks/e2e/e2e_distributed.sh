@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
 # Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as benchmarks/e2e/e2e_multi30k.sh, once on
-# one GPU with --update-freq 2 and once on two GPUs (--distributed-world-size 2, one process a GPU,
-# c10d DDP with gradient buckets overlapping the backward), both at the same per-GPU --max-tokens, so
-# that every update sees the same number of tokens. Prints words/s of each, the scaling factor, and the
-# losses at the logged updates (same data, seed and effective batch: with FIX_BATCHES=0 the same batches
-# make each update and the losses agree; with --fix-batches-to-gpus they agree in trend). Writes
-# OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
+# one GPU with --update-freq 2 and on two GPUs (--distributed-world-size 2, one process a GPU, c10d DDP
+# with gradient buckets overlapping the backward) for each way of dealing batches in BATCHES, all at the
+# same per-GPU --max-tokens, so that every update sees the same number of tokens. Prints words/s of each
+# run, the scaling factors, and the losses at the logged updates. Writes OUT_DIR/distributed.json and
+# OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
-#   FIX_BATCHES   1 (default): --fix-batches-to-gpus, each GPU keeps its batches every epoch, so that the
-#                 layer graphs of each batch shape are recorded in the first two epochs (without it the
-#                 batches move between the GPUs every epoch and each GPU keeps meeting shapes it has not
-#                 recorded: 0.16x over 260 updates). 0: fairseq's default, whose losses equal the one-GPU
-#                 run's update for update (the same batches in the same updates)
+#   BATCHES       how the 2-GPU runs deal batches, one run each (default "fixed"):
+#                 fixed    --fix-batches-to-gpus: each GPU keeps its batches every epoch (order shuffled per
+#                          GPU), so that it records the layer graphs of its batch shapes in two epochs
+#                 grouped  --grouped-shuffling: each GPU keeps its batches too, and the GPUs' batches of an
+#                          update are neighbours in length
+#                 dealt    fairseq's default: batches dealt anew every epoch; the same batches make each
+#                          update as in the one-GPU run (equal losses), but every GPU keeps meeting shapes
+#                          it has not recorded (0.16x over 260 updates on 2 x H200)
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
 bucket=${BUCKET_CAP_MB:-25}
-fix_batches=()
-[ "${FIX_BATCHES:-1}" = 1 ] && fix_batches=(--fix-batches-to-gpus)
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
 
@@ -36,15 +36,29 @@ train() {  # train NAME [OPTIONS...]
         > "$out/$name.log" 2>&1 || { tail -n 30 "$out/$name.log" >&2; exit 1; }
 }
 
-train one_gpu --distributed-world-size 1 --update-freq 2
-train two_gpus --distributed-world-size 2 "${fix_batches[@]}"
+dealing_options() {  # the fairseq options of a BATCHES way
+    case $1 in
+        fixed) echo --fix-batches-to-gpus ;;
+        grouped) echo --grouped-shuffling ;;
+        dealt) ;;
+        *) echo "BATCHES: unknown way '$1'; choose from fixed, grouped, dealt" >&2; return 2 ;;
+    esac
+}
+for batches in ${BATCHES:-fixed}; do dealing_options "$batches" > /dev/null; done
 
-python3 - "$out" "$warmup_updates" <<'EOF'
-"""Words/s of both runs (records past the warm-up), their ratio, and the losses side by side."""
+train one_gpu --distributed-world-size 1 --update-freq 2
+runs=(one_gpu)
+for batches in ${BATCHES:-fixed}; do
+    train "two_gpus_$batches" --distributed-world-size 2 $(dealing_options "$batches")
+    runs+=("two_gpus_$batches")
+done
+
+python3 - "$out" "$warmup_updates" "${runs[@]}" <<'EOF'
+"""Words/s of every run (records past the warm-up), each 2-GPU run's ratio to one GPU, the losses side by side."""
 import json
 import sys
 
-out, warmup = sys.argv[1], int(sys.argv[2])
+out, warmup, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 
 
 def records(name):
@@ -52,17 +66,19 @@ def records(name):
     return [json.loads(line.split("| train_inner | ", 1)[1]) for line in lines if "| train_inner | " in line]
 
 
-runs = {name: records(name) for name in ("one_gpu", "two_gpus")}
+runs = {name: records(name) for name in names}
 wps = {name: sum(float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup)
        / max(1, sum(int(r["num_updates"]) > warmup for r in recs)) for name, recs in runs.items()}
-summary = {"wps": wps, "scaling": wps["two_gpus"] / wps["one_gpu"], "warmup_updates": warmup,
+summary = {"wps": wps, "scaling": {name: wps[name] / wps["one_gpu"] for name in names[1:]},
+           "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
-print(f"words/s: one GPU (--update-freq 2) {wps['one_gpu']:.0f}, two GPUs {wps['two_gpus']:.0f}: "
-      f"{summary['scaling']:.2f}x")
-for (update, one), (_, two) in zip(summary["losses"]["one_gpu"], summary["losses"]["two_gpus"]):
-    print(f"update {update:>5}: loss {one:.3f} (one GPU) {two:.3f} (two GPUs)")
+print(f"words/s past update {warmup}: one GPU (--update-freq 2) {wps['one_gpu']:.0f}; " + "; ".join(
+    f"{name} {wps[name]:.0f} ({summary['scaling'][name]:.2f}x)" for name in names[1:]))
+print("update  " + "  ".join(f"{name:>16}" for name in names) + "   (loss)")
+for row in zip(*(summary["losses"][name] for name in names)):
+    print(f"{row[0][0]:>6}  " + "  ".join(f"{loss:>16.3f}" for _, loss in row))
 EOF
 if python3 -c "import matplotlib" 2>/dev/null; then
     python3 "$repo/benchmarks/plot_results.py" distributed "$out/distributed.json" "$out/distributed.png" \
