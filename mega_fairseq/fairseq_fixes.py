@@ -12,11 +12,11 @@ bucketed translation batches; without it they crash. ``numpy.compat.long`` was P
 ``fix_batches_to_gpus_for_every_dataset``: fairseq's ``--fix-batches-to-gpus`` ("don't shuffle batches
 between GPUs") works only for datasets that prefetch; for every other dataset (translation's
 LanguagePairDataset, language modelling's) ``EpochBatchIterator`` silently ignores it and deals the
-globally shuffled batches to the GPUs anew each epoch. With the flag, each GPU now keeps the same batches
-every epoch and shuffles their order, as fairseq does for prefetching datasets (``--grouped-shuffling``
-already keeps each GPU's batches: unchanged). Layer graphs need it on
-several GPUs: a GPU records a graph per batch shape it meets, and one whose batches change every epoch
-keeps meeting new shapes for many epochs.
+globally shuffled batches to the GPUs anew each epoch. With the flag, each GPU now keeps the same
+batches every epoch and shuffles their order, as fairseq does for prefetching datasets
+(``--grouped-shuffling`` already keeps each GPU's batches: unchanged). Layer graphs need it on several
+GPUs: a GPU records a graph per batch shape it meets, and one whose batches change every epoch keeps
+meeting new shapes for many epochs.
 
 ``end_process_group_after_success``: fairseq never destroys the process group of a distributed
 run, so a successful multi-GPU run ends with PyTorch's "destroy_process_group() was not called"

@@ -45,15 +45,17 @@ def check_run_options(cfg, model) -> None:
 
 def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
     """Advice to add --fix-batches-to-gpus when ``model`` trains on layer graphs on several GPUs whose
-    batches move between them every epoch (fairseq's default); None otherwise. Each GPU records a CUDA
-    graph per batch shape it meets; with the batches dealt anew every epoch it keeps meeting shapes it has
-    not recorded for many epochs, and every other GPU waits for it."""
+    batches move between them every epoch (fairseq's default); None otherwise, and on every rank but the
+    first (one message a run). Each GPU records a CUDA graph per batch shape it meets; with the batches
+    dealt anew every epoch it keeps meeting shapes it has not recorded for many epochs, and every other GPU
+    waits for it."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
     gpus = getattr(distributed, "distributed_world_size", 1) or 1
+    first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
     on_graphs = any(getattr(module, "layer_graphs", None) == "auto" for module in model.modules())
     batches_kept = getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False)
-    if device.type != "cuda" or gpus < 2 or not on_graphs or batches_kept:
+    if device.type != "cuda" or gpus < 2 or not first_rank or not on_graphs or batches_kept:
         return None
     return (f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus (or --grouped-shuffling) so that each GPU "
             f"keeps its batches every epoch and records its graphs in the first two; without it the batches "

@@ -87,19 +87,22 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
             torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("gpus, kept, device, layer_graphs, advised", [
+@pytest.mark.parametrize("gpus, options, device, layer_graphs, advised", [
     (2, {}, "cuda", "auto", True), (8, {}, "cuda", "auto", True),
     (2, {"fix_batches_to_gpus": True}, "cuda", "auto", False), (2, {"grouped_shuffling": True}, "cuda", "auto", False),
+    (2, {"distributed_rank": 1}, "cuda", "auto", False),
     (1, {}, "cuda", "auto", False), (2, {}, "cpu", "auto", False), (2, {}, "cuda", "off", False),
 ])
-def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, kept, device, layer_graphs, advised):
-    """Both forms of fairseq's options: its config's groups and a flat Namespace."""
+def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, options, device, layer_graphs, advised):
+    """Both forms of fairseq's options: its config's groups and a flat Namespace; one message a run
+    (the first rank's)."""
     model = build_model(["--layer-graphs", layer_graphs])
-    fixed, grouped = kept.get("fix_batches_to_gpus", False), kept.get("grouped_shuffling", False)
-    grouped_cfg = SimpleNamespace(
-        distributed_training=SimpleNamespace(distributed_world_size=gpus, fix_batches_to_gpus=fixed),
-        dataset=SimpleNamespace(grouped_shuffling=grouped))
-    flat_cfg = SimpleNamespace(distributed_world_size=gpus, fix_batches_to_gpus=fixed, grouped_shuffling=grouped)
+    distributed = {"distributed_world_size": gpus, "distributed_rank": options.get("distributed_rank", 0),
+                   "fix_batches_to_gpus": options.get("fix_batches_to_gpus", False)}
+    grouped = options.get("grouped_shuffling", False)
+    grouped_cfg = SimpleNamespace(distributed_training=SimpleNamespace(**distributed),
+                                  dataset=SimpleNamespace(grouped_shuffling=grouped))
+    flat_cfg = SimpleNamespace(**distributed, grouped_shuffling=grouped)
     for cfg in (grouped_cfg, flat_cfg):
         advice = fixed_batches_advice(cfg, model, torch.device(device))
         if advised:
