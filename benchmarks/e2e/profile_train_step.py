@@ -13,8 +13,8 @@ appends the figures to a file.
 With layer graphs (Mega on a GPU) it also counts the CUDA graph captures of the warm-up and the
 seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching allocator), and
 ``--keep-allocator-cache`` makes that entry keep the cache (an experiment: does re-allocating the eager
-memory after every capture cost start-up time? On 2 x H200 a recording update took 165 ms with the cache
-kept against 222 ms). ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first
+memory after every capture cost start-up time? On 2 x H200, one process a GPU at once, the first
+recording update took 165 ms with the cache kept against 222 ms: one update each). ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first
 batch instead of its second (CUDA graph trees run a new graph once eagerly first): does recording without
 that eager run work, and what does it save?
 """
