@@ -14,9 +14,10 @@ With layer graphs (Mega on a GPU) it also counts the CUDA graph captures of the 
 seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching allocator), and
 ``--keep-allocator-cache`` makes that entry keep the cache (an experiment: does re-allocating the eager
 memory after every capture cost start-up time? On 2 x H200, one process a GPU at once, the first
-recording update took 165 ms with the cache kept against 222 ms: one update each). ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first
-batch instead of its second (CUDA graph trees run a new graph once eagerly first): does recording without
-that eager run work, and what does it save?
+recording update took 165 ms with the cache kept against 222 ms: one update each).
+``--skip-graph-warmup`` (an experiment) records each new batch shape at its first batch instead of its
+second (CUDA graph trees run a new graph once eagerly first): does recording without that eager run work,
+and what does it save?
 """
 import argparse
 import collections
@@ -178,7 +179,9 @@ def main():
     parser.add_argument("--arch", required=True)
     parser.add_argument("--label", default=None)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--warmup", type=int, default=150, help="untimed updates first: two Multi30k epochs, so that every batch shape was seen (fairseq's Transformer pays ~0.1 s per new shape)")
+    parser.add_argument("--warmup", type=int, default=150,
+                        help="untimed updates first: two Multi30k epochs, so that every batch shape was seen "
+                             "(fairseq's Transformer pays ~0.1 s per new shape)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--json", default=None)
