@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs one GPU, in one go: the GPU tests (pytest -m gpu, no 2-GPU test), the one-layer
 # benchmark (bench_layers.py layer, eager and on layer graphs, under bf16 autocast and with bf16
-# parameters; JSON and plots), where the layer's time
-# goes at 1k and 16k tokens per sequence (profile_layer.py, both layers), the fused EMA's launch plans
-# at the layer's shapes (profile_ema.py --sweep-layer) and LM decoding over 16k tokens (bench_decode.py).
+# parameters; JSON and plots), where the layer's time goes at 1k and 16k tokens per sequence
+# (profile_layer.py, both layers), the fused EMA's launch plans at the layer's shapes (profile_ema.py
+# --sweep-layer) and LM decoding over 16k tokens (bench_decode.py).
 # Tables go to stdout, JSON and plots to OUT_DIR. From cold caches the GPU tests spend minutes compiling
 # (Triton, torch.compile): give them TEST_SECONDS (default 600).
 #   bash benchmarks/e2e/gpu_checks.sh OUT_DIR [REPEATS]

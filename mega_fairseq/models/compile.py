@@ -11,10 +11,10 @@ run through torch's CUDA graph trees (the ``cudagraphs`` backend: no code genera
 as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs
 one launch per graph instead of the host time of every kernel and autograd node. Batches repeat their
 shapes from the second epoch on (fairseq's batches are fixed), so the recording cost is paid once per
-shape. The dropout seeds
-of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The
-gradients leave the graphs' memory pool as each backward replay returns them, so that they accumulate
-over several backward passes (``--update-freq``) like eager gradients.
+shape (on several GPUs only if each GPU keeps its batches: ``--fix-batches-to-gpus``). The dropout seeds
+of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The gradients
+leave the graphs' memory pool as each backward replay returns them, so that they accumulate over several
+backward passes (``--update-freq``) like eager gradients.
 """
 from typing import List, Optional, Tuple
 

@@ -7,8 +7,8 @@ Prints one JSON line: check name -> {quantity: value}; errors are the largest er
 the float64 reference (or to the eager result), counts and flags are plain numbers. Sizes are tiny
 but cover every code path: one chunk and several (chunk lengths shrunk), more chunks than the prefix
 scan loads at once (19 and 10, not multiples of its 4), a last chunk and an 8-step group cut by the
-sequence end, several row and channel blocks with masked tails, padding,
-both directions, truncation below and at the length, carried states, the custom operators compiled.
+sequence end, several row and channel blocks with masked tails, padding, both directions, truncation
+below and at the length, carried states, the custom operators compiled.
 """
 import contextlib
 import json
