@@ -8,7 +8,9 @@ median and mean ms per update, words/s), and profiles ``--profile-steps`` more w
 CUDA kernel time per update (how long the GPU is busy), kernels launched per update, and the host
 time of the forward, backward and optimizer phases (fairseq's record_function regions). An update
 whose wall time is far above its kernel time is host-bound. Prints one line per model; --json
-appends the figures to a file.
+appends the figures to a file. ``--gpus 2`` trains with DistributedDataParallel on two GPUs as
+fairseq-train does (pass --fix-batches-to-gpus after ``--`` to keep each GPU's batches) and reports the
+first GPU's update, its kernel time and its NCCL kernel time separately.
 
 With layer graphs (Mega on a GPU) it also counts the CUDA graph captures of the warm-up and the
 seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching allocator), and
@@ -31,6 +33,7 @@ import time
 
 import torch
 from fairseq import options, tasks, utils
+from fairseq.distributed import utils as distributed_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.trainer import Trainer
 
@@ -41,13 +44,20 @@ COMMON = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "
           "--share-all-embeddings", "--seed", "1", "--num-workers", "0"]
 
 
-def build_trainer(data: str, arch: str, max_tokens: int, extra):
+def fairseq_config(data: str, arch: str, max_tokens: int, gpus: int, extra):
+    """fairseq-train's configuration of these options (``gpus`` > 1: one process a GPU)."""
     repo_user_dir = __file__.rsplit("/benchmarks/", 1)[0] + "/mega_fairseq"
     argv = [data, "--user-dir", repo_user_dir, "--arch", arch, "--max-tokens", str(max_tokens), *COMMON, *extra]
     if not torch.cuda.is_available():
         argv.append("--cpu")
+    argv += ["--distributed-world-size", str(gpus)]  # fairseq's default: every GPU of the machine
+    if gpus > 1:
+        argv += ["--ddp-backend", "c10d"]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
-    cfg = convert_namespace_to_omegaconf(args)
+    return convert_namespace_to_omegaconf(args)
+
+
+def build_trainer(cfg):
     utils.import_user_module(cfg.common)
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
@@ -59,10 +69,10 @@ def build_trainer(data: str, arch: str, max_tokens: int, extra):
     return trainer, epoch_itr, params
 
 
-def batches(epoch_itr):
-    """Endless stream of training samples (epochs repeat)."""
+def batches(epoch_itr, fix_batches_to_gpus: bool):
+    """Endless stream of training samples (epochs repeat), dealt to the GPUs as fairseq-train does."""
     while True:
-        for sample in epoch_itr.next_epoch_itr(shuffle=True):
+        for sample in epoch_itr.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus):
             yield sample
 
 
@@ -94,7 +104,7 @@ def profiled_updates(trainer, stream, steps: int):
         for _ in range(steps):
             trainer.train_step([next(stream)])
         sync()
-    kernel_us, launches, ops = 0.0, 0, 0
+    kernel_us, nccl_us, launches, ops = 0.0, 0.0, 0, 0
     phase_us = {phase: 0.0 for phase in PHASES}
     per_kernel = collections.Counter()
     for event in prof.events():
@@ -103,6 +113,9 @@ def profiled_updates(trainer, stream, steps: int):
             if getattr(event, "is_user_annotation", False) or event.name in phase_us:
                 continue  # record_function ranges mirrored on the GPU timeline, not kernels
             us = event.device_time if hasattr(event, "device_time") else event.cuda_time
+            if "nccl" in event.name.lower():
+                nccl_us += us
+                continue
             kernel_us += us
             launches += 1
             per_kernel[event.name[:80]] += us
@@ -112,6 +125,7 @@ def profiled_updates(trainer, stream, steps: int):
             ops += 1
     return {
         "kernel_ms": kernel_us / 1e3 / steps,
+        "nccl_ms": nccl_us / 1e3 / steps,
         "kernels": launches / steps,
         "aten_ops": ops / steps,
         **{f"host_{phase}_ms": us / 1e3 / steps for phase, us in phase_us.items()},
@@ -192,13 +206,31 @@ def main():
     parser.add_argument("--python-profile", type=int, default=0, metavar="STEPS",
                         help="also run cProfile over STEPS updates and print where the host time goes (with "
                              "--warmup 69 --steps 1 --profile-steps 0 on Multi30k: the updates that record graphs)")
+    parser.add_argument("--no-ddp-split", action="store_true",
+                        help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
+                             "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
+                             "the all-reduce starts after each stack's backward)")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="train on this many GPUs (one process each, c10d DDP as fairseq-train); the first "
+                             "GPU's figures are printed, with its compute and NCCL kernel time per update")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
+    if args.gpus > 1 and args.gpus > torch.cuda.device_count():
+        parser.error(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA devices")
+    cfg = fairseq_config(args.data, args.arch, args.max_tokens, args.gpus, extra)
+    distributed_utils.call_main(cfg, profile, args=args, extra=extra)
+
+
+def profile(cfg, args, extra):
+    """Warm-up, timed and profiled updates on this process's GPU; the first process prints."""
     if args.skip_graph_warmup:
         from torch._inductor import config as inductor_config
         inductor_config.triton.skip_cudagraph_warmup = True
-    trainer, epoch_itr, params = build_trainer(args.data, args.arch, args.max_tokens, extra)
-    stream = batches(epoch_itr)
+    if args.no_ddp_split:
+        from torch._dynamo import config as dynamo_config
+        dynamo_config.optimize_ddp = False
+    trainer, epoch_itr, params = build_trainer(cfg)
+    stream = batches(epoch_itr, cfg.distributed_training.fix_batches_to_gpus)
     with CaptureStats(args.keep_allocator_cache) as captures:
         warmup_times, _ = timed_updates(trainer, stream, args.warmup)
     warmup_s = sum(warmup_times) / 1e3
@@ -206,21 +238,25 @@ def main():
     times, tokens = timed_updates(trainer, stream, args.steps)
     result = {
         "label": args.label or args.arch, "arch": args.arch, "extra": " ".join(extra), "params": params,
-        "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s, "median_ms": statistics.median(times),
-        "mean_ms": statistics.mean(times),
-        "tokens_per_s": sum(tokens) / (sum(times) / 1e3),
+        "gpus": args.gpus, "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s,
+        "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
+        "tokens_per_s": args.gpus * sum(tokens) / (sum(times) / 1e3),
         "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
+        "no_ddp_split": args.no_ddp_split,
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
     result.update(compile_counters())
+    if not distributed_utils.is_master(cfg.distributed_training):
+        return
     line = (f"{result['label']:<28} {params / 1e6:6.1f}M  warmup {warmup_s:6.1f}s  update {result['median_ms']:7.1f} ms"
             f" (mean {result['mean_ms']:7.1f})  tgt tok/s {result['tokens_per_s']:9.0f}")
     if "kernel_ms" in result:
-        line += (f"  GPU busy {result['kernel_ms']:6.1f} ms  kernels {result['kernels']:6.0f}  aten ops "
-                 f"{result['aten_ops']:6.0f}  host fwd/bwd/opt {result['host_forward_ms']:.0f}/"
-                 f"{result['host_backward_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
+        line += (f"  GPU busy {result['kernel_ms']:6.1f} ms  NCCL {result['nccl_ms']:5.1f} ms  kernels "
+                 f"{result['kernels']:6.0f}  aten ops {result['aten_ops']:6.0f}  host fwd/bwd/clip/opt "
+                 f"{result['host_forward_ms']:.0f}/{result['host_backward_ms']:.0f}/"
+                 f"{result['host_clip-grads_ms']:.0f}/{result['host_optimizer_ms']:.0f} ms")
     line += f"  traced graphs {result['traced_graphs']}  cudagraph skips {result['cudagraph_skips']}"
     print(line, flush=True)
     if result["traced_graphs"]:
