@@ -3,8 +3,9 @@
 ``--user-dir mega_fairseq`` (or ``--user-dir user_dir`` once installed) registers
 the models, architectures, learning-rate schedulers and the checkpoint-loading
 allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety),
-checks fairseq's run options up front (see run_checks) and fixes fairseq bugs (see
-fairseq_fixes). ``mega_fairseq.modules`` needs torch only.
+checks fairseq's run options up front (see run_checks), fixes fairseq bugs (see
+fairseq_fixes) and batches the weight copies of fairseq's --fp16 optimizer (see
+optim.fp16_copies). ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -25,3 +26,4 @@ if fairseq is not None:
     fairseq_fixes.end_process_group_after_success()
     fairseq_fixes.fix_batches_to_gpus_for_every_dataset()
     run_checks.check_options_before_training()
+    optim.fp16_copies.batch_fp16_optimizer_copies()

@@ -1,0 +1,161 @@
+"""The batched copies of fairseq's FP16Optimizer (optim.fp16_copies) against float64 expectations and
+fairseq's own per-parameter loops, on optimizers whose flat fp32 weights are laid out as fairseq lays
+them out (CPU: the flat tensor is keyed by the parameters' device index, None)."""
+import pytest
+import torch
+from fairseq.optim import fp16_optimizer
+
+import mega_fairseq  # noqa: F401  (applies the patch)
+from mega_fairseq.optim.fp16_copies import _batched_fp32_params_to_fp16, _batched_grads_to_fp32, _flat_params
+
+MIXIN = fp16_optimizer._FP16OptimizerMixin
+SHAPES = [(7, 5), (13,), (3, 1, 9), (1,), (64, 3)]
+
+
+class FlatOptimizer(MIXIN):
+    """The mixin's state as FP16Optimizer builds it with flat fp32 weights."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.fp16_params = params
+        flat = torch.cat([p.detach().reshape(-1).float() for p in params])
+        flat = torch.nn.Parameter(flat)
+        flat.grad = torch.zeros_like(flat)
+        self.fp32_params = {params[0].device.index: flat}
+        self._needs_sync = False
+
+
+def half_params(seed: int, shapes=SHAPES, dtype=torch.float16):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
+
+
+def set_grads(params, seed: int, missing=()):
+    generator = torch.Generator().manual_seed(seed)
+    for i, p in enumerate(params):
+        p.grad = None if i in missing else torch.randn(p.shape, generator=generator).to(p.dtype)
+
+
+def fallback_not_expected(optimizer):
+    raise AssertionError("fairseq's per-parameter loop ran where the batched copy applies")
+
+
+def test_the_plugin_patches_fp16_optimizer():
+    assert MIXIN._sync_fp16_grads_to_fp32.batched and MIXIN._sync_fp32_params_to_fp16.batched
+
+
+@pytest.mark.parametrize("seed, missing", [(0, ()), (1, (1,)), (2, (0, 4))])
+def test_gradients_reach_the_flat_fp32_gradient_exactly(seed, missing):
+    params = half_params(seed)
+    optimizer = FlatOptimizer(params)
+    set_grads(params, seed + 10, missing)
+    optimizer._needs_sync = True
+    _batched_grads_to_fp32(fallback_not_expected)(optimizer)
+    expected = torch.cat([(p.grad.double() if p.grad is not None else torch.zeros(p.shape, dtype=torch.float64))
+                          .reshape(-1) for p in params])
+    assert torch.equal(optimizer.fp32_params[None].grad.double(), expected)
+    assert not optimizer._needs_sync
+
+
+def test_gradients_are_copied_only_when_needed():
+    params = half_params(3)
+    optimizer = FlatOptimizer(params)
+    set_grads(params, 4)
+    optimizer._sync_fp16_grads_to_fp32()  # _needs_sync False: nothing to copy
+    assert torch.count_nonzero(optimizer.fp32_params[None].grad) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weights_return_to_the_half_parameters_rounded_as_fairseq_rounds_them(seed):
+    params = half_params(seed)
+    optimizer = FlatOptimizer(params)
+    new_weights = torch.randn(optimizer.fp32_params[None].numel(), generator=torch.Generator().manual_seed(seed))
+    optimizer.fp32_params[None].data.copy_(new_weights)
+    reference = FlatOptimizer(half_params(seed))
+    reference.fp32_params[None].data.copy_(new_weights)
+    MIXIN._sync_fp32_params_to_fp16.__wrapped__(reference)
+
+    _batched_fp32_params_to_fp16(fallback_not_expected)(optimizer)
+    offset = 0
+    for p, q in zip(params, reference.fp16_params):
+        expected = new_weights[offset:offset + p.numel()].double().reshape(p.shape)
+        assert p.dtype == torch.float16 and torch.equal(p.detach(), q.detach())
+        assert torch.allclose(p.detach().double(), expected, rtol=1e-3, atol=1e-4)
+        offset += p.numel()
+    assert all(p.requires_grad and p.grad_fn is None for p in params)
+
+
+def test_same_results_as_fairseqs_loops_over_several_updates():
+    params, reference_params = half_params(5), half_params(5)
+    optimizer, reference = FlatOptimizer(params), FlatOptimizer(reference_params)
+    for update in range(3):
+        for ps, opt, sync_grads, sync_weights in (
+                (params, optimizer, MIXIN._sync_fp16_grads_to_fp32, MIXIN._sync_fp32_params_to_fp16),
+                (reference_params, reference, MIXIN._sync_fp16_grads_to_fp32.__wrapped__,
+                 MIXIN._sync_fp32_params_to_fp16.__wrapped__)):
+            set_grads(ps, 20 + update, missing=(update,))
+            opt._needs_sync = True
+            sync_grads(opt)
+            flat = opt.fp32_params[None]
+            flat.data.add_(flat.grad, alpha=-0.1)  # an SGD step on the master weights
+            sync_weights(opt)
+        assert torch.equal(optimizer.fp32_params[None].grad, reference.fp32_params[None].grad)
+        assert all(torch.equal(p, q) for p, q in zip(params, reference_params))
+
+
+@pytest.mark.parametrize("case", ["mixed dtypes", "frozen parameter", "sizes do not add up"])
+def test_fairseqs_loops_run_where_the_batched_copies_do_not_apply(case):
+    params = half_params(6)
+    optimizer = FlatOptimizer(params)
+    if case == "mixed dtypes":
+        params[2].data = params[2].data.float()
+    elif case == "frozen parameter":
+        params[1].requires_grad_(False)
+    else:
+        optimizer.fp16_params = params[:-1]
+    set_grads(params, 7)
+    optimizer._needs_sync = True
+    calls = []
+    original = MIXIN._sync_fp16_grads_to_fp32.__wrapped__
+
+    def recording_fairseq_loop(self):
+        calls.append("fairseq")
+        return original(self)
+
+    _batched_grads_to_fp32(recording_fairseq_loop)(optimizer)
+    assert calls == ["fairseq"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_fp16_optimizer_steps_match_fairseqs_loops(device, monkeypatch):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    if device == "cpu":  # fairseq keys the flat weights by the current CUDA device: the CPU's index is None
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+
+    def build(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(33, 65), torch.nn.ReLU(), torch.nn.Linear(65, 7))
+        model = model.to(device).half()
+        args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
+            "data", "--arch", "transformer", "--optimizer", "adam", "--lr", "0.01", "--fp16", "--fp16-init-scale", "128"])
+        cfg = convert_namespace_to_omegaconf(args)
+        return model, fp16_optimizer.FP16Optimizer.build_optimizer(cfg, list(model.parameters()))
+
+    (model, optimizer), (reference_model, reference) = build(0), build(0)
+    assert _flat_params(optimizer, next(iter(optimizer.fp32_params))) is not None  # the batched copies apply
+    patched = (MIXIN._sync_fp16_grads_to_fp32, MIXIN._sync_fp32_params_to_fp16)
+    inputs = torch.randn(17, 33, device=device).half()
+    for net, opt, batched in ((model, optimizer, True), (reference_model, reference, False)):
+        if not batched:
+            monkeypatch.setattr(MIXIN, "_sync_fp16_grads_to_fp32", patched[0].__wrapped__)
+            monkeypatch.setattr(MIXIN, "_sync_fp32_params_to_fp16", patched[1].__wrapped__)
+        for _ in range(3):
+            opt.zero_grad()
+            opt.backward(net(inputs).float().pow(2).mean())
+            opt.clip_grad_norm(1.0)
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference_model.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), build(0)[0].parameters()))
