@@ -4,8 +4,8 @@
 the models, architectures, learning-rate schedulers and the checkpoint-loading
 allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety),
 checks fairseq's run options up front (see run_checks), fixes fairseq bugs (see
-fairseq_fixes) and batches the weight copies of fairseq's --fp16 optimizer (see
-optim.fp16_copies). ``mega_fairseq.modules`` needs torch only.
+fairseq_fixes) and batches fairseq's per-parameter gradient and weight copies (see
+batched_copies). ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -15,7 +15,8 @@ except ImportError:  # the torch-only modules stay usable without fairseq
     fairseq = None
 
 if fairseq is not None:
-    from . import checkpoint_safety, criterions, fairseq_fixes, models, optim, run_checks, tasks  # noqa: F401
+    from . import (batched_copies, checkpoint_safety, criterions, fairseq_fixes, models, optim,  # noqa: F401
+                   run_checks, tasks)
 
     checkpoint_safety.allow_fairseq_checkpoints()
     checkpoint_safety.write_checkpoints_atomically()
@@ -26,4 +27,5 @@ if fairseq is not None:
     fairseq_fixes.end_process_group_after_success()
     fairseq_fixes.fix_batches_to_gpus_for_every_dataset()
     run_checks.check_options_before_training()
-    optim.fp16_copies.batch_fp16_optimizer_copies()
+    batched_copies.batch_fp16_optimizer_copies()
+    batched_copies.batch_legacy_ddp_all_reduce()

@@ -1,2 +1,2 @@
-"""Learning-rate schedulers of the original Mega recipes; batched copies for fairseq's --fp16 optimizer."""
-from . import fp16_copies, linear_decay  # noqa: F401  (linear_decay registers --lr-scheduler linear_decay)
+"""Learning-rate schedulers of the original Mega recipes."""
+from . import linear_decay  # noqa: F401  (registers --lr-scheduler linear_decay)

@@ -1,4 +1,5 @@
-"""Batched gradient and weight copies for fairseq's FP16Optimizer (``--fp16``).
+"""Batched copies for fairseq's per-parameter loops: FP16Optimizer (``--fp16``) and the gradient
+all-reduce of ``--ddp-backend legacy_ddp``.
 
 fairseq's FP16Optimizer keeps the fp32 master weights as one flat tensor per device. Every update it
 copies the half-precision gradients into the flat fp32 gradient, and after the step the updated
@@ -10,11 +11,22 @@ with one copy; the flat weights converted once and copied into the parameters wi
 copy. The values are the same bit for bit (the same conversions). fairseq's own loops still run where
 the fp32 weights are not flat (``--fp16-no-flatten-grads``, ``--bf16``), or where the parameters do not
 share one dtype or do not fill the flat tensor exactly.
+
+fairseq's LegacyDistributedDataParallel (``--ddp-backend legacy_ddp``) all-reduces the gradients after
+the backward pass through a buffer that it fills and empties one parameter at a time (two more loops
+of a copy per parameter). The batched all-reduce concatenates the gradients of up to the buffer's size
+at once, divides, all-reduces and copies them back with one multi-tensor copy: the same operations on
+the same values. Without torch's DistributedDataParallel, torch.compile does not split the layer
+graphs at gradient buckets, and no autograd hook copies gradients one by one during the backward pass.
+fairseq's loop still runs for expert parameters and gradients that are not plain contiguous tensors of
+the buffer's dtype.
 """
 import functools
 from typing import List, Optional
 
 import torch
+from fairseq.distributed import legacy_distributed_data_parallel as legacy_ddp
+from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import fp16_optimizer
 from torch import Tensor
 
@@ -72,3 +84,47 @@ def batch_fp16_optimizer_copies() -> None:
         mixin._sync_fp16_grads_to_fp32 = _batched_grads_to_fp32(mixin._sync_fp16_grads_to_fp32)
     if not getattr(mixin._sync_fp32_params_to_fp16, "batched", False):
         mixin._sync_fp32_params_to_fp16 = _batched_fp32_params_to_fp16(mixin._sync_fp32_params_to_fp16)
+
+
+def _buffer_groups(params: List[Tensor], buffer_size: int) -> List[List[Tensor]]:
+    """``params`` in order, in groups of at most ``buffer_size`` elements (a larger parameter alone)."""
+    groups, group, size = [], [], 0
+    for p in params:
+        if group and size + p.numel() > buffer_size:
+            groups.append(group)
+            group, size = [], 0
+        group.append(p)
+        size += p.numel()
+    return groups + [group] if group else groups
+
+
+def _batched_all_reduce_grads(all_reduce_grads):
+    @functools.wraps(all_reduce_grads)
+    def wrapper(self):
+        if self.accumulate_grads:
+            return
+        dtype = next(self.module.parameters()).dtype
+        per_device = [[p for p in params if p.requires_grad] for params in self.per_device_params]
+        if any(hasattr(p, "expert") or p.dtype != dtype or not p.is_contiguous() or (
+                p.grad is not None and (p.grad.requires_grad or not p.grad.is_contiguous()))
+               for params in per_device for p in params):
+            return all_reduce_grads(self)
+        for params in per_device:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            for group in _buffer_groups(params, self.buffer_size):
+                flat = torch.cat([p.grad.view(-1) for p in group])
+                flat.div_(self.world_size)
+                distributed_utils.all_reduce(flat, self.process_group)
+                torch._foreach_copy_([p.grad.view(-1) for p in group], torch.split(flat, [p.numel() for p in group]))
+
+    wrapper.batched = True
+    return wrapper
+
+
+def batch_legacy_ddp_all_reduce() -> None:
+    """Patch fairseq's LegacyDistributedDataParallel once with the batched all-reduce."""
+    module = legacy_ddp.LegacyDistributedDataParallel
+    if not getattr(module.all_reduce_grads, "batched", False):
+        module.all_reduce_grads = _batched_all_reduce_grads(module.all_reduce_grads)

@@ -1,12 +1,19 @@
-"""The batched copies of fairseq's FP16Optimizer (optim.fp16_copies) against float64 expectations and
-fairseq's own per-parameter loops, on optimizers whose flat fp32 weights are laid out as fairseq lays
-them out (CPU: the flat tensor is keyed by the parameters' device index, None)."""
+"""The batched copies (batched_copies) against float64 expectations and fairseq's own per-parameter
+loops: FP16Optimizer on optimizers whose flat fp32 weights are laid out as fairseq lays them out (CPU:
+the flat tensor is keyed by the parameters' device index, None), and LegacyDistributedDataParallel's
+gradient all-reduce in 2 processes (gloo)."""
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from fairseq.distributed.legacy_distributed_data_parallel import LegacyDistributedDataParallel
 from fairseq.optim import fp16_optimizer
 
-import mega_fairseq  # noqa: F401  (applies the patch)
-from mega_fairseq.optim.fp16_copies import _batched_fp32_params_to_fp16, _batched_grads_to_fp32, _flat_params
+import mega_fairseq  # noqa: F401  (applies the patches)
+from fairseq_helpers import free_port
+from mega_fairseq.batched_copies import _batched_fp32_params_to_fp16, _batched_grads_to_fp32, _flat_params
 
 MIXIN = fp16_optimizer._FP16OptimizerMixin
 SHAPES = [(7, 5), (13,), (3, 1, 9), (1,), (64, 3)]
@@ -159,3 +166,69 @@ def test_fp16_optimizer_steps_match_fairseqs_loops(device, monkeypatch):
             opt.step()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference_model.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), build(0)[0].parameters()))
+
+
+def rank_grads(model: torch.nn.Module, rank: int, missing: int):
+    """Seeded gradients of ``rank``; parameter number ``missing`` has none."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    for i, p in enumerate(model.parameters()):
+        grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+        p.grad = None if i == missing else grad
+
+
+def small_model(dtype: torch.dtype) -> torch.nn.Module:
+    """Parameters of 35, 5, 15, 3, 33 and 11 elements."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3), torch.nn.Linear(3, 11)).to(dtype)
+
+
+LEGACY_CASES = [(2**28, torch.float32), (20, torch.float32), (16, torch.float16)]  # (buffer size, dtype)
+
+
+def legacy_ddp_rank(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        for buffer_size, dtype in LEGACY_CASES:
+            batched, reference = (LegacyDistributedDataParallel(small_model(dtype), dist.group.WORLD, buffer_size)
+                                  for _ in "ab")
+            rank_grads(batched.module, rank, missing=3)
+            rank_grads(reference.module, rank, missing=3)
+            calls = []
+            _batched_all_reduce_grads_recording(calls)(batched)
+            assert calls == [], "fairseq's loop ran where the batched all-reduce applies"
+            LegacyDistributedDataParallel.all_reduce_grads.__wrapped__(reference)
+            ranks = [small_model(dtype) for _ in "ab"]
+            for r, m in enumerate(ranks):
+                rank_grads(m, r, missing=3)
+            tolerance = 1e-3 if dtype == torch.float16 else 1e-6
+            for i, (p, q) in enumerate(zip(batched.module.parameters(), reference.module.parameters())):
+                assert torch.equal(p.grad, q.grad), f"{buffer_size} {dtype} parameter {i}: not fairseq's result"
+                rank_params = [list(m.parameters())[i] for m in ranks]
+                expected = sum(torch.zeros(p.shape, dtype=torch.float64) if rp.grad is None else rp.grad.double()
+                               for rp in rank_params) / 2
+                torch.testing.assert_close(p.grad.double(), expected, rtol=tolerance, atol=tolerance)
+            with batched.no_sync():
+                before = [p.grad.clone() for p in batched.module.parameters()]
+                batched.all_reduce_grads()
+                assert all(torch.equal(p.grad, b) for p, b in zip(batched.module.parameters(), before))
+    finally:
+        dist.destroy_process_group()
+
+
+def _batched_all_reduce_grads_recording(calls):
+    from mega_fairseq.batched_copies import _batched_all_reduce_grads
+
+    def recording_fairseq_loop(self):
+        calls.append("fairseq")
+        return LegacyDistributedDataParallel.all_reduce_grads.__wrapped__(self)
+    return _batched_all_reduce_grads(recording_fairseq_loop)
+
+
+def test_the_plugin_patches_legacy_ddp():
+    assert LegacyDistributedDataParallel.all_reduce_grads.batched
+
+
+def test_legacy_ddp_all_reduce_matches_fairseqs_loop_on_two_processes():
+    """Buffers holding all parameters, a group at a time (one parameter larger than the buffer), fp16."""
+    mp.spawn(legacy_ddp_rank, args=(free_port(),), nprocs=2)
