@@ -73,8 +73,10 @@ def plot_distributed(results: dict, out: str) -> None:
               "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew"}
     for name, records in results["records"].items():
         scaling = results["scaling"].get(name)
+        run = name.removesuffix("_legacy_ddp")
+        label = labels.get(run, run) + (", legacy_ddp" if run != name else "")
         axis.plot([update for update, _ in records], [wps / 1e3 for _, wps in records], marker="o",
-                  label=labels.get(name, name) + (f": {scaling:.2f}x" if scaling else ""))
+                  label=label + (f": {scaling:.2f}x" if scaling else ""))
     axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
     axis.set_xlabel("update")
     axis.set_ylabel("thousand target words/s (fairseq-train)")

@@ -9,6 +9,11 @@
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
+#   DDP_BACKENDS  fairseq's --ddp-backend of the 2-GPU runs, one run each per way of BATCHES (default c10d):
+#                 c10d        torch's DistributedDataParallel, all-reduce of gradient buckets overlapping the
+#                             backward (torch.compile splits the layer graphs at the buckets)
+#                 legacy_ddp  fairseq's: one all-reduce of all gradients after the backward (batched by the
+#                             plugin: batched_copies), the layer graphs whole
 #   BATCHES       how the 2-GPU runs deal batches, one run each (default "fixed"):
 #                 fixed    --fix-batches-to-gpus: each GPU keeps its batches every epoch (order shuffled per
 #                          GPU), so that it records the layer graphs of its batch shapes in two epochs
@@ -32,7 +37,7 @@ train() {  # train NAME [OPTIONS...]
         --lr-scheduler linear_decay --warmup-updates 500 --total-num-update 2000 --max-update "$updates" \
         --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 8192 --fp16 \
         --seed 1 --num-workers 2 --save-dir "$out/$name/checkpoints" --no-save --disable-validation \
-        --ddp-backend c10d --bucket-cap-mb "$bucket" --log-format json --log-interval 25 "$@" \
+        --bucket-cap-mb "$bucket" --log-format json --log-interval 25 "$@" \
         > "$out/$name.log" 2>&1 || { tail -n 30 "$out/$name.log" >&2; exit 1; }
 }
 
@@ -45,12 +50,22 @@ dealing_options() {  # the fairseq options of a BATCHES way
     esac
 }
 for batches in ${BATCHES:-fixed}; do dealing_options "$batches" > /dev/null; done
+for backend in ${DDP_BACKENDS:-c10d}; do
+    case $backend in
+        c10d|legacy_ddp) ;;
+        *) echo "DDP_BACKENDS: unknown backend '$backend'; choose from c10d, legacy_ddp" >&2; exit 2 ;;
+    esac
+done
 
-train one_gpu --distributed-world-size 1 --update-freq 2
+train one_gpu --distributed-world-size 1 --update-freq 2 --ddp-backend c10d
 runs=(one_gpu)
 for batches in ${BATCHES:-fixed}; do
-    train "two_gpus_$batches" --distributed-world-size 2 $(dealing_options "$batches")
-    runs+=("two_gpus_$batches")
+    for backend in ${DDP_BACKENDS:-c10d}; do
+        name=two_gpus_$batches
+        [[ $backend == c10d ]] || name=${name}_$backend
+        train "$name" --distributed-world-size 2 --ddp-backend "$backend" $(dealing_options "$batches")
+        runs+=("$name")
+    done
 done
 
 python3 - "$out" "$warmup_updates" "${runs[@]}" <<'EOF'

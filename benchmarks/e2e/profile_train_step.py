@@ -47,12 +47,11 @@ COMMON = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "
 def fairseq_config(data: str, arch: str, max_tokens: int, gpus: int, extra):
     """fairseq-train's configuration of these options (``gpus`` > 1: one process a GPU)."""
     repo_user_dir = __file__.rsplit("/benchmarks/", 1)[0] + "/mega_fairseq"
-    argv = [data, "--user-dir", repo_user_dir, "--arch", arch, "--max-tokens", str(max_tokens), *COMMON, *extra]
+    distributed = ["--distributed-world-size", str(gpus), "--ddp-backend", "c10d"]  # fairseq's default: all GPUs
+    argv = [data, "--user-dir", repo_user_dir, "--arch", arch, "--max-tokens", str(max_tokens), *COMMON,
+            *distributed, *extra]  # extra options last: they override (e.g. --ddp-backend legacy_ddp)
     if not torch.cuda.is_available():
         argv.append("--cpu")
-    argv += ["--distributed-world-size", str(gpus)]  # fairseq's default: every GPU of the machine
-    if gpus > 1:
-        argv += ["--ddp-backend", "c10d"]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     return convert_namespace_to_omegaconf(args)
 
