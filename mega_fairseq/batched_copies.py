@@ -71,7 +71,8 @@ def _batched_fp32_params_to_fp16(sync_params):
         with torch.no_grad():
             for device, params in layouts.items():
                 weights = self.fp32_params[device].detach().to(params[0].dtype)
-                torch._foreach_copy_([p.view(-1) for p in params], torch.split(weights, [p.numel() for p in params]))
+                pieces = torch.split(weights, [p.numel() for p in params])
+                torch._foreach_copy_([p.data.view(-1) for p in params], pieces)
 
     wrapper.batched = True
     return wrapper

@@ -13,7 +13,8 @@ from fairseq.optim import fp16_optimizer
 
 import mega_fairseq  # noqa: F401  (applies the patches)
 from fairseq_helpers import free_port
-from mega_fairseq.batched_copies import _batched_fp32_params_to_fp16, _batched_grads_to_fp32, _flat_params
+from mega_fairseq.batched_copies import (_batched_all_reduce_grads, _batched_fp32_params_to_fp16, _batched_grads_to_fp32,
+                                         _flat_params)
 
 MIXIN = fp16_optimizer._FP16OptimizerMixin
 SHAPES = [(7, 5), (13,), (3, 1, 9), (1,), (64, 3)]
@@ -147,7 +148,8 @@ def test_fp16_optimizer_steps_match_fairseqs_loops(device, monkeypatch):
         model = torch.nn.Sequential(torch.nn.Linear(33, 65), torch.nn.ReLU(), torch.nn.Linear(65, 7))
         model = model.to(device).half()
         args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
-            "data", "--arch", "transformer", "--optimizer", "adam", "--lr", "0.01", "--fp16", "--fp16-init-scale", "128"])
+            "data", "--arch", "transformer", "--optimizer", "adam", "--lr", "0.01", "--fp16",
+            "--fp16-init-scale", "128"])
         cfg = convert_namespace_to_omegaconf(args)
         return model, fp16_optimizer.FP16Optimizer.build_optimizer(cfg, list(model.parameters()))
 
@@ -217,8 +219,6 @@ def legacy_ddp_rank(rank: int, port: int) -> None:
 
 
 def _batched_all_reduce_grads_recording(calls):
-    from mega_fairseq.batched_copies import _batched_all_reduce_grads
-
     def recording_fairseq_loop(self):
         calls.append("fairseq")
         return LegacyDistributedDataParallel.all_reduce_grads.__wrapped__(self)
