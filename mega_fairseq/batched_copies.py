@@ -56,7 +56,6 @@ def _batched_grads_to_fp32(sync_grads):
             self.fp32_params[device].grad.copy_(torch.cat(grads))
         self._needs_sync = False
 
-    wrapper.batched = True
     return wrapper
 
 
@@ -74,17 +73,22 @@ def _batched_fp32_params_to_fp16(sync_params):
                 pieces = torch.split(weights, [p.numel() for p in params])
                 torch._foreach_copy_([p.data.view(-1) for p in params], pieces)
 
-    wrapper.batched = True
     return wrapper
+
+
+def _patch_once(owner, name: str, batching) -> None:
+    """Replace ``owner.name`` with ``batching(owner.name)``, marked ``batched``, unless it already is."""
+    original = getattr(owner, name)
+    if not getattr(original, "batched", False):
+        patched = batching(original)
+        patched.batched = True
+        setattr(owner, name, patched)
 
 
 def batch_fp16_optimizer_copies() -> None:
     """Patch fairseq's FP16Optimizer (its mixin) once with the batched copies."""
-    mixin = fp16_optimizer._FP16OptimizerMixin
-    if not getattr(mixin._sync_fp16_grads_to_fp32, "batched", False):
-        mixin._sync_fp16_grads_to_fp32 = _batched_grads_to_fp32(mixin._sync_fp16_grads_to_fp32)
-    if not getattr(mixin._sync_fp32_params_to_fp16, "batched", False):
-        mixin._sync_fp32_params_to_fp16 = _batched_fp32_params_to_fp16(mixin._sync_fp32_params_to_fp16)
+    _patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp16_grads_to_fp32", _batched_grads_to_fp32)
+    _patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp32_params_to_fp16", _batched_fp32_params_to_fp16)
 
 
 def _buffer_groups(params: List[Tensor], buffer_size: int) -> List[List[Tensor]]:
@@ -120,12 +124,9 @@ def _batched_all_reduce_grads(all_reduce_grads):
                 distributed_utils.all_reduce(flat, self.process_group)
                 torch._foreach_copy_([p.grad.view(-1) for p in group], torch.split(flat, [p.numel() for p in group]))
 
-    wrapper.batched = True
     return wrapper
 
 
 def batch_legacy_ddp_all_reduce() -> None:
     """Patch fairseq's LegacyDistributedDataParallel once with the batched all-reduce."""
-    module = legacy_ddp.LegacyDistributedDataParallel
-    if not getattr(module.all_reduce_grads, "batched", False):
-        module.all_reduce_grads = _batched_all_reduce_grads(module.all_reduce_grads)
+    _patch_once(legacy_ddp.LegacyDistributedDataParallel, "all_reduce_grads", _batched_all_reduce_grads)
