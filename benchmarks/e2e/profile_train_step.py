@@ -247,6 +247,10 @@ def profile(cfg, args, extra):
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
     result.update(compile_counters())
+    host_profile = None
+    if args.python_profile:  # every GPU runs the updates (they all-reduce); the first prints
+        with CaptureStats(args.keep_allocator_cache) as profiled_captures:
+            host_profile = python_profile(trainer, stream, args.python_profile)
     if not distributed_utils.is_master(cfg.distributed_training):
         return
     line = (f"{result['label']:<28} {params / 1e6:6.1f}M  warmup {warmup_s:6.1f}s  update {result['median_ms']:7.1f} ms"
@@ -264,9 +268,8 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
-    if args.python_profile:
-        with CaptureStats(args.keep_allocator_cache) as profiled_captures:
-            print(python_profile(trainer, stream, args.python_profile), flush=True)
+    if host_profile is not None:
+        print(host_profile, flush=True)
         print(f"  cProfiled updates: CUDA graph captures {profiled_captures.captures}, "
               f"{profiled_captures.seconds:.1f} s inside them", flush=True)
     if args.json:
