@@ -111,7 +111,7 @@ def _batched_all_reduce_grads(all_reduce_grads):
         dtype = next(self.module.parameters()).dtype
         per_device = [[p for p in params if p.requires_grad] for params in self.per_device_params]
         if any(hasattr(p, "expert") or p.dtype != dtype or not p.is_contiguous() or (
-                p.grad is not None and (p.grad.requires_grad or not p.grad.is_contiguous()))
+                p.grad is not None and (p.grad.requires_grad or p.grad.dtype != dtype or not p.grad.is_contiguous()))
                for params in per_device for p in params):
             return all_reduce_grads(self)
         for params in per_device:
