@@ -26,6 +26,7 @@ if fairseq is not None:
     fairseq_fixes.restore_numpy_compat()
     fairseq_fixes.end_process_group_after_success()
     fairseq_fixes.fix_batches_to_gpus_for_every_dataset()
+    fairseq_fixes.keep_grouped_shuffling_remainder()
     run_checks.check_options_before_training()
     batched_copies.batch_fp16_optimizer_copies()
     batched_copies.batch_legacy_ddp_all_reduce()

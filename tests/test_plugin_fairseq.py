@@ -99,12 +99,12 @@ class Numbers(FairseqDataset):
         return tuple(samples)
 
 
-def batches_per_epoch(shard_id, num_shards, fix_batches_to_gpus, grouped_shuffling=False, epochs=3):
+def batches_per_epoch(shard_id, num_shards, fix_batches_to_gpus, grouped_shuffling=False, epochs=3, batches=40):
     """The batches (tuples of item ids) one GPU of ``num_shards`` gets in each of ``epochs`` epochs:
-    40 batches of 2 items, fairseq's EpochBatchIterator, shuffled."""
-    dataset = Numbers(80)
-    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 80, 2)], seed=3,
-                                            num_shards=num_shards, shard_id=shard_id,
+    ``batches`` batches of 2 items, fairseq's EpochBatchIterator, shuffled."""
+    dataset = Numbers(2 * batches)
+    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 2 * batches, 2)],
+                                            seed=3, num_shards=num_shards, shard_id=shard_id,
                                             grouped_shuffling=grouped_shuffling)
     return [list(iterator.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus))
             for _ in range(epochs)]
@@ -123,6 +123,30 @@ def test_fixed_batches_stay_on_their_gpu_every_epoch(grouped_shuffling):
         assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
     assert set(shards[0][0]) | set(shards[1][0]) == every_batch
     assert not set(shards[0][0]) & set(shards[1][0])
+
+
+@pytest.mark.parametrize("batches, gpus", [(41, 2), (43, 4), (2, 3)])
+def test_grouped_shuffling_trains_on_every_batch(batches, gpus):
+    """fairseq's --grouped-shuffling dropped the batches left over after the groups of one batch per GPU.
+    Now every batch is trained on once an epoch, each GPU keeps its batches, the groups keep fairseq's
+    order, and the GPUs without a leftover batch get fairseq's empty dummy batch."""
+    shards = [batches_per_epoch(shard, gpus, False, grouped_shuffling=True, batches=batches) for shard in range(gpus)]
+    for epoch in range(3):
+        dealt = [batch for shard in shards for batch in shard[epoch] if batch]
+        assert sorted(dealt) == [(i, i + 1) for i in range(0, 2 * batches, 2)]
+    for epochs in shards:
+        assert all(set(epoch) == set(epochs[0]) for epoch in epochs)
+    dataset = Numbers(2 * batches)
+    for shard, epochs in enumerate(shards):
+        iterator = iterators.EpochBatchIterator(dataset, dataset.collater,
+                                                [[i, i + 1] for i in range(0, 2 * batches, 2)], seed=3,
+                                                num_shards=gpus, shard_id=shard, grouped_shuffling=True)
+        fairseq_order = iterators.EpochBatchIterator.ordered_batches.__wrapped__(iterator, 1, False, True)
+        groups = batches // gpus
+        assert [tuple(b) for b in fairseq_order[:groups]] == epochs[0][:groups]
+        assert len(epochs[0]) == -(-batches // gpus)  # as many updates on every GPU
+        assert epochs[0][groups:] == ([(2 * (groups * gpus + shard), 2 * (groups * gpus + shard) + 1)]
+                                      if shard < batches % gpus else [()])
 
 
 def test_unfixed_batches_move_between_gpus():
