@@ -9,20 +9,17 @@ translates and scores only part of the test set, and validation skips examples
 blocks for inference (``fairseq-interactive``/``fairseq-generate`` with a language model) and
 bucketed translation batches; without it they crash. ``numpy.compat.long`` was Python's ``int``.
 
-``fix_batches_to_gpus_for_every_dataset``: fairseq's ``--fix-batches-to-gpus`` ("don't shuffle batches
-between GPUs") works only for datasets that prefetch; for every other dataset (translation's
-LanguagePairDataset, language modelling's) ``EpochBatchIterator`` silently ignores it and deals the
-globally shuffled batches to the GPUs anew each epoch. With the flag, each GPU now keeps the same
-batches every epoch and shuffles their order, as fairseq does for prefetching datasets
-(``--grouped-shuffling`` already keeps each GPU's batches: unchanged). Layer graphs need it on several
-GPUs: a GPU records a graph per batch shape it meets, and one whose batches change every epoch keeps
-meeting new shapes for many epochs.
-
-``keep_grouped_shuffling_remainder``: fairseq's ``--grouped-shuffling`` shuffles the batches in groups of
-one batch per GPU and drops the batches left over when their count is not a multiple of the GPU count:
-those examples are never trained on (Multi30k: 1 of its 69 batches on 2 GPUs, every epoch). The leftover
-batches now follow the shuffled groups (the GPUs without one take fairseq's empty dummy batch), the
-groups' order is fairseq's.
+``deal_batches_to_gpus``: two bugs of fairseq's ``EpochBatchIterator`` for datasets that do not prefetch
+(translation's LanguagePairDataset, language modelling's). ``--fix-batches-to-gpus`` ("don't shuffle
+batches between GPUs") is silently ignored: the globally shuffled batches are dealt to the GPUs anew
+each epoch. ``--grouped-shuffling`` shuffles the batches in groups of one per GPU and drops the batches
+left over when their count is not a multiple of the GPU count: those examples are never trained on
+(Multi30k: 1 of its 69 batches on 2 GPUs, every epoch). Now with ``--fix-batches-to-gpus`` each GPU
+keeps the same batches every epoch and shuffles their order, as fairseq does for prefetching datasets,
+and ``--grouped-shuffling`` deals the leftover batches after the shuffled groups (the GPUs without one
+take fairseq's empty dummy batch); otherwise the batches are fairseq's. Layer graphs need a GPU to keep
+its batches: a GPU records a graph per batch shape it meets, and one whose batches change every epoch
+keeps meeting new shapes for many epochs.
 
 ``end_process_group_after_success``: fairseq never destroys the process group of a distributed
 run, so a successful multi-GPU run ends with PyTorch's "destroy_process_group() was not called"
@@ -90,49 +87,40 @@ def end_process_group_after_success() -> None:
         distributed_utils.call_main = _ending_process_group(distributed_utils.call_main)
 
 
-def _batches_fixed_to_gpus(ordered_batches):
+def _grouped_shuffle(batches: list, group_size: int) -> list:
+    """``batches`` shuffled in groups of ``group_size`` (numpy's global state), the leftover ones last."""
+    grouped = len(batches) - len(batches) % group_size
+    groups = [batches[i:i + group_size] for i in range(0, grouped, group_size)]
+    np.random.shuffle(groups)
+    return list(itertools.chain(*groups)) + batches[grouped:]
+
+
+def _batches_dealt_to_gpus(ordered_batches):
     @functools.wraps(ordered_batches)
     def wrapper(self, epoch, fix_batches_to_gpus, shuffle):
-        if self._supports_prefetch or not fix_batches_to_gpus or self.grouped_shuffling:
+        if self._supports_prefetch:
             return ordered_batches(self, epoch, fix_batches_to_gpus, shuffle)
-        batches = list(iterators.ShardedIterator(self.frozen_batches, self.num_shards, self.shard_id, fill_value=[]))
-        if shuffle:
+        batches = list(self.frozen_batches)
+        fixed = fix_batches_to_gpus and not self.grouped_shuffling  # grouped: each GPU keeps its batches
+        if shuffle and not fixed:
+            with data_utils.numpy_seed(self.seed + epoch):
+                if self.grouped_shuffling:
+                    batches = _grouped_shuffle(batches, self.num_shards)
+                else:
+                    np.random.shuffle(batches)
+        batches = list(iterators.ShardedIterator(batches, self.num_shards, self.shard_id, fill_value=[]))
+        if shuffle and fixed:
             with data_utils.numpy_seed(self.seed + epoch + self.shard_id):
                 np.random.shuffle(batches)
         return batches
 
-    wrapper.fixes_batches_to_gpus = True
+    wrapper.deals_batches_to_gpus = True
     return wrapper
 
 
-def fix_batches_to_gpus_for_every_dataset() -> None:
-    """Patch ``EpochBatchIterator.ordered_batches`` once so that --fix-batches-to-gpus holds for datasets
-    that do not prefetch."""
+def deal_batches_to_gpus() -> None:
+    """Patch ``EpochBatchIterator.ordered_batches`` once: --fix-batches-to-gpus holds and --grouped-shuffling
+    keeps every batch for datasets that do not prefetch."""
     iterator = iterators.EpochBatchIterator
-    if not getattr(iterator.ordered_batches, "fixes_batches_to_gpus", False):
-        iterator.ordered_batches = _batches_fixed_to_gpus(iterator.ordered_batches)
-
-
-def _grouped_shuffle_keeping_remainder(ordered_batches):
-    @functools.wraps(ordered_batches)
-    def wrapper(self, epoch, fix_batches_to_gpus, shuffle):
-        if self._supports_prefetch or not self.grouped_shuffling or not shuffle:
-            return ordered_batches(self, epoch, fix_batches_to_gpus, shuffle)
-        batches = list(self.frozen_batches)
-        grouped = len(batches) - len(batches) % self.num_shards
-        groups = [batches[i:i + self.num_shards] for i in range(0, grouped, self.num_shards)]
-        with data_utils.numpy_seed(self.seed + epoch):
-            np.random.shuffle(groups)
-        batches = list(itertools.chain(*groups)) + batches[grouped:]
-        return list(iterators.ShardedIterator(batches, self.num_shards, self.shard_id, fill_value=[]))
-
-    wrapper.keeps_grouped_remainder = True
-    return wrapper
-
-
-def keep_grouped_shuffling_remainder() -> None:
-    """Patch ``EpochBatchIterator.ordered_batches`` once so that --grouped-shuffling trains on every batch
-    (datasets that do not prefetch)."""
-    iterator = iterators.EpochBatchIterator
-    if not getattr(iterator.ordered_batches, "keeps_grouped_remainder", False):
-        iterator.ordered_batches = _grouped_shuffle_keeping_remainder(iterator.ordered_batches)
+    if not getattr(iterator.ordered_batches, "deals_batches_to_gpus", False):
+        iterator.ordered_batches = _batches_dealt_to_gpus(iterator.ordered_batches)

@@ -153,6 +153,11 @@ def test_unfixed_batches_move_between_gpus():
     """Without the flag fairseq deals the shuffled batches anew each epoch (unchanged); one GPU gets all."""
     epochs = batches_per_epoch(0, 2, False)
     assert set(epochs[0]) != set(epochs[1])
+    dataset = Numbers(80)
+    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 80, 2)], seed=3,
+                                            num_shards=2, shard_id=0)
+    fairseq_order = iterators.EpochBatchIterator.ordered_batches.__wrapped__(iterator, 1, False, True)
+    assert [tuple(batch) for batch in fairseq_order] == epochs[0]
     assert all(len(set(epoch)) == 40 for epoch in batches_per_epoch(0, 1, True))
 
 

@@ -43,7 +43,7 @@ def main():
     args = parser.parse_args()
     if args.gpus < 2 or args.gpus > torch.cuda.device_count():
         raise SystemExit(f"--gpus {args.gpus}: needs 2 to {torch.cuda.device_count()} GPUs (this machine's count)")
-    if args.gpus > 1 and (torch.cuda.can_device_access_peer(0, 1)):
+    if torch.cuda.can_device_access_peer(0, 1):
         print("GPU 0 can access GPU 1's memory directly (peer to peer)")
     else:
         print("GPU 0 cannot access GPU 1's memory directly: NCCL goes through host memory")
