@@ -71,8 +71,14 @@ def plot_distributed(results: dict, out: str) -> None:
     figure, axis = plt.subplots(figsize=(7, 4))
     labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus_fixed": "two GPUs, --fix-batches-to-gpus",
               "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew"}
+    scalings = results["scaling"]
+    if not all(isinstance(ratios, dict) for ratios in scalings.values()):  # files of sessions 16-17: vs one_gpu only
+        scalings = {"one_gpu": scalings}
+    base = "one_gpu" if "one_gpu" in scalings else next(iter(scalings))
     for name, records in results["records"].items():
-        scaling = results["scaling"].get(name)
+        scaling = scalings[base].get(name)
+        if name.startswith("one_gpu_update_freq_"):
+            labels[name] = "one GPU, --update-freq " + name.rsplit("_", 1)[1]
         run = name.removesuffix("_legacy_ddp")
         label = labels.get(run, run) + (", legacy_ddp" if run != name else "")
         axis.plot([update for update, _ in records], [wps / 1e3 for _, wps in records], marker="o",
@@ -80,7 +86,7 @@ def plot_distributed(results: dict, out: str) -> None:
     axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
     axis.set_xlabel("update")
     axis.set_ylabel("thousand target words/s (fairseq-train)")
-    axis.set_title("Multi30k, 2 GPUs vs 1 (ratios past the warm-up)")
+    axis.set_title(f"Multi30k, 2 GPUs vs {labels.get(base, base)} (ratios past the warm-up)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

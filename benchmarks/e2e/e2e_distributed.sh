@@ -14,6 +14,9 @@
 #                             backward (torch.compile splits the layer graphs at the buckets)
 #                 legacy_ddp  fairseq's: one all-reduce of all gradients after the backward (batched by the
 #                             plugin: batched_copies), the layer graphs whole
+#   ONE_GPU_UPDATE_FREQS  the one-GPU runs' --update-freq, one run each (default 2: the same tokens per update
+#                 and loss curve as 2 GPUs; 1: fairseq-train's default at the same per-GPU --max-tokens, each
+#                 update paying the optimizer's host work for one batch). Every 2-GPU run is compared with each.
 #   BATCHES       how the 2-GPU runs deal batches, one run each (default "fixed"):
 #                 fixed    --fix-batches-to-gpus: each GPU keeps its batches every epoch (order shuffled per
 #                          GPU), so that it records the layer graphs of its batch shapes in two epochs
@@ -57,8 +60,19 @@ for backend in ${DDP_BACKENDS:-c10d}; do
     esac
 done
 
-train one_gpu --distributed-world-size 1 --update-freq 2 --ddp-backend c10d
-runs=(one_gpu)
+one_gpu_runs=()
+for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
+    [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
+    name=one_gpu
+    [[ $freq == 2 ]] || name=one_gpu_update_freq_$freq
+    one_gpu_runs+=("$name")
+done
+for name in "${one_gpu_runs[@]}"; do
+    freq=${name##*_}
+    [[ $name == one_gpu ]] && freq=2
+    train "$name" --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
+done
+runs=("${one_gpu_runs[@]}")
 for batches in ${BATCHES:-fixed}; do
     for backend in ${DDP_BACKENDS:-c10d}; do
         name=two_gpus_$batches
@@ -69,11 +83,14 @@ for batches in ${BATCHES:-fixed}; do
 done
 
 python3 - "$out" "$warmup_updates" "${runs[@]}" <<'EOF'
-"""Words/s of every run (records past the warm-up), each 2-GPU run's ratio to one GPU, the losses side by side."""
+"""Words/s of every run (records past the warm-up), each 2-GPU run's ratio to each one-GPU run, the losses side
+by side."""
 import json
 import sys
 
 out, warmup, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+one_gpu_names = [name for name in names if name.startswith("one_gpu")]
+two_gpu_names = [name for name in names if name not in one_gpu_names]
 
 
 def records(name):
@@ -84,13 +101,16 @@ def records(name):
 runs = {name: records(name) for name in names}
 wps = {name: sum(float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup)
        / max(1, sum(int(r["num_updates"]) > warmup for r in recs)) for name, recs in runs.items()}
-summary = {"wps": wps, "scaling": {name: wps[name] / wps["one_gpu"] for name in names[1:]},
+summary = {"wps": wps,
+           "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
-print(f"words/s past update {warmup}: one GPU (--update-freq 2) {wps['one_gpu']:.0f}; " + "; ".join(
-    f"{name} {wps[name]:.0f} ({summary['scaling'][name]:.2f}x)" for name in names[1:]))
+print(f"words/s past update {warmup}: " + "; ".join(f"{name} {wps[name]:.0f}" for name in names))
+for base in one_gpu_names:
+    print(f"2 GPUs against {base}: " + "; ".join(
+        f"{name} {summary['scaling'][base][name]:.2f}x" for name in two_gpu_names))
 print("update  " + "  ".join(f"{name:>16}" for name in names) + "   (loss)")
 for row in zip(*(summary["losses"][name] for name in names)):
     print(f"{row[0][0]:>6}  " + "  ".join(f"{loss:>16.3f}" for _, loss in row))
