@@ -7,8 +7,10 @@
 * ``--ema-impl triton`` where the fused scan cannot run (no GPU, ``--cpu``, no triton, an EMA
   n-dim that is not a power of two) would fail only at the first training step.
 
-And one piece of advice, logged: layer graphs on several GPUs without ``--fix-batches-to-gpus`` (or
-``--grouped-shuffling``) record graphs for many epochs (see ``fixed_batches_advice``).
+And two pieces of advice for layer graphs on several GPUs, logged: without ``--fix-batches-to-gpus`` (or
+``--grouped-shuffling``) the GPUs record graphs for many epochs (see ``fixed_batches_advice``); with torch's
+DDP (``--ddp-backend c10d``, fairseq's default) the updates are slower than with ``legacy_ddp`` (see
+``ddp_backend_advice``).
 """
 import functools
 import importlib.util
@@ -38,29 +40,53 @@ def check_run_options(cfg, model) -> None:
             if reason is not None:
                 raise MegaConfigError(f"--ema-impl triton cannot run on {device} ({name}): {reason}; "
                                       f"use --ema-impl fft or auto")
-    advice = fixed_batches_advice(cfg, model, device)
-    if advice is not None:
-        logging.getLogger(__name__).warning(advice)
+    for advice in (fixed_batches_advice(cfg, model, device), ddp_backend_advice(cfg, model, device)):
+        if advice is not None:
+            logging.getLogger(__name__).warning(advice)
+
+
+def _gpus_on_graphs(cfg, model, device: torch.device) -> int:
+    """The number of GPUs when ``model`` trains on layer graphs on several GPUs and this is the first rank
+    (one message a run); 0 otherwise. ``cfg``: fairseq's config or a flat Namespace."""
+    distributed = getattr(cfg, "distributed_training", cfg)
+    gpus = getattr(distributed, "distributed_world_size", 1) or 1
+    first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
+    on_graphs = any(getattr(module, "layer_graphs", None) == "auto" for module in model.modules())
+    return gpus if device.type == "cuda" and gpus > 1 and first_rank and on_graphs else 0
 
 
 def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
     """Advice to add --fix-batches-to-gpus when ``model`` trains on layer graphs on several GPUs whose
     batches move between them every epoch (fairseq's default); None otherwise, and on every rank but the
-    first (one message a run). Each GPU records a CUDA graph per batch shape it meets; with the batches
-    dealt anew every epoch it keeps meeting shapes it has not recorded for many epochs, and every other GPU
-    waits for it."""
+    first. Each GPU records a CUDA graph per batch shape it meets; with the batches dealt anew every epoch
+    it keeps meeting shapes it has not recorded for many epochs, and every other GPU waits for it."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
-    gpus = getattr(distributed, "distributed_world_size", 1) or 1
-    first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
-    on_graphs = any(getattr(module, "layer_graphs", None) == "auto" for module in model.modules())
+    gpus = _gpus_on_graphs(cfg, model, device)
     batches_kept = getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False)
-    if device.type != "cuda" or gpus < 2 or not first_rank or not on_graphs or batches_kept:
+    if not gpus or batches_kept:
         return None
     return (f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus (or --grouped-shuffling) so that each GPU "
             f"keeps its batches every epoch and records its graphs in the first two; without it the batches "
             f"move between the GPUs each epoch and the GPUs keep recording graphs for new batch shapes for many "
             f"epochs (2 GPUs on Multi30k: 0.16x the words/s of one GPU with --update-freq 2 over updates 130-260)")
+
+
+def ddp_backend_advice(cfg, model, device: torch.device) -> Optional[str]:
+    """Advice to train with --ddp-backend legacy_ddp when ``model`` trains on layer graphs on several GPUs
+    with torch's DistributedDataParallel (c10d, pytorch_ddp); None otherwise, and on every rank but the
+    first. torch.compile splits the layer graphs at DDP's gradient buckets (more graphs to replay, a hook
+    per gradient); fairseq's legacy_ddp keeps them whole and all-reduces every gradient at once after the
+    backward pass (batched: see batched_copies)."""
+    distributed = getattr(cfg, "distributed_training", cfg)
+    gpus = _gpus_on_graphs(cfg, model, device)
+    backend = getattr(distributed, "ddp_backend", "pytorch_ddp")
+    if not gpus or backend not in ("c10d", "pytorch_ddp"):
+        return None
+    return (f"layer graphs on {gpus} GPUs with torch's DDP (--ddp-backend {backend}): add "
+            f"--ddp-backend legacy_ddp, which keeps each layer stack's graphs whole and all-reduces the gradients "
+            f"at once after the backward pass (2 GPUs on Multi30k with --fix-batches-to-gpus: 1.34x the words/s "
+            f"of c10d)")
 
 
 def _checking_trainer_init(init):

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from fairseq_helpers import TINY, USER_DIR, build_model, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
-from mega_fairseq.run_checks import fixed_batches_advice
+from mega_fairseq.run_checks import ddp_backend_advice, fixed_batches_advice
 from toy_corpus import binarize
 
 
@@ -107,5 +107,24 @@ def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, op
         advice = fixed_batches_advice(cfg, model, torch.device(device))
         if advised:
             assert advice.startswith(f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus")
+        else:
+            assert advice is None
+
+
+@pytest.mark.parametrize("gpus, backend, device, layer_graphs, rank, advised", [
+    (2, "c10d", "cuda", "auto", 0, True), (4, "pytorch_ddp", "cuda", "auto", 0, True),
+    (2, "legacy_ddp", "cuda", "auto", 0, False), (2, "no_c10d", "cuda", "auto", 0, False),
+    (2, "c10d", "cuda", "auto", 1, False), (1, "c10d", "cuda", "auto", 0, False),
+    (2, "c10d", "cpu", "auto", 0, False), (2, "c10d", "cuda", "off", 0, False),
+])
+def test_layer_graphs_on_several_gpus_are_advised_legacy_ddp(gpus, backend, device, layer_graphs, rank, advised):
+    """Torch's DDP (c10d, pytorch_ddp) splits the layer graphs: legacy_ddp is advised, once a run."""
+    model = build_model(["--layer-graphs", layer_graphs])
+    distributed = {"distributed_world_size": gpus, "distributed_rank": rank, "ddp_backend": backend}
+    for cfg in (SimpleNamespace(distributed_training=SimpleNamespace(**distributed)), SimpleNamespace(**distributed)):
+        advice = ddp_backend_advice(cfg, model, torch.device(device))
+        if advised:
+            assert advice.startswith(f"layer graphs on {gpus} GPUs with torch's DDP (--ddp-backend {backend}): "
+                                     f"add --ddp-backend legacy_ddp")
         else:
             assert advice is None
