@@ -17,6 +17,9 @@ seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching
 ``--keep-allocator-cache`` makes that entry keep the cache (an experiment: does re-allocating the eager
 memory after every capture cost start-up time? On 2 x H200, one process a GPU at once, the first
 recording update took 165 ms with the cache kept against 222 ms: one update each).
+``--phase-times N`` times each step of fairseq's ``Trainer.train_step`` on the host (seed, ``model.train()``,
+forward, backward, all-reduce, clipping, optimizer step, logging) over N updates run back to back without
+added syncs: where the host's time per update goes, and which step waits for the GPU.
 ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first batch instead of its
 second (CUDA graph trees run a new graph once eagerly first): does recording without that eager run work,
 and what does it save?
@@ -171,7 +174,58 @@ def compile_counters() -> dict:
             "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
 
 
-def python_profile(trainer, stream, steps: int, top: int = 40) -> str:
+PHASE_STEPS = ("trainer._set_seed", "model.train", "criterion.train", "trainer.zero_grad", "trainer._prepare_sample",
+               "task.train_step", "optimizer.backward", "trainer._aggregate_logging_outputs",
+               "optimizer.all_reduce_grads", "optimizer.multiply_grads", "trainer.clip_grad_norm",
+               "trainer._check_grad_norms", "task.optimizer_step", "trainer.set_num_updates",
+               "trainer._reduce_and_log_stats")
+
+
+def phase_times(trainer, stream, steps: int) -> dict:
+    """Host ms per update spent in each step of fairseq's ``Trainer.train_step`` (PHASE_STEPS, inclusive:
+    ``task.train_step`` holds the forward and ``optimizer.backward``), over ``steps`` updates run back to back
+    as fairseq-train runs them: no sync is added, so a step that waits for the GPU (a ``.item()``, a
+    comparison of a GPU tensor) shows the wait. Also the next batch's fetch, the whole ``train_step`` and
+    the wall time per update (one sync at the end)."""
+    owners = {"trainer": trainer, "model": trainer.model, "criterion": trainer.criterion, "task": trainer.task,
+              "optimizer": trainer.optimizer}
+    seconds = collections.Counter()
+    patched = []
+
+    def timed(label, original):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - start
+        return run
+
+    for label in PHASE_STEPS:
+        owner_name, method = label.split(".")
+        owner = owners[owner_name]
+        object.__setattr__(owner, method, timed(label, getattr(owner, method)))  # an instance attribute
+        patched.append((owner, method))
+    try:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fetch = time.perf_counter()
+            sample = next(stream)
+            step = time.perf_counter()
+            trainer.train_step([sample])
+            done = time.perf_counter()
+            seconds["next batch"] += step - fetch
+            seconds["train_step"] += done - step
+        sync()
+        seconds["wall"] = time.perf_counter() - start
+    finally:
+        for owner, method in patched:
+            object.__delattr__(owner, method)
+    return {label: round(s * 1e3 / steps, 2) for label, s in seconds.items()}
+
+
+def python_profile(trainer, stream, steps: int, top: int = 60) -> str:
     """cProfile of ``steps`` updates: the Python functions with the most own (host) time."""
     profiler = cProfile.Profile()
     profiler.enable()
@@ -205,6 +259,9 @@ def main():
     parser.add_argument("--python-profile", type=int, default=0, metavar="STEPS",
                         help="also run cProfile over STEPS updates and print where the host time goes (with "
                              "--warmup 69 --steps 1 --profile-steps 0 on Multi30k: the updates that record graphs)")
+    parser.add_argument("--phase-times", type=int, default=0, metavar="STEPS",
+                        help="also time each step of fairseq's Trainer.train_step on the host over STEPS updates run "
+                             "back to back (no syncs added: a step that waits for the GPU shows the wait)")
     parser.add_argument("--no-ddp-split", action="store_true",
                         help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
@@ -247,6 +304,8 @@ def profile(cfg, args, extra):
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
     result.update(compile_counters())
+    if args.phase_times:
+        result["phase_ms"] = phase_times(trainer, stream, args.phase_times)
     host_profile = None
     if args.python_profile:  # every GPU runs the updates (they all-reduce); the first prints
         with CaptureStats(args.keep_allocator_cache) as profiled_captures:
@@ -268,6 +327,9 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
+    if "phase_ms" in result:
+        print(f"  host ms per update over {args.phase_times} back-to-back updates: "
+              + "  ".join(f"{label} {ms}" for label, ms in result["phase_ms"].items()), flush=True)
     if host_profile is not None:
         print(host_profile, flush=True)
         print(f"  cProfiled updates: CUDA graph captures {profiled_captures.captures}, "
