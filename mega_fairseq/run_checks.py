@@ -1,4 +1,5 @@
-"""Run options checked before fairseq-train builds its trainer, instead of failing late or obscurely.
+"""Run options checked, and one set, before fairseq-train builds its trainer, instead of failing late,
+obscurely or slowly.
 
 * ``--bf16`` is fairseq's TPU option (it implies ``--tpu``); without torch_xla it fails with
   ``'NoneType' object has no attribute 'xla_device'``. Mega's bfloat16 on a GPU is ``--bf16-autocast``.
@@ -7,10 +8,9 @@
 * ``--ema-impl triton`` where the fused scan cannot run (no GPU, ``--cpu``, no triton, an EMA
   n-dim that is not a power of two) would fail only at the first training step.
 
-And two pieces of advice for layer graphs on several GPUs, logged: without ``--fix-batches-to-gpus`` (or
-``--grouped-shuffling``) the GPUs record graphs for many epochs (see ``fixed_batches_advice``); with torch's
-DDP (``--ddp-backend c10d``, fairseq's default) the updates are slower than with ``legacy_ddp`` (see
-``ddp_backend_advice``).
+Layer graphs on several GPUs (see ``default_ddp_backend`` and ``fixed_batches_advice``): fairseq's default
+``--ddp-backend`` becomes ``legacy_ddp`` (torch's DDP splits the graphs; an explicit ``c10d`` is kept), and
+training without ``--fix-batches-to-gpus`` (or ``--grouped-shuffling``) is advised to add it. Both logged.
 """
 import functools
 import importlib.util
@@ -24,7 +24,8 @@ from .modules import MegaConfigError
 
 def check_run_options(cfg, model) -> None:
     """Refuse precision flags and a forced fused EMA that cannot work on the device fairseq's
-    trainer moves the model to. ``cfg``: fairseq's config, or a Namespace of all options."""
+    trainer moves the model to; for layer graphs on several GPUs set the DDP backend and advise fixed
+    batches (logged by the first rank). ``cfg``: fairseq's config, or a Namespace of all options."""
     common = cfg.common if hasattr(cfg, "common") else cfg
     device = torch.device("cuda" if torch.cuda.is_available() and not common.cpu else "cpu")
     if (common.bf16 or common.memory_efficient_bf16) and importlib.util.find_spec("torch_xla") is None:
@@ -40,26 +41,27 @@ def check_run_options(cfg, model) -> None:
             if reason is not None:
                 raise MegaConfigError(f"--ema-impl triton cannot run on {device} ({name}): {reason}; "
                                       f"use --ema-impl fft or auto")
-    for advice in (fixed_batches_advice(cfg, model, device), ddp_backend_advice(cfg, model, device)):
-        if advice is not None:
-            logging.getLogger(__name__).warning(advice)
+    distributed = getattr(cfg, "distributed_training", cfg)
+    first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
+    for message in (default_ddp_backend(cfg, model, device), fixed_batches_advice(cfg, model, device)):
+        if message is not None and first_rank:  # one message a run
+            logging.getLogger(__name__).warning(message)
 
 
 def _gpus_on_graphs(cfg, model, device: torch.device) -> int:
-    """The number of GPUs when ``model`` trains on layer graphs on several GPUs and this is the first rank
-    (one message a run); 0 otherwise. ``cfg``: fairseq's config or a flat Namespace."""
+    """The number of GPUs when ``model`` trains on layer graphs on several GPUs, else 0. ``cfg``: fairseq's
+    config or a flat Namespace."""
     distributed = getattr(cfg, "distributed_training", cfg)
     gpus = getattr(distributed, "distributed_world_size", 1) or 1
-    first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
     on_graphs = any(getattr(module, "layer_graphs", None) == "auto" for module in model.modules())
-    return gpus if device.type == "cuda" and gpus > 1 and first_rank and on_graphs else 0
+    return gpus if device.type == "cuda" and gpus > 1 and on_graphs else 0
 
 
 def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
     """Advice to add --fix-batches-to-gpus when ``model`` trains on layer graphs on several GPUs whose
-    batches move between them every epoch (fairseq's default); None otherwise, and on every rank but the
-    first. Each GPU records a CUDA graph per batch shape it meets; with the batches dealt anew every epoch
-    it keeps meeting shapes it has not recorded for many epochs, and every other GPU waits for it."""
+    batches move between them every epoch (fairseq's default); None otherwise. Each GPU records a CUDA graph
+    per batch shape it meets; with the batches dealt anew every epoch it keeps meeting shapes it has not
+    recorded for many epochs, and every other GPU waits for it."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
@@ -72,21 +74,27 @@ def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
             f"epochs (2 GPUs on Multi30k: 0.16x the words/s of one GPU with --update-freq 2 over updates 130-260)")
 
 
-def ddp_backend_advice(cfg, model, device: torch.device) -> Optional[str]:
-    """Advice to train with --ddp-backend legacy_ddp when ``model`` trains on layer graphs on several GPUs
-    with torch's DistributedDataParallel (c10d, pytorch_ddp); None otherwise, and on every rank but the
-    first. torch.compile splits the layer graphs at DDP's gradient buckets (more graphs to replay, a hook
-    per gradient); fairseq's legacy_ddp keeps them whole and all-reduces every gradient at once after the
-    backward pass (batched: see batched_copies)."""
+def default_ddp_backend(cfg, model, device: torch.device) -> Optional[str]:
+    """When ``model`` trains on layer graphs on several GPUs: fairseq's default ``--ddp-backend`` (pytorch_ddp,
+    torch's DistributedDataParallel) set to ``legacy_ddp`` in ``cfg`` (on every rank), with a message; an
+    explicit ``c10d`` kept, with advice. None otherwise. torch.compile splits the layer graphs at DDP's
+    gradient buckets (more graphs to replay, a hook per gradient); fairseq's legacy_ddp keeps them whole
+    and all-reduces every gradient at once after the backward pass (batched: see batched_copies); the
+    losses are the same."""
     distributed = getattr(cfg, "distributed_training", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
     backend = getattr(distributed, "ddp_backend", "pytorch_ddp")
-    if not gpus or backend not in ("c10d", "pytorch_ddp"):
-        return None
-    return (f"layer graphs on {gpus} GPUs with torch's DDP (--ddp-backend {backend}): add "
-            f"--ddp-backend legacy_ddp, which keeps each layer stack's graphs whole and all-reduces the gradients "
-            f"at once after the backward pass (2 GPUs on Multi30k with --fix-batches-to-gpus: 1.34x the words/s "
-            f"of c10d)")
+    measured = "2 GPUs on Multi30k with --fix-batches-to-gpus: 1.34x the words/s of torch's DDP"
+    if gpus and backend == "pytorch_ddp":
+        distributed.ddp_backend = "legacy_ddp"
+        return (f"layer graphs on {gpus} GPUs: --ddp-backend legacy_ddp instead of fairseq's default pytorch_ddp, "
+                f"which would split each layer stack's graphs at its gradient buckets ({measured}); pass "
+                f"--ddp-backend c10d to keep torch's DDP")
+    if gpus and backend == "c10d":
+        return (f"layer graphs on {gpus} GPUs with torch's DDP (--ddp-backend c10d): --ddp-backend legacy_ddp "
+                f"keeps each layer stack's graphs whole and all-reduces the gradients at once after the backward "
+                f"pass ({measured})")
+    return None
 
 
 def _checking_trainer_init(init):

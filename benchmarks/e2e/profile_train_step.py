@@ -8,9 +8,9 @@ median and mean ms per update, words/s), and profiles ``--profile-steps`` more w
 CUDA kernel time per update (how long the GPU is busy), kernels launched per update, and the host
 time of the forward, backward and optimizer phases (fairseq's record_function regions). An update
 whose wall time is far above its kernel time is host-bound. Prints one line per model; --json
-appends the figures to a file. ``--gpus 2`` trains with DistributedDataParallel on two GPUs as
-fairseq-train does (pass --fix-batches-to-gpus after ``--`` to keep each GPU's batches) and reports the
-first GPU's update, its kernel time and its NCCL kernel time separately.
+appends the figures to a file. ``--gpus 2`` trains on two GPUs as fairseq-train does (with layer graphs
+the plugin's default backend is legacy_ddp; pass --fix-batches-to-gpus after ``--`` to keep each GPU's
+batches) and reports the first GPU's update, its kernel time and its NCCL kernel time separately.
 
 With layer graphs (Mega on a GPU) it also counts the CUDA graph captures of the warm-up and the
 seconds spent inside them (``torch.cuda.graph``, whose entry empties the caching allocator), and
@@ -50,9 +50,9 @@ COMMON = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "
 def fairseq_config(data: str, arch: str, max_tokens: int, gpus: int, extra):
     """fairseq-train's configuration of these options (``gpus`` > 1: one process a GPU)."""
     repo_user_dir = __file__.rsplit("/benchmarks/", 1)[0] + "/mega_fairseq"
-    distributed = ["--distributed-world-size", str(gpus), "--ddp-backend", "c10d"]  # fairseq's default: all GPUs
+    distributed = ["--distributed-world-size", str(gpus)]  # fairseq's default: all GPUs
     argv = [data, "--user-dir", repo_user_dir, "--arch", arch, "--max-tokens", str(max_tokens), *COMMON,
-            *distributed, *extra]  # extra options last: they override (e.g. --ddp-backend legacy_ddp)
+            *distributed, *extra]  # extra options last: they override (e.g. --ddp-backend c10d)
     if not torch.cuda.is_available():
         argv.append("--cpu")
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
@@ -267,7 +267,7 @@ def main():
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
                              "the all-reduce starts after each stack's backward)")
     parser.add_argument("--gpus", type=int, default=1,
-                        help="train on this many GPUs (one process each, c10d DDP as fairseq-train); the first "
+                        help="train on this many GPUs (one process each, the DDP backend of fairseq-train); the first "
                              "GPU's figures are printed, with its compute and NCCL kernel time per update")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]

@@ -3,7 +3,8 @@ the option: fairseq-train's precision flags and a forced fused EMA (before the f
 crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
 model's positions (instead of scoring part of the split), and a distributed run's process group
 is ended after success. Layer graphs on several GPUs whose batches move between them are advised to
-keep them (--fix-batches-to-gpus)."""
+keep them (--fix-batches-to-gpus), and train with legacy_ddp unless c10d is asked for."""
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from fairseq_helpers import TINY, USER_DIR, build_model, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
-from mega_fairseq.run_checks import ddp_backend_advice, fixed_batches_advice
+from mega_fairseq.run_checks import default_ddp_backend, fixed_batches_advice
 from toy_corpus import binarize
 
 
@@ -90,12 +91,10 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
 @pytest.mark.parametrize("gpus, options, device, layer_graphs, advised", [
     (2, {}, "cuda", "auto", True), (8, {}, "cuda", "auto", True),
     (2, {"fix_batches_to_gpus": True}, "cuda", "auto", False), (2, {"grouped_shuffling": True}, "cuda", "auto", False),
-    (2, {"distributed_rank": 1}, "cuda", "auto", False),
     (1, {}, "cuda", "auto", False), (2, {}, "cpu", "auto", False), (2, {}, "cuda", "off", False),
 ])
 def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, options, device, layer_graphs, advised):
-    """Both forms of fairseq's options: its config's groups and a flat Namespace; one message a run
-    (the first rank's)."""
+    """Both forms of fairseq's options: its config's groups and a flat Namespace."""
     model = build_model(["--layer-graphs", layer_graphs])
     distributed = {"distributed_world_size": gpus, "distributed_rank": options.get("distributed_rank", 0),
                    "fix_batches_to_gpus": options.get("fix_batches_to_gpus", False)}
@@ -111,20 +110,35 @@ def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, op
             assert advice is None
 
 
-@pytest.mark.parametrize("gpus, backend, device, layer_graphs, rank, advised", [
-    (2, "c10d", "cuda", "auto", 0, True), (4, "pytorch_ddp", "cuda", "auto", 0, True),
-    (2, "legacy_ddp", "cuda", "auto", 0, False), (2, "no_c10d", "cuda", "auto", 0, False),
-    (2, "c10d", "cuda", "auto", 1, False), (1, "c10d", "cuda", "auto", 0, False),
-    (2, "c10d", "cpu", "auto", 0, False), (2, "c10d", "cuda", "off", 0, False),
+@pytest.mark.parametrize("gpus, backend, device, layer_graphs, expected, message", [
+    (2, "pytorch_ddp", "cuda", "auto", "legacy_ddp", "--ddp-backend legacy_ddp instead of fairseq's default"),
+    (4, "pytorch_ddp", "cuda", "auto", "legacy_ddp", "--ddp-backend legacy_ddp instead of fairseq's default"),
+    (2, "c10d", "cuda", "auto", "c10d", r"with torch's DDP \(--ddp-backend c10d\): --ddp-backend legacy_ddp keeps"),
+    (2, "legacy_ddp", "cuda", "auto", "legacy_ddp", None), (2, "no_c10d", "cuda", "auto", "no_c10d", None),
+    (2, "fully_sharded", "cuda", "auto", "fully_sharded", None),
+    (1, "pytorch_ddp", "cuda", "auto", "pytorch_ddp", None), (2, "pytorch_ddp", "cpu", "auto", "pytorch_ddp", None),
+    (2, "pytorch_ddp", "cuda", "off", "pytorch_ddp", None),
 ])
-def test_layer_graphs_on_several_gpus_are_advised_legacy_ddp(gpus, backend, device, layer_graphs, rank, advised):
-    """Torch's DDP (c10d, pytorch_ddp) splits the layer graphs: legacy_ddp is advised, once a run."""
+def test_layer_graphs_on_several_gpus_default_to_legacy_ddp(gpus, backend, device, layer_graphs, expected, message):
+    """fairseq's default backend becomes legacy_ddp (torch's DDP splits the layer graphs), an explicit c10d
+    stays with advice, every other case is left alone; both forms of fairseq's options."""
     model = build_model(["--layer-graphs", layer_graphs])
-    distributed = {"distributed_world_size": gpus, "distributed_rank": rank, "ddp_backend": backend}
-    for cfg in (SimpleNamespace(distributed_training=SimpleNamespace(**distributed)), SimpleNamespace(**distributed)):
-        advice = ddp_backend_advice(cfg, model, torch.device(device))
-        if advised:
-            assert advice.startswith(f"layer graphs on {gpus} GPUs with torch's DDP (--ddp-backend {backend}): "
-                                     f"add --ddp-backend legacy_ddp")
+    for grouped in (True, False):
+        distributed = SimpleNamespace(distributed_world_size=gpus, distributed_rank=0, ddp_backend=backend)
+        cfg = SimpleNamespace(distributed_training=distributed) if grouped else distributed
+        said = default_ddp_backend(cfg, model, torch.device(device))
+        assert distributed.ddp_backend == expected
+        if message is None:
+            assert said is None
         else:
-            assert advice is None
+            assert re.search(f"layer graphs on {gpus} GPUs.*{message}", said)
+
+
+def test_legacy_ddp_default_is_what_fairseq_wraps_the_model_with():
+    """On fairseq's own config (omegaconf) the default is replaced before the trainer wraps the model."""
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "/nonexistent", "--user-dir", USER_DIR, "--arch", "mega_wmt_en_de", *TINY, "--distributed-world-size", "2"])
+    cfg = convert_namespace_to_omegaconf(args)
+    assert cfg.distributed_training.ddp_backend == "pytorch_ddp"
+    default_ddp_backend(cfg, build_model(), torch.device("cuda"))
+    assert cfg.distributed_training.ddp_backend in {"legacy_ddp", "no_c10d"}  # DistributedFairseqModel's test
