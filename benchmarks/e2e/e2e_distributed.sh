@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as benchmarks/e2e/e2e_multi30k.sh, once on
-# one GPU with --update-freq 2 and on two GPUs (--distributed-world-size 2, one process a GPU, c10d DDP
-# with gradient buckets overlapping the backward) for each way of dealing batches in BATCHES, all at the
+# one GPU with --update-freq 2 and on two GPUs (--distributed-world-size 2, one process a GPU, fairseq's
+# legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES, all at the
 # same per-GPU --max-tokens, so that every update sees the same number of tokens. Prints words/s of each
 # run, the scaling factors, and the losses at the logged updates. Writes OUT_DIR/distributed.json and
 # OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
@@ -9,7 +9,7 @@
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
-#   DDP_BACKENDS  fairseq's --ddp-backend of the 2-GPU runs, one run each per way of BATCHES (default c10d):
+#   DDP_BACKENDS  fairseq's --ddp-backend of the 2-GPU runs, one run each per way of BATCHES (default legacy_ddp):
 #                 c10d        torch's DistributedDataParallel, all-reduce of gradient buckets overlapping the
 #                             backward (torch.compile splits the layer graphs at the buckets)
 #                 legacy_ddp  fairseq's: one all-reduce of all gradients after the backward (batched by the
@@ -53,7 +53,7 @@ dealing_options() {  # the fairseq options of a BATCHES way
     esac
 }
 for batches in ${BATCHES:-fixed}; do dealing_options "$batches" > /dev/null; done
-for backend in ${DDP_BACKENDS:-c10d}; do
+for backend in ${DDP_BACKENDS:-legacy_ddp}; do
     case $backend in
         c10d|legacy_ddp) ;;
         *) echo "DDP_BACKENDS: unknown backend '$backend'; choose from c10d, legacy_ddp" >&2; exit 2 ;;
@@ -74,7 +74,7 @@ for name in "${one_gpu_runs[@]}"; do
 done
 runs=("${one_gpu_runs[@]}")
 for batches in ${BATCHES:-fixed}; do
-    for backend in ${DDP_BACKENDS:-c10d}; do
+    for backend in ${DDP_BACKENDS:-legacy_ddp}; do
         name=two_gpus_$batches
         [[ $backend == c10d ]] || name=${name}_$backend
         train "$name" --distributed-world-size 2 --ddp-backend "$backend" $(dealing_options "$batches")
