@@ -19,7 +19,9 @@ memory after every capture cost start-up time? On 2 x H200, one process a GPU at
 recording update took 165 ms with the cache kept against 222 ms: one update each).
 ``--phase-times N`` times each step of fairseq's ``Trainer.train_step`` on the host (seed, ``model.train()``,
 forward, backward, all-reduce, clipping, optimizer step, logging) over N updates run back to back without
-added syncs: where the host's time per update goes, and which step waits for the GPU.
+added syncs: where the host's time per update goes, and which step waits for the GPU. ``--sync-sites N``
+lists where the host waits for the GPU in N updates (torch's CUDA sync debug mode: every synchronizing
+operation, counted by the innermost call site outside torch).
 ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first batch instead of its
 second (CUDA graph trees run a new graph once eagerly first): does recording without that eager run work,
 and what does it save?
@@ -33,6 +35,8 @@ import json
 import statistics
 import sys
 import time
+import traceback
+import warnings
 
 import torch
 from fairseq import options, tasks, utils
@@ -225,6 +229,34 @@ def phase_times(trainer, stream, steps: int) -> dict:
     return {label: round(s * 1e3 / steps, 2) for label, s in seconds.items()}
 
 
+def sync_sites(trainer, stream, steps: int) -> dict:
+    """Where the host waits for the GPU over ``steps`` updates: torch's CUDA sync debug mode warns at every
+    synchronizing operation (``.item()``, a GPU tensor's truth value, a copy to the host...); each is
+    counted per update at its innermost call site outside torch and the warnings module ("file:line
+    function"). Empty without CUDA."""
+    sites = collections.Counter()
+    if not torch.cuda.is_available():
+        return {}
+    torch_dir = torch.__file__.rsplit("/", 1)[0]
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if not f.filename.startswith(torch_dir) and not f.filename.endswith("warnings.py")]
+        where = frames[-1] if frames else traceback.FrameSummary(filename, lineno, "?")
+        sites[f"{'/'.join(where.filename.split('/')[-2:])}:{where.lineno} {where.name}"] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step([next(stream)])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return {site: round(count / steps, 2) for site, count in sites.most_common()}
+
+
 def python_profile(trainer, stream, steps: int, top: int = 60) -> str:
     """cProfile of ``steps`` updates: the Python functions with the most own (host) time."""
     profiler = cProfile.Profile()
@@ -262,6 +294,9 @@ def main():
     parser.add_argument("--phase-times", type=int, default=0, metavar="STEPS",
                         help="also time each step of fairseq's Trainer.train_step on the host over STEPS updates run "
                              "back to back (no syncs added: a step that waits for the GPU shows the wait)")
+    parser.add_argument("--sync-sites", type=int, default=0, metavar="STEPS",
+                        help="also list where the host waits for the GPU over STEPS updates (torch's CUDA sync "
+                             "debug mode; per update, by call site)")
     parser.add_argument("--no-ddp-split", action="store_true",
                         help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
@@ -306,6 +341,8 @@ def profile(cfg, args, extra):
     result.update(compile_counters())
     if args.phase_times:
         result["phase_ms"] = phase_times(trainer, stream, args.phase_times)
+    if args.sync_sites:
+        result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
     if args.python_profile:  # every GPU runs the updates (they all-reduce); the first prints
         with CaptureStats(args.keep_allocator_cache) as profiled_captures:
@@ -330,6 +367,9 @@ def profile(cfg, args, extra):
     if "phase_ms" in result:
         print(f"  host ms per update over {args.phase_times} back-to-back updates: "
               + "  ".join(f"{label} {ms}" for label, ms in result["phase_ms"].items()), flush=True)
+    if "syncs_per_update" in result:
+        print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
+              + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
     if host_profile is not None:
         print(host_profile, flush=True)
         print(f"  cProfiled updates: CUDA graph captures {profiled_captures.captures}, "
