@@ -4,8 +4,9 @@
 the models, architectures, learning-rate schedulers and the checkpoint-loading
 allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety),
 checks fairseq's run options up front (see run_checks), fixes fairseq bugs (see
-fairseq_fixes) and batches fairseq's per-parameter gradient and weight copies (see
-batched_copies). ``mega_fairseq.modules`` needs torch only.
+fairseq_fixes), batches fairseq's per-parameter gradient and weight copies (see
+batched_copies) and makes the host work fairseq repeats every update cheap (see update_overheads).
+``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
 
@@ -16,7 +17,7 @@ except ImportError:  # the torch-only modules stay usable without fairseq
 
 if fairseq is not None:
     from . import (batched_copies, checkpoint_safety, criterions, fairseq_fixes, models, optim,  # noqa: F401
-                   run_checks, tasks)
+                   run_checks, tasks, update_overheads)
 
     checkpoint_safety.allow_fairseq_checkpoints()
     checkpoint_safety.write_checkpoints_atomically()
@@ -29,3 +30,5 @@ if fairseq is not None:
     run_checks.check_options_before_training()
     batched_copies.batch_fp16_optimizer_copies()
     batched_copies.batch_legacy_ddp_all_reduce()
+    update_overheads.seed_generators_directly()
+    update_overheads.skip_settled_mode_switches()

@@ -30,6 +30,8 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import fp16_optimizer
 from torch import Tensor
 
+from .patching import patch_once
+
 
 def _flat_params(optimizer, device) -> Optional[List[Tensor]]:
     """The half-precision parameters laid out in the flat fp32 tensor of ``device``, or None where the
@@ -76,19 +78,10 @@ def _batched_fp32_params_to_fp16(sync_params):
     return wrapper
 
 
-def _patch_once(owner, name: str, batching) -> None:
-    """Replace ``owner.name`` with ``batching(owner.name)``, marked ``batched``, unless it already is."""
-    original = getattr(owner, name)
-    if not getattr(original, "batched", False):
-        patched = batching(original)
-        patched.batched = True
-        setattr(owner, name, patched)
-
-
 def batch_fp16_optimizer_copies() -> None:
     """Patch fairseq's FP16Optimizer (its mixin) once with the batched copies."""
-    _patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp16_grads_to_fp32", _batched_grads_to_fp32)
-    _patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp32_params_to_fp16", _batched_fp32_params_to_fp16)
+    patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp16_grads_to_fp32", _batched_grads_to_fp32)
+    patch_once(fp16_optimizer._FP16OptimizerMixin, "_sync_fp32_params_to_fp16", _batched_fp32_params_to_fp16)
 
 
 def _buffer_groups(params: List[Tensor], buffer_size: int) -> List[List[Tensor]]:
@@ -129,4 +122,4 @@ def _batched_all_reduce_grads(all_reduce_grads):
 
 def batch_legacy_ddp_all_reduce() -> None:
     """Patch fairseq's LegacyDistributedDataParallel once with the batched all-reduce."""
-    _patch_once(legacy_ddp.LegacyDistributedDataParallel, "all_reduce_grads", _batched_all_reduce_grads)
+    patch_once(legacy_ddp.LegacyDistributedDataParallel, "all_reduce_grads", _batched_all_reduce_grads)

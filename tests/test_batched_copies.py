@@ -49,7 +49,7 @@ def fallback_not_expected(optimizer):
 
 
 def test_the_plugin_patches_fp16_optimizer():
-    assert MIXIN._sync_fp16_grads_to_fp32.batched and MIXIN._sync_fp32_params_to_fp16.batched
+    assert MIXIN._sync_fp16_grads_to_fp32.patched_by_mega and MIXIN._sync_fp32_params_to_fp16.patched_by_mega
 
 
 @pytest.mark.parametrize("seed, missing", [(0, ()), (1, (1,)), (2, (0, 4))])
@@ -226,7 +226,7 @@ def _batched_all_reduce_grads_recording(calls):
 
 
 def test_the_plugin_patches_legacy_ddp():
-    assert LegacyDistributedDataParallel.all_reduce_grads.batched
+    assert LegacyDistributedDataParallel.all_reduce_grads.patched_by_mega
 
 
 def test_legacy_ddp_all_reduce_matches_fairseqs_loop_on_two_processes():
