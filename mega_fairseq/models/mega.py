@@ -114,15 +114,16 @@ class TokenEmbedder(nn.Module):
         self.embed_norm = SequenceNorm(str(args.normalization_type), model_dim) if args.normalize_embedding else None
         self.dropout = nn.Dropout(args.dropout)
 
-    def forward(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    def forward(self, tokens: Tensor, padded: Optional[bool] = None) -> Tuple[Tensor, Optional[Tensor], Tensor]:
         """Returns x (L, B, D), the padding mask (B, L) or None without pads, and the scaled embedding (B, L, D).
+        ``padded``: whether ``tokens`` hold padding, if known (None: checked here, a host sync).
         The lookup runs outside autocast: fairseq's AdaptiveInput writes its rows into a float32 buffer."""
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             embedded = self.embed_scale * self.embed_tokens(tokens)
         if self.project_in is not None:
             embedded = self.project_in(embedded)
         padding_mask = tokens.eq(self.padding_idx)
-        if not padding_mask.any():
+        if not (padding_mask.any() if padded is None else padded):
             padding_mask = None
         x = embedded.transpose(0, 1)
         if self.embed_norm is not None:
@@ -166,20 +167,22 @@ class MegaEncoder(FairseqEncoder):
                                           str(safe_getattr(args, "layer_graphs", "auto")))
         self.final_norm = SequenceNorm(cfg.norm_type, cfg.embed_dim) if args.normalize_before else None
 
-    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False,
+                padded: Optional[bool] = None):
         """src_tokens: (B, S). Returns encoder_out (S, B, D) and encoder_padding_mask (B, S) in lists.
+        ``padded``: whether src_tokens hold padding, if known (None: checked, a host sync).
 
         With chunked attention, left-padded rows are rotated to right padding first, so that
         chunk borders count from the first real token whatever the padding.
         """
         leading_pads = None
-        if self.chunk_size > 0:
+        if self.chunk_size > 0 and padded is not False:
             leading_pads = src_tokens.ne(self.embedder.padding_idx).int().argmax(dim=1)
             if leading_pads.any():
                 src_tokens = rotate_rows(src_tokens, leading_pads)
             else:
                 leading_pads = None
-        x, padding_mask, embedded = self.embedder(src_tokens)
+        x, padding_mask, embedded = self.embedder(src_tokens, padded)
         states = []
         if not return_all_hiddens and graphs_apply(self.layer_graphs, self.training, x):
             x = compiled_stack(encoder_stack)(self.layers, x.contiguous(), padding_mask)
@@ -269,12 +272,14 @@ class MegaDecoder(FairseqIncrementalDecoder):
         alignment_heads: Optional[int] = None,
         src_lengths: Optional[Any] = None,
         return_all_hiddens: bool = False,
+        padded: Optional[bool] = None,
     ):
         """prev_output_tokens: (B, T). Returns logits (B, T, V) (features with adaptive softmax
-        or ``features_only``) and extras."""
+        or ``features_only``) and extras. ``padded``: whether prev_output_tokens hold padding, if known
+        (None: checked, a host sync)."""
         if incremental_state is not None and self._steps_apply(incremental_state):
             return self.decode_step(prev_output_tokens, encoder_out, incremental_state, features_only)
-        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state, padded=padded)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
@@ -284,6 +289,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         prev_output_tokens: Tensor,
         encoder_out: Optional[Dict[str, List[Tensor]]] = None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        padded: Optional[bool] = None,
         **unused,
     ):
         """fairseq's convention: with ``incremental_state`` the whole prefix is passed and
@@ -292,7 +298,9 @@ class MegaDecoder(FairseqIncrementalDecoder):
         if incremental_state is not None:
             position_offset = prev_output_tokens.size(1) - 1
             prev_output_tokens = prev_output_tokens[:, -1:]
-        return self.extract_block_features(prev_output_tokens, encoder_out, incremental_state, position_offset)
+            padded = None
+        return self.extract_block_features(prev_output_tokens, encoder_out, incremental_state, position_offset,
+                                           padded)
 
     def extract_block_features(
         self,
@@ -300,11 +308,13 @@ class MegaDecoder(FairseqIncrementalDecoder):
         encoder_out: Optional[Dict[str, List[Tensor]]] = None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         position_offset: int = 0,
+        padded: Optional[bool] = None,
     ):
         """Features (B, T, D) of ``tokens`` (B, T), the T tokens that follow what
         ``incremental_state`` has seen (position_offset of them, used by cross-attention),
-        and {"attn": [cross-attention weights of the last layer (B, T, S)], "inner_states"}."""
-        x, padding_mask, _ = self.embedder(tokens)
+        and {"attn": [cross-attention weights of the last layer (B, T, S)], "inner_states"}.
+        ``padded``: whether ``tokens`` hold padding, if known (None: checked, a host sync)."""
+        x, padding_mask, _ = self.embedder(tokens, padded)
         memory, memory_padding_mask = None, None
         if encoder_out is not None:
             memory = encoder_out["encoder_out"][0]
@@ -455,9 +465,18 @@ class MegaModel(FairseqEncoderDecoderModel):
         model.bf16_autocast = safe_getattr(args, "bf16_autocast", False)
         return model
 
-    def forward(self, *args, **kwargs):
-        """fairseq's forward, under bf16 autocast with ``--bf16-autocast``."""
-        return autocast_forward(self, self.bf16_autocast, super().forward, *args, **kwargs)
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor, **kwargs):
+        """fairseq's encoder-decoder forward (under bf16 autocast with ``--bf16-autocast``), with whether the
+        source and the target hold padding read in one host sync before the encoder runs: the decoder's own
+        check would wait for the encoder's GPU work, with nothing queued behind it."""
+        source_padded, target_padded = torch.stack([
+            src_tokens.eq(self.encoder.embedder.padding_idx).any(),
+            prev_output_tokens.eq(self.decoder.embedder.padding_idx).any()]).tolist()
+
+        def encode_decode():
+            encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, padded=source_padded, **kwargs)
+            return self.decoder(prev_output_tokens, encoder_out=encoder_out, padded=target_padded, **kwargs)
+        return autocast_forward(self, self.bf16_autocast, encode_decode)
 
 
 def base_architecture(args):

@@ -81,6 +81,35 @@ def test_encoder_outputs_ignore_padding(chunk):
     assert with_pads[:5].abs().max() == 0
 
 
+@pytest.mark.parametrize("chunk", [-1, 3])
+@pytest.mark.parametrize("source_lengths, target_lengths", [
+    ([6, 6], [5, 5]), ([6, 3], [5, 5]), ([6, 6], [5, 2]), ([4, 6, 2], [3, 5, 1])])
+def test_model_forward_checks_padding_once_before_the_encoder(chunk, source_lengths, target_lengths):
+    """The model's forward reads whether source and target hold padding in one host sync, before the encoder
+    runs, and hands the answers to the embedders (which then check nothing themselves); the outputs equal
+    the encoder and decoder each checking its own tokens, with and without pads on either side."""
+    dictionary = make_dictionary()
+    model = build_model(["--encoder-chunk-size", str(chunk), "--decoder-chunk-size", str(chunk)], dictionary)
+    generator = random.Random(len(source_lengths) + chunk)
+    src = random_tokens(dictionary, source_lengths, generator, left_pad=True)
+    prev = random_tokens(dictionary, target_lengths, generator, left_pad=False)
+    src_lengths = src.ne(dictionary.pad()).sum(1)
+    told = []
+    for embedder in (model.encoder.embedder, model.decoder.embedder):
+        forward = embedder.forward
+        embedder.forward = lambda tokens, padded=None, forward=forward: told.append(padded) or forward(tokens, padded)
+    with torch.no_grad():
+        logits, extra = model(src, src_lengths, prev)
+    assert told == [len(set(source_lengths)) > 1, len(set(target_lengths)) > 1]
+    told.clear()
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths)
+        expected, expected_extra = model.decoder(prev, encoder_out)
+    assert told == [None, None]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(extra["attn"][0], expected_extra["attn"][0], rtol=0, atol=0)
+
+
 def test_original_recipe_flags_are_accepted():
     model = build_model(["--activation-fn", "silu", "--attention-activation-fn", "softmax",
                          "--encoder-n-dim", "16", "--encoder-chunk-size", "-1", "--normalization-type", "layernorm",
