@@ -6,9 +6,9 @@ batches' forward and backward), so every millisecond of it is a millisecond of t
   (never restored there) and calls ``torch.manual_seed``. That also seeds the device types torch has not
   initialized (XPU and MTIA on a CUDA machine) lazily, and each lazy seed formats the whole Python stack
   (``traceback.format_stack``) to report later where it was set: on the CPU at the depth of fairseq-train,
-  about 1.2 ms an update for the three (measured with profile_train_step --phase-times). With CUDA initialized, the same seeds are set directly on the
-  generators that exist: the CPU's and each CUDA device's. fairseq's own runs everywhere else (a CPU run,
-  a TPU, another accelerator type available).
+  about 1.2 ms an update for the three (profile_train_step --phase-times). With CUDA initialized, the
+  same seeds are set directly on the generators that exist: the CPU's and each CUDA device's. fairseq's
+  own runs everywhere else (a CPU run, a TPU, another accelerator type available).
 * ``nn.Module.train`` visits and sets every module; fairseq calls ``model.train()`` twice an update (the
   trainer and the task: about 300 modules each in mega_wmt_en_de, 1 ms on the CPU). A fairseq model whose
   modules are all already in the asked mode returns at once (a check of every module's flag, a fifth of
