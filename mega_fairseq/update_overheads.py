@@ -1,6 +1,6 @@
 """Host work that fairseq's training loop repeats every update, made cheap. On a GPU an update of
-Multi30k is bound by the host (benchmarks/RESULTS.md: ~25 ms of host work per update besides the
-batches' forward and backward), so every millisecond of it is a millisecond of the update.
+Multi30k is bound by the host (benchmarks/RESULTS.md: an update takes ~25 ms besides its batches'
+forward and backward), so every millisecond of host work saved is a millisecond of the update.
 
 * ``Trainer._set_seed`` seeds every update through ``utils.set_torch_seed``, which saves the RNG states
   (never restored there) and calls ``torch.manual_seed``. That also seeds the device types torch has not
