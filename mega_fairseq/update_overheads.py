@@ -25,8 +25,9 @@ from fairseq.trainer import Trainer
 from .patching import patch_once
 
 
+@functools.lru_cache(maxsize=None)
 def _other_accelerator_available() -> bool:
-    """Whether torch.manual_seed would seed an available device type besides the CPU and CUDA."""
+    """Whether torch.manual_seed would seed an available device type besides the CPU and CUDA (asked once)."""
     return (torch.backends.mps.is_available() or torch.xpu.is_available() or torch.mtia.is_available()
             or hasattr(torch, torch._C._get_privateuse1_backend_name()))
 
