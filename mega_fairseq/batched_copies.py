@@ -1,25 +1,26 @@
-"""Batched copies for fairseq's per-parameter loops: FP16Optimizer (``--fp16``) and the gradient
-all-reduce of ``--ddp-backend legacy_ddp``.
+"""Batched copies for fairseq's per-parameter loops: FP16Optimizer (``--fp16``) and the gradient all-reduce
+of ``--ddp-backend legacy_ddp``.
 
 fairseq's FP16Optimizer keeps the fp32 master weights as one flat tensor per device. Every update it
-copies the half-precision gradients into the flat fp32 gradient, and after the step the updated
-weights back into the model, one parameter at a time: two Python loops of a slice and a copy per
-parameter (331 parameters in mega_wmt_en_de: about 660 launches an update). The update's device-to-host
-syncs (loss scaling, gradient clipping) make the GPU wait for that host time. The copies here do the
-same in a few launches: the gradients gathered in their dtype into a kept buffer with one multi-tensor
-copy (``concatenated``) and converted into the flat gradient with one copy; the flat weights converted once and copied into the parameters with one multi-tensor
-copy. The values are the same bit for bit (the same conversions). fairseq's own loops still run where
-the fp32 weights are not flat (``--fp16-no-flatten-grads``, ``--bf16``), or where the parameters do not
-share one dtype or do not fill the flat tensor exactly.
+copies the half-precision gradients into the flat fp32 gradient, and after the step the updated weights
+back into the model, one parameter at a time: two Python loops of a slice and a copy per parameter (331
+parameters in mega_wmt_en_de: about 660 launches an update). The update's device-to-host syncs (loss
+scaling, gradient clipping) make the GPU wait for that host time. The copies here do the same in a few
+launches: the gradients gathered in their dtype into a kept buffer with one multi-tensor copy
+(``concatenated``) and converted into the flat gradient with one copy; the flat weights converted once
+and copied into the parameters with one multi-tensor copy. The values are the same bit for bit (the same
+conversions). fairseq's own loops still run where the fp32 weights are not flat
+(``--fp16-no-flatten-grads``, ``--bf16``), or where the parameters do not share one dtype or do not fill
+the flat tensor exactly.
 
 fairseq's LegacyDistributedDataParallel (``--ddp-backend legacy_ddp``) all-reduces the gradients after
-the backward pass through a buffer that it fills and empties one parameter at a time (two more loops
-of a copy per parameter). The batched all-reduce gathers the gradients of up to the buffer's size at
-once (``concatenated``), divides, all-reduces and copies them back with one multi-tensor copy: the same operations on
-the same values. Without torch's DistributedDataParallel, torch.compile does not split the layer
-graphs at gradient buckets, and no autograd hook copies gradients one by one during the backward pass.
-fairseq's loop still runs for expert parameters and gradients that are not plain contiguous tensors of
-the buffer's dtype.
+the backward pass through a buffer that it fills and empties one parameter at a time (two more loops of
+a copy per parameter). The batched all-reduce gathers the gradients of up to the buffer's size at once
+(``concatenated``), divides, all-reduces and copies them back with one multi-tensor copy: the same
+operations on the same values. Without torch's DistributedDataParallel, torch.compile does not split the
+layer graphs at gradient buckets, and no autograd hook copies gradients one by one during the backward
+pass. fairseq's loop still runs for expert parameters and gradients that are not plain contiguous
+tensors of the buffer's dtype.
 """
 import functools
 from typing import Dict, List, Optional
