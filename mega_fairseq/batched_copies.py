@@ -46,6 +46,14 @@ def _flat_params(optimizer, device) -> Optional[List[Tensor]]:
     return params
 
 
+def _flat_layouts(optimizer) -> Optional[Dict]:
+    """``_flat_params`` of every device of the flat fp32 weights, or None where they do not apply to one."""
+    if not optimizer.has_flat_params:
+        return None
+    layouts = {device: _flat_params(optimizer, device) for device in optimizer.fp32_params}
+    return None if any(params is None for params in layouts.values()) else layouts
+
+
 def concatenated(tensors: List[Tensor], staging: Dict, key) -> Tensor:
     """torch.cat of the flattened ``tensors`` (one dtype and device) into a buffer kept in ``staging[key]``
     for the next call (allocated again when the size, dtype or device changes): one multi-tensor copy
@@ -69,10 +77,8 @@ def _staging(owner) -> Dict:
 def _batched_grads_to_fp32(sync_grads):
     @functools.wraps(sync_grads)
     def wrapper(self):
-        if not self._needs_sync or not self.has_flat_params:
-            return sync_grads(self)
-        layouts = {device: _flat_params(self, device) for device in self.fp32_params}
-        if any(params is None for params in layouts.values()):
+        layouts = _flat_layouts(self) if self._needs_sync else None
+        if layouts is None:
             return sync_grads(self)
         for device, params in layouts.items():
             grads = [p.grad if p.grad is not None else p.new_zeros(p.numel()) for p in params]
@@ -85,10 +91,8 @@ def _batched_grads_to_fp32(sync_grads):
 def _batched_fp32_params_to_fp16(sync_params):
     @functools.wraps(sync_params)
     def wrapper(self):
-        if not self.has_flat_params:
-            return sync_params(self)
-        layouts = {device: _flat_params(self, device) for device in self.fp32_params}
-        if any(params is None for params in layouts.values()):
+        layouts = _flat_layouts(self)
+        if layouts is None:
             return sync_params(self)
         with torch.no_grad():
             for device, params in layouts.items():

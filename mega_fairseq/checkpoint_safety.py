@@ -32,6 +32,8 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .patching import patch_once
+
 logger = logging.getLogger(__name__)
 
 _NUMPY_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64)
@@ -89,7 +91,6 @@ def _atomic_copy(copy_file):
             shutil.copyfile(src_path, temporary)
         return True
 
-    wrapper.atomic = True
     return wrapper
 
 
@@ -101,7 +102,6 @@ def _atomic_save(save):
         with atomic_target(filename) as temporary:
             torch.save(obj, temporary)
 
-    wrapper.atomic = True
     return wrapper
 
 
@@ -110,10 +110,8 @@ def write_checkpoints_atomically() -> None:
     from fairseq import checkpoint_utils
     from fairseq.file_io import PathManager
 
-    if not getattr(PathManager.copy, "atomic", False):
-        PathManager.copy = staticmethod(_atomic_copy(PathManager.copy))
-    if not getattr(checkpoint_utils.torch_persistent_save, "atomic", False):
-        checkpoint_utils.torch_persistent_save = _atomic_save(checkpoint_utils.torch_persistent_save)
+    patch_once(PathManager, "copy", _atomic_copy)
+    patch_once(checkpoint_utils, "torch_persistent_save", _atomic_save)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +184,6 @@ def _resume_from_readable(load_checkpoint):
         cfg.finetune_from_model = None
         return load_checkpoint(cfg, trainer, **passthrough_args)
 
-    wrapper.falls_back = True
     return wrapper
 
 
@@ -194,8 +191,7 @@ def resume_from_readable_checkpoint() -> None:
     """Make fairseq-train's resume fall back past an unreadable checkpoint_last.pt (once)."""
     from fairseq import checkpoint_utils
 
-    if not getattr(checkpoint_utils.load_checkpoint, "falls_back", False):
-        checkpoint_utils.load_checkpoint = _resume_from_readable(checkpoint_utils.load_checkpoint)
+    patch_once(checkpoint_utils, "load_checkpoint", _resume_from_readable)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +235,6 @@ def _finite_only(load_checkpoint_to_cpu):
         check_finite(state, path)
         return state
 
-    wrapper.checks_finite = True
     return wrapper
 
 
@@ -247,5 +242,4 @@ def refuse_non_finite_checkpoints() -> None:
     """Check every checkpoint fairseq loads for non-finite tensors (once)."""
     from fairseq import checkpoint_utils
 
-    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "checks_finite", False):
-        checkpoint_utils.load_checkpoint_to_cpu = _finite_only(checkpoint_utils.load_checkpoint_to_cpu)
+    patch_once(checkpoint_utils, "load_checkpoint_to_cpu", _finite_only)

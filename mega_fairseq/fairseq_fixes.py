@@ -35,6 +35,8 @@ import torch
 from fairseq.data import data_utils, iterators
 from fairseq.distributed import utils as distributed_utils
 
+from .patching import patch_once
+
 
 def _batches_keeping_remainder(batch_by_size):
     @functools.wraps(batch_by_size)
@@ -46,14 +48,12 @@ def _batches_keeping_remainder(batch_by_size):
             batches = list(batches) + [indices[covered:]]
         return batches
 
-    wrapper.keeps_remainder = True
     return wrapper
 
 
 def keep_last_batch() -> None:
     """Patch ``fairseq.data.data_utils.batch_by_size`` once so that no example is dropped."""
-    if not getattr(data_utils.batch_by_size, "keeps_remainder", False):
-        data_utils.batch_by_size = _batches_keeping_remainder(data_utils.batch_by_size)
+    patch_once(data_utils, "batch_by_size", _batches_keeping_remainder)
 
 
 def restore_numpy_compat() -> None:
@@ -77,14 +77,12 @@ def _ending_process_group(call_main):
         # a partial of a module-level function: spawned workers unpickle it by name
         return call_main(cfg, functools.partial(_main_then_end_process_group, main), **kwargs)
 
-    wrapper.ends_process_group = True
     return wrapper
 
 
 def end_process_group_after_success() -> None:
     """Patch ``fairseq.distributed.utils.call_main`` once so that a successful run ends its process group."""
-    if not getattr(distributed_utils.call_main, "ends_process_group", False):
-        distributed_utils.call_main = _ending_process_group(distributed_utils.call_main)
+    patch_once(distributed_utils, "call_main", _ending_process_group)
 
 
 def _grouped_shuffle(batches: list, group_size: int) -> list:
@@ -114,13 +112,10 @@ def _batches_dealt_to_gpus(ordered_batches):
                 np.random.shuffle(batches)
         return batches
 
-    wrapper.deals_batches_to_gpus = True
     return wrapper
 
 
 def deal_batches_to_gpus() -> None:
     """Patch ``EpochBatchIterator.ordered_batches`` once: --fix-batches-to-gpus holds and --grouped-shuffling
     keeps every batch for datasets that do not prefetch."""
-    iterator = iterators.EpochBatchIterator
-    if not getattr(iterator.ordered_batches, "deals_batches_to_gpus", False):
-        iterator.ordered_batches = _batches_dealt_to_gpus(iterator.ordered_batches)
+    patch_once(iterators.EpochBatchIterator, "ordered_batches", _batches_dealt_to_gpus)

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from .modules import MegaConfigError
+from .patching import patch_once
 
 
 def check_run_options(cfg, model) -> None:
@@ -103,7 +104,6 @@ def _checking_trainer_init(init):
         check_run_options(cfg, model)
         init(self, cfg, task, model, criterion, *args, **kwargs)
 
-    wrapper.checks_options = True
     return wrapper
 
 
@@ -111,5 +111,4 @@ def check_options_before_training() -> None:
     """Run ``check_run_options`` when fairseq's Trainer is created (patched once)."""
     from fairseq.trainer import Trainer
 
-    if not getattr(Trainer.__init__, "checks_options", False):
-        Trainer.__init__ = _checking_trainer_init(Trainer.__init__)
+    patch_once(Trainer, "__init__", _checking_trainer_init)

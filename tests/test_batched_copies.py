@@ -49,7 +49,8 @@ def fallback_not_expected(optimizer):
 
 
 def test_the_plugin_patches_fp16_optimizer():
-    assert MIXIN._sync_fp16_grads_to_fp32.patched_by_mega and MIXIN._sync_fp32_params_to_fp16.patched_by_mega
+    assert "_batched_grads_to_fp32" in MIXIN._sync_fp16_grads_to_fp32.mega_patches
+    assert "_batched_fp32_params_to_fp16" in MIXIN._sync_fp32_params_to_fp16.mega_patches
 
 
 @pytest.mark.parametrize("seed, missing", [(0, ()), (1, (1,)), (2, (0, 4))])
@@ -226,7 +227,7 @@ def _batched_all_reduce_grads_recording(calls):
 
 
 def test_the_plugin_patches_legacy_ddp():
-    assert LegacyDistributedDataParallel.all_reduce_grads.patched_by_mega
+    assert "_batched_all_reduce_grads" in LegacyDistributedDataParallel.all_reduce_grads.mega_patches
 
 
 def test_legacy_ddp_all_reduce_matches_fairseqs_loop_on_two_processes():

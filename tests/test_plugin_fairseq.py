@@ -99,13 +99,24 @@ class Numbers(FairseqDataset):
         return tuple(samples)
 
 
+def numbers_iterator(shard_id, num_shards, grouped_shuffling=False, batches=40):
+    """fairseq's EpochBatchIterator for one GPU of ``num_shards`` over ``batches`` batches of 2 items."""
+    dataset = Numbers(2 * batches)
+    return iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 2 * batches, 2)],
+                                        seed=3, num_shards=num_shards, shard_id=shard_id,
+                                        grouped_shuffling=grouped_shuffling)
+
+
+def fairseqs_order(iterator, epoch=1):
+    """The batches fairseq's own EpochBatchIterator.ordered_batches deals, shuffled, without the fix."""
+    return [tuple(batch) for batch in iterators.EpochBatchIterator.ordered_batches.__wrapped__(
+        iterator, epoch, False, True)]
+
+
 def batches_per_epoch(shard_id, num_shards, fix_batches_to_gpus, grouped_shuffling=False, epochs=3, batches=40):
     """The batches (tuples of item ids) one GPU of ``num_shards`` gets in each of ``epochs`` epochs:
     ``batches`` batches of 2 items, fairseq's EpochBatchIterator, shuffled."""
-    dataset = Numbers(2 * batches)
-    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 2 * batches, 2)],
-                                            seed=3, num_shards=num_shards, shard_id=shard_id,
-                                            grouped_shuffling=grouped_shuffling)
+    iterator = numbers_iterator(shard_id, num_shards, grouped_shuffling, batches)
     return [list(iterator.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus))
             for _ in range(epochs)]
 
@@ -136,14 +147,9 @@ def test_grouped_shuffling_trains_on_every_batch(batches, gpus):
         assert sorted(dealt) == [(i, i + 1) for i in range(0, 2 * batches, 2)]
     for epochs in shards:
         assert all(set(epoch) == set(epochs[0]) for epoch in epochs)
-    dataset = Numbers(2 * batches)
     for shard, epochs in enumerate(shards):
-        iterator = iterators.EpochBatchIterator(dataset, dataset.collater,
-                                                [[i, i + 1] for i in range(0, 2 * batches, 2)], seed=3,
-                                                num_shards=gpus, shard_id=shard, grouped_shuffling=True)
-        fairseq_order = iterators.EpochBatchIterator.ordered_batches.__wrapped__(iterator, 1, False, True)
         groups = batches // gpus
-        assert [tuple(b) for b in fairseq_order[:groups]] == epochs[0][:groups]
+        assert fairseqs_order(numbers_iterator(shard, gpus, True, batches))[:groups] == epochs[0][:groups]
         assert len(epochs[0]) == -(-batches // gpus)  # as many updates on every GPU
         assert epochs[0][groups:] == ([(2 * (groups * gpus + shard), 2 * (groups * gpus + shard) + 1)]
                                       if shard < batches % gpus else [()])
@@ -153,11 +159,7 @@ def test_unfixed_batches_move_between_gpus():
     """Without the flag fairseq deals the shuffled batches anew each epoch (unchanged); one GPU gets all."""
     epochs = batches_per_epoch(0, 2, False)
     assert set(epochs[0]) != set(epochs[1])
-    dataset = Numbers(80)
-    iterator = iterators.EpochBatchIterator(dataset, dataset.collater, [[i, i + 1] for i in range(0, 80, 2)], seed=3,
-                                            num_shards=2, shard_id=0)
-    fairseq_order = iterators.EpochBatchIterator.ordered_batches.__wrapped__(iterator, 1, False, True)
-    assert [tuple(batch) for batch in fairseq_order] == epochs[0]
+    assert fairseqs_order(numbers_iterator(0, 2)) == epochs[0]
     assert all(len(set(epoch)) == 40 for epoch in batches_per_epoch(0, 1, True))
 
 

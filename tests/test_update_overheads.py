@@ -22,7 +22,8 @@ def fake_trainer(seed: int, updates: int, tpu: bool = False):
 
 
 def test_the_plugin_patches_seeding_and_mode_switches():
-    assert Trainer._set_seed.patched_by_mega and BaseFairseqModel.train.patched_by_mega
+    assert "_seeding_generators" in Trainer._set_seed.mega_patches
+    assert "_train_unless_settled" in BaseFairseqModel.train.mega_patches
 
 
 @pytest.mark.parametrize("seed, updates", [(1, 0), (3, 17), (12345, 2001)])

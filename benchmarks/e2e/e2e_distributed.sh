@@ -60,19 +60,17 @@ for backend in ${DDP_BACKENDS:-legacy_ddp}; do
     esac
 done
 
-one_gpu_runs=()
 for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
     [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
+done
+
+runs=()
+for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
     name=one_gpu
     [[ $freq == 2 ]] || name=one_gpu_update_freq_$freq
-    one_gpu_runs+=("$name")
-done
-for name in "${one_gpu_runs[@]}"; do
-    freq=${name##*_}
-    [[ $name == one_gpu ]] && freq=2
     train "$name" --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
+    runs+=("$name")
 done
-runs=("${one_gpu_runs[@]}")
 for batches in ${BATCHES:-fixed}; do
     for backend in ${DDP_BACKENDS:-legacy_ddp}; do
         name=two_gpus_$batches
