@@ -7,7 +7,7 @@ back into the model, one parameter at a time: two Python loops of a slice and a 
 parameters in mega_wmt_en_de: about 660 launches an update). The update's device-to-host syncs (loss
 scaling, gradient clipping) make the GPU wait for that host time. The copies here do the same in a few
 launches: the gradients gathered in their dtype into a kept buffer with one multi-tensor copy
-(``concatenated``) and converted into the flat gradient with one copy; the flat weights converted once
+(``GatherBuffer``) and converted into the flat gradient with one copy; the flat weights converted once
 and copied into the parameters with one multi-tensor copy. The values are the same bit for bit (the same
 conversions). fairseq's own loops still run where the fp32 weights are not flat
 (``--fp16-no-flatten-grads``, ``--bf16``), or where the parameters do not share one dtype or do not fill
@@ -16,7 +16,7 @@ the flat tensor exactly.
 fairseq's LegacyDistributedDataParallel (``--ddp-backend legacy_ddp``) all-reduces the gradients after
 the backward pass through a buffer that it fills and empties one parameter at a time (two more loops of
 a copy per parameter). The batched all-reduce gathers the gradients of up to the buffer's size at once
-(``concatenated``), divides, all-reduces and copies them back with one multi-tensor copy: the same
+(``GatherBuffer``), divides, all-reduces and copies them back with one multi-tensor copy: the same
 operations on the same values. Without torch's DistributedDataParallel, torch.compile does not split the
 layer graphs at gradient buckets, and no autograd hook copies gradients one by one during the backward
 pass. fairseq's loop still runs for expert parameters and gradients that are not plain contiguous
@@ -54,24 +54,38 @@ def _flat_layouts(optimizer) -> Optional[Dict]:
     return None if any(params is None for params in layouts.values()) else layouts
 
 
-def concatenated(tensors: List[Tensor], staging: Dict, key) -> Tensor:
-    """torch.cat of the flattened ``tensors`` (one dtype and device) into a buffer kept in ``staging[key]``
-    for the next call (allocated again when the size, dtype or device changes): one multi-tensor copy
-    instead of cat's kernel, which moved the ~300 gradients of mega_wmt_en_de far below the memory
-    bandwidth (0.85 ms an update on an H200, on the update's critical path). The result is overwritten by
-    the next call with the same key."""
-    total = sum(t.numel() for t in tensors)
-    buffer = staging.get(key)
-    if (buffer is None or buffer.numel() != total or buffer.dtype != tensors[0].dtype
-            or buffer.device != tensors[0].device):
-        buffer = staging[key] = torch.empty(total, dtype=tensors[0].dtype, device=tensors[0].device)
-    torch._foreach_copy_(list(buffer.split([t.numel() for t in tensors])), [t.reshape(-1) for t in tensors])
-    return buffer
+class GatherBuffer:
+    """A flat buffer kept between calls, into which ``gather`` copies a list of tensors (one dtype and
+    device) with one multi-tensor copy: torch.cat of the flattened tensors without cat's kernel, which
+    moved the ~300 gradients of mega_wmt_en_de far below the memory bandwidth (0.85 ms an update on an
+    H200, on the update's critical path). ``pieces`` are views of the buffer shaped like the gathered
+    tensors, made once per layout (making ~300 views costs the host ~0.5 ms a call), for copying back.
+    The buffer is overwritten by the next ``gather`` and allocated again when the layout changes."""
+
+    def __init__(self):
+        self.buffer: Optional[Tensor] = None
+        self.pieces: List[Tensor] = []
+        self._layout = None
+
+    def shaped_like(self, tensors: List[Tensor]) -> "GatherBuffer":
+        """The buffer and pieces for ``tensors``' dtype, device and shapes, without copying them."""
+        layout = (tensors[0].dtype, tensors[0].device, [t.shape for t in tensors])
+        if layout != self._layout:
+            self.buffer = torch.empty(sum(t.numel() for t in tensors), dtype=layout[0], device=layout[1])
+            pieces = self.buffer.split([t.numel() for t in tensors])
+            self.pieces = [piece.view(shape) for piece, shape in zip(pieces, layout[2])]
+            self._layout = layout
+        return self
+
+    def gather(self, tensors: List[Tensor]) -> Tensor:
+        """The flattened ``tensors`` (N_i elements each) in one tensor of sum N_i elements."""
+        torch._foreach_copy_(self.shaped_like(tensors).pieces, tensors)
+        return self.buffer
 
 
-def _staging(owner) -> Dict:
-    """The staging buffers of ``concatenated`` kept on ``owner`` (an optimizer, a DDP wrapper)."""
-    return owner.__dict__.setdefault("_mega_staging", {})
+def _gather_buffer(owner, key) -> GatherBuffer:
+    """The GatherBuffer ``key`` kept on ``owner`` (an optimizer, a DDP wrapper)."""
+    return owner.__dict__.setdefault("_mega_gather_buffers", {}).setdefault(key, GatherBuffer())
 
 
 def _batched_grads_to_fp32(sync_grads):
@@ -81,8 +95,8 @@ def _batched_grads_to_fp32(sync_grads):
         if layouts is None:
             return sync_grads(self)
         for device, params in layouts.items():
-            grads = [p.grad if p.grad is not None else p.new_zeros(p.numel()) for p in params]
-            self.fp32_params[device].grad.copy_(concatenated(grads, _staging(self), device))
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            self.fp32_params[device].grad.copy_(_gather_buffer(self, ("grads", device)).gather(grads))
         self._needs_sync = False
 
     return wrapper
@@ -96,9 +110,9 @@ def _batched_fp32_params_to_fp16(sync_params):
             return sync_params(self)
         with torch.no_grad():
             for device, params in layouts.items():
-                weights = self.fp32_params[device].detach().to(params[0].dtype)
-                pieces = torch.split(weights, [p.numel() for p in params])
-                torch._foreach_copy_([p.data.view(-1) for p in params], pieces)
+                weights = _gather_buffer(self, ("weights", device)).shaped_like(params)
+                weights.buffer.copy_(self.fp32_params[device])
+                torch._foreach_copy_(params, weights.pieces)
 
     return wrapper
 
@@ -137,10 +151,12 @@ def _batched_all_reduce_grads(all_reduce_grads):
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             for index, group in enumerate(_buffer_groups(params, self.buffer_size)):
-                flat = concatenated([p.grad for p in group], _staging(self), (params[0].device, index))
+                grads = [p.grad for p in group]
+                gathered = _gather_buffer(self, (params[0].device, index))
+                flat = gathered.gather(grads)
                 flat.div_(self.world_size)
                 distributed_utils.all_reduce(flat, self.process_group)
-                torch._foreach_copy_([p.grad.view(-1) for p in group], torch.split(flat, [p.numel() for p in group]))
+                torch._foreach_copy_(grads, gathered.pieces)
 
     return wrapper
 

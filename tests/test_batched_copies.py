@@ -14,7 +14,7 @@ from fairseq.optim import fp16_optimizer
 import mega_fairseq  # noqa: F401  (applies the patches)
 from fairseq_helpers import free_port
 from mega_fairseq.batched_copies import (_batched_all_reduce_grads, _batched_fp32_params_to_fp16, _batched_grads_to_fp32,
-                                         _flat_params, concatenated)
+                                         GatherBuffer, _flat_params)
 
 MIXIN = fp16_optimizer._FP16OptimizerMixin
 SHAPES = [(7, 5), (13,), (3, 1, 9), (1,), (64, 3)]
@@ -235,20 +235,27 @@ def test_legacy_ddp_all_reduce_matches_fairseqs_loop_on_two_processes():
     mp.spawn(legacy_ddp_rank, args=(free_port(),), nprocs=2)
 
 
-def test_concatenation_reuses_its_buffer_until_the_layout_changes():
-    """concatenated equals torch.cat (several dtypes, a non-contiguous tensor), keeps its buffer for the next
-    call with the same key and layout, and allocates another when the size or dtype changes."""
+def test_gather_buffer_is_kept_until_the_layout_changes():
+    """gather equals torch.cat (several dtypes, a non-contiguous tensor), its pieces are the buffer's views
+    shaped like the tensors, it keeps its buffer and pieces for the next call with the same layout, and
+    makes new ones when a size, shape or dtype changes."""
     generator = torch.Generator().manual_seed(3)
-    staging = {}
+    gathered = GatherBuffer()
     for dtype in (torch.float16, torch.float32, torch.float64):
         tensors = [torch.randn(shape, generator=generator).to(dtype) for shape in SHAPES]
         tensors.append(torch.randn(4, 6, generator=generator).to(dtype).t())  # not contiguous
-        first = concatenated(tensors, staging, "grads")
+        first = gathered.gather(tensors)
         assert torch.equal(first, torch.cat([t.reshape(-1) for t in tensors]))
+        assert all(torch.equal(piece, t) for piece, t in zip(gathered.pieces, tensors))
+        pieces = gathered.pieces
         again = [t * 2 for t in tensors]
-        second = concatenated(again, staging, "grads")
-        assert second.data_ptr() == first.data_ptr()
+        second = gathered.gather(again)
+        assert second.data_ptr() == first.data_ptr() and gathered.pieces is pieces
         assert torch.equal(second, torch.cat([t.reshape(-1) for t in again]))
-    shorter = concatenated(tensors[:-1], staging, "grads")
+        second.zero_()
+        assert all(not piece.any() for piece in gathered.pieces)
+    shorter = gathered.gather(tensors[:-1])
     assert shorter.numel() == sum(t.numel() for t in tensors[:-1]) and shorter.data_ptr() != second.data_ptr()
-    assert set(staging) == {"grads"}
+    reshaped = gathered.gather([t.reshape(-1) for t in tensors[:-1]])
+    assert [piece.shape for piece in gathered.pieces] == [t.reshape(-1).shape for t in tensors[:-1]]
+    assert torch.equal(reshaped, shorter)
