@@ -19,7 +19,9 @@ memory after every capture cost start-up time? On 2 x H200, one process a GPU at
 recording update took 165 ms with the cache kept against 222 ms: one update each).
 ``--phase-times N`` times each step of fairseq's ``Trainer.train_step`` on the host (seed, ``model.train()``,
 forward, backward, all-reduce, clipping, optimizer step, logging) over N updates run back to back without
-added syncs: where the host's time per update goes, and which step waits for the GPU. ``--sync-sites N``
+added syncs: where the host's time per update goes, and which step waits for the GPU (with several GPUs,
+one line per GPU: a step where one GPU waits for the other, such as the exchange of the update's
+statistics, is long on the waiting GPU and short on the other). ``--sync-sites N``
 lists where the host waits for the GPU in N updates (torch's CUDA sync debug mode: every synchronizing
 operation, counted by the innermost call site outside torch).
 ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first batch instead of its
@@ -341,6 +343,9 @@ def profile(cfg, args, extra):
     result.update(compile_counters())
     if args.phase_times:
         result["phase_ms"] = phase_times(trainer, stream, args.phase_times)
+        if args.gpus > 1:  # a step where one GPU waits for the other is short on the other
+            result["phase_ms_per_gpu"] = [None] * args.gpus
+            torch.distributed.all_gather_object(result["phase_ms_per_gpu"], result["phase_ms"])
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
@@ -364,9 +369,11 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
-    if "phase_ms" in result:
-        print(f"  host ms per update over {args.phase_times} back-to-back updates: "
-              + "  ".join(f"{label} {ms}" for label, ms in result["phase_ms"].items()), flush=True)
+    for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [result.get("phase_ms")])):
+        if phase_ms is not None:
+            print(f"  host ms per update over {args.phase_times} back-to-back updates"
+                  + (f", GPU {gpu}: " if args.gpus > 1 else ": ")
+                  + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
