@@ -1,21 +1,21 @@
 """fairseq's summed training statistics, all-reduced without making the host wait for the backward pass.
 
 With several GPUs, fairseq's Trainer sums each update's statistics over the workers
-(``_fast_stat_sync_sum`` through ``distributed_utils.all_reduce_dict``) before it all-reduces the
-gradients. The host numbers among them (sample_size, ooms, the training time, the criterion's ntokens
-and nsentences) reach the GPU through a blocking copy on the compute stream: the host waits there for
-the whole backward pass, then issues the gradient all-reduce, the clipping and the optimizer step while
-the GPU idles. The sums come back as GPU tensors that the host waits on again at every use
-(``sample_size or 1.0``, each meter's ``n > 0``): 28 waits an update on 2 GPUs against 12 on one
-(``benchmarks/e2e/profile_train_step.py --sync-sites``, 2 x H200).
+(``_fast_stat_sync_sum`` through ``distributed_utils.all_reduce_dict``, which only it calls) before it
+all-reduces the gradients. The host numbers among them (sample_size, ooms, the training time, the
+criterion's ntokens and nsentences) reach the GPU through a blocking copy on the compute stream: the
+host waits there for the whole backward pass, then issues the gradient all-reduce, the clipping and the
+optimizer step while the GPU idles. The sums come back as GPU tensors that the host waits on again at
+every use (``sample_size or 1.0``, each meter's ``n > 0``): 28 waits an update on 2 GPUs against 12 on
+one (``benchmarks/e2e/profile_train_step.py --sync-sites``, 2 x H200).
 
 Here the host numbers are summed on a side CUDA stream (pinned copy in, all-reduce, copy out), which
 waits only for the other workers to reach the same point, and come back as host values: a Python number
 for a Python number (an int for an int), a CPU float64 tensor for a CPU tensor. The GPU tensors (the
 losses) are summed on the compute stream in float64, queued behind the backward pass with no wait, and
 stay GPU tensors. The sums are fairseq's (float64 additions of the same values). On the CPU (gloo) the
-host numbers are all-reduced directly. fairseq's own code runs on TPUs, on CUDA without NCCL and on other
-device types.
+host numbers are all-reduced directly. fairseq's ``all_reduce_dict`` runs on TPUs, on CUDA without NCCL
+and on other device types.
 """
 import functools
 from typing import Any, Dict, List
@@ -23,7 +23,6 @@ from typing import Any, Dict, List
 import torch
 import torch.distributed as dist
 from fairseq.distributed import utils as distributed_utils
-from fairseq.trainer import Trainer
 
 from .patching import patch_once
 
@@ -79,30 +78,16 @@ def summed_statistics(data: Dict[str, Any], device: torch.device, group) -> Dict
     return {k: summed[k] for k in data}
 
 
-def _sums_without_waiting(fast_stat_sync_sum):
-    @functools.wraps(fast_stat_sync_sum)
-    def wrapper(self, logging_outputs: List[Dict[str, Any]], *extra_stats_to_sum, ignore=False):
-        device = self.device
-        applies = not self.tpu and (device.type == "cpu" or (
-            device.type == "cuda" and dist.get_backend(self.data_parallel_process_group) == "nccl"))
-        if not applies:
-            return fast_stat_sync_sum(self, logging_outputs, *extra_stats_to_sum, ignore=ignore)
-        data = {f"extra_stats_{i}": stat for i, stat in enumerate(extra_stats_to_sum)}
-        log_keys = list(logging_outputs[0]) if logging_outputs else None
-        for k in log_keys or ():
-            if ignore:
-                first = logging_outputs[0][k]
-                data[f"logging_outputs_{k}"] = torch.zeros_like(first) if torch.is_tensor(first) else 0
-            else:
-                data[f"logging_outputs_{k}"] = sum(log[k] for log in logging_outputs if k in log)
-        data = summed_statistics(data, device, self.data_parallel_process_group)
-        sums = [data[f"extra_stats_{i}"] for i in range(len(extra_stats_to_sum))]
-        summed_logs = [{k: data[f"logging_outputs_{k}"] for k in log_keys}] if log_keys is not None else []
-        return summed_logs, sums
+def _summing_without_waiting(all_reduce_dict):
+    @functools.wraps(all_reduce_dict)
+    def wrapper(data: Dict[str, Any], device: torch.device, group) -> Dict[str, Any]:
+        if device.type == "cpu" or (device.type == "cuda" and dist.get_backend(group) == "nccl"):
+            return summed_statistics(data, device, group)
+        return all_reduce_dict(data, device, group)
 
     return wrapper
 
 
 def sum_statistics_without_waiting() -> None:
-    """Patch fairseq's Trainer._fast_stat_sync_sum once (see the module's docstring)."""
-    patch_once(Trainer, "_fast_stat_sync_sum", _sums_without_waiting)
+    """Patch fairseq's ``distributed_utils.all_reduce_dict`` once (see the module's docstring)."""
+    patch_once(distributed_utils, "all_reduce_dict", _summing_without_waiting)

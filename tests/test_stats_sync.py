@@ -1,6 +1,6 @@
-"""The statistics sums (stats_sync) against float64 sums written here and fairseq's own
-Trainer._fast_stat_sync_sum, in 2 processes: gloo on the CPU, NCCL on 2 GPUs (skipped with fewer),
-where the host numbers must come back while the compute stream is still busy."""
+"""The statistics sums (stats_sync) through fairseq's Trainer._fast_stat_sync_sum against float64 sums
+written here and against fairseq's own all_reduce_dict, in 2 processes: gloo on the CPU, NCCL on 2 GPUs
+(skipped with fewer), where the host numbers must come back while the compute stream is still busy."""
 import math
 import os
 from types import SimpleNamespace
@@ -9,13 +9,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
 import mega_fairseq  # noqa: F401  (applies the patches)
 from fairseq_helpers import free_port
-from mega_fairseq.stats_sync import _sums_without_waiting
+from mega_fairseq.stats_sync import _summing_without_waiting
 
-FAIRSEQ_SUM = Trainer._fast_stat_sync_sum.__wrapped__
+FAIRSEQ_ALL_REDUCE_DICT = distributed_utils.all_reduce_dict.__wrapped__
+
+
+def fairseq_sum(trainer, logs, *extra):
+    """Trainer._fast_stat_sync_sum with fairseq's own all_reduce_dict."""
+    patched = distributed_utils.all_reduce_dict
+    distributed_utils.all_reduce_dict = FAIRSEQ_ALL_REDUCE_DICT
+    try:
+        return Trainer._fast_stat_sync_sum(trainer, logs, *extra)
+    finally:
+        distributed_utils.all_reduce_dict = patched
 
 
 def rank_statistics(rank: int, device: torch.device, host_tensor: bool):
@@ -46,7 +57,7 @@ def expected_sums(device: torch.device, host_tensor: bool):
 
 
 def trainer_like(device: torch.device):
-    return SimpleNamespace(device=device, tpu=False, data_parallel_process_group=dist.group.WORLD)
+    return SimpleNamespace(device=device, data_parallel_process_group=dist.group.WORLD)
 
 
 def check_against_fairseq(rank: int, device: torch.device, host_tensor: bool) -> None:
@@ -54,7 +65,7 @@ def check_against_fairseq(rank: int, device: torch.device, host_tensor: bool) ->
     patched = Trainer._fast_stat_sync_sum
     logs, extra = rank_statistics(rank, device, host_tensor)
     (summed,), sums = patched(trainer, logs, *extra)
-    (fairseq_summed,), fairseq_sums = FAIRSEQ_SUM(trainer, logs, *extra)
+    (fairseq_summed,), fairseq_sums = fairseq_sum(trainer, logs, *extra)
     expected_logs, expected_extra = expected_sums(device, host_tensor)
     assert list(summed) == list(logs[0])
     for k, value in summed.items():
@@ -107,8 +118,8 @@ def nccl_rank(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def test_the_plugin_patches_the_trainer():
-    assert "_sums_without_waiting" in Trainer._fast_stat_sync_sum.mega_patches
+def test_the_plugin_patches_all_reduce_dict():
+    assert "_summing_without_waiting" in distributed_utils.all_reduce_dict.mega_patches
 
 
 def test_sums_equal_fairseqs_on_two_cpu_processes():
@@ -123,16 +134,14 @@ def test_host_sums_do_not_wait_for_the_gpus_queue():
     mp.spawn(nccl_rank, args=(free_port(),), nprocs=2)
 
 
-@pytest.mark.parametrize("trainer", [
-    SimpleNamespace(device=torch.device("cpu"), tpu=True, data_parallel_process_group=None),
-    SimpleNamespace(device=torch.device("meta"), tpu=False, data_parallel_process_group=None),
-])
-def test_fairseqs_sum_runs_on_tpus_and_other_devices(trainer):
+@pytest.mark.parametrize("device", [torch.device("meta"), torch.device("xla")])
+def test_fairseqs_all_reduce_dict_runs_on_other_devices(device):
     calls = []
 
-    def recording_fairseq_sum(self, logging_outputs, *extra, ignore=False):
-        calls.append((logging_outputs, extra, ignore))
+    def recording_fairseq_all_reduce_dict(data, device, group):
+        calls.append((data, device, group))
         return "fairseq's"
 
-    assert _sums_without_waiting(recording_fairseq_sum)(trainer, [{"ntokens": 3}], 5, ignore=True) == "fairseq's"
-    assert calls == [([{"ntokens": 3}], (5,), True)]
+    summing = _summing_without_waiting(recording_fairseq_all_reduce_dict)
+    assert summing({"ntokens": 3}, device=device, group=None) == "fairseq's"
+    assert calls == [({"ntokens": 3}, device, None)]

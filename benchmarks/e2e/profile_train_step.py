@@ -341,11 +341,12 @@ def profile(cfg, args, extra):
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
     result.update(compile_counters())
-    if args.phase_times:
-        result["phase_ms"] = phase_times(trainer, stream, args.phase_times)
-        if args.gpus > 1:  # a step where one GPU waits for the other is short on the other
+    if args.phase_times:  # every GPU's: a step where one GPU waits for the other is short on the other
+        mine = phase_times(trainer, stream, args.phase_times)
+        result["phase_ms_per_gpu"] = [mine]
+        if args.gpus > 1:
             result["phase_ms_per_gpu"] = [None] * args.gpus
-            torch.distributed.all_gather_object(result["phase_ms_per_gpu"], result["phase_ms"])
+            torch.distributed.all_gather_object(result["phase_ms_per_gpu"], mine)
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
@@ -369,11 +370,9 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
-    for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [result.get("phase_ms")])):
-        if phase_ms is not None:
-            print(f"  host ms per update over {args.phase_times} back-to-back updates"
-                  + (f", GPU {gpu}: " if args.gpus > 1 else ": ")
-                  + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
+    for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [])):
+        print(f"  host ms per update over {args.phase_times} back-to-back updates, GPU {gpu}: "
+              + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
