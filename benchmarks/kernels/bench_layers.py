@@ -10,7 +10,8 @@ the same run (the memory-traffic floor); speedup of the scan over the FFT.
 ``layer``: forward+backward of one Mega encoder layer (D 512, H 1024, FFN 1024, Z 128, N 16;
 chunk 128 and unchunked) with automatic kernel selection and with the original algorithm (FFT
 EMA, attention by matmul), and of fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048,
-PyTorch's fused attention; PyTorch's layer without fairseq) at a fixed token budget per batch,
+PyTorch's fused attention; PyTorch's layer without fairseq), both post-norm as the translation models
+train them (--norm pre: both pre-norm), at a fixed token budget per batch,
 under bf16 autocast on a GPU (or, --precision bf16, with bf16 parameters as fairseq's --fp16 trains):
 tokens/s, peak memory, ratios to the Transformer and the original.
 On a GPU, the chunked Mega layer and the Transformer layer also run as the models' training runs them
@@ -122,16 +123,19 @@ def bench_ema(args):
     return {"device": str(device), "copy_GBps": bandwidth, "rows": rows}
 
 
-def transformer_layer(device) -> nn.Module:
+def transformer_layer(device, prenorm: bool = False) -> nn.Module:
     """fairseq's TransformerEncoderLayer (D 512, 8 heads, FFN 2048; PyTorch's fused attention through
-    F.multi_head_attention_forward), or PyTorch's own layer when fairseq is missing."""
+    F.multi_head_attention_forward), or PyTorch's own layer when fairseq is missing; post-norm as
+    fairseq builds it by default, pre-norm with ``prenorm``."""
     try:
         from fairseq.models.transformer import TransformerConfig
         from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
     except ImportError:
-        return nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="relu").to(device)
+        return nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="relu",
+                                          norm_first=prenorm).to(device)
     cfg = TransformerConfig()
     cfg.encoder.embed_dim, cfg.encoder.attention_heads, cfg.encoder.ffn_embed_dim = 512, 8, 2048
+    cfg.encoder.normalize_before = prenorm
     cfg.dropout = cfg.attention_dropout = cfg.activation_dropout = 0.0
     layer = TransformerEncoderLayerBase(cfg).to(device)
     return _PaddingFree(layer)
@@ -148,11 +152,12 @@ class _PaddingFree(nn.Module):
         return self.layer(x, None)
 
 
-def mega_layer(chunk: int, length: int, fast: bool, device) -> nn.Module:
-    """Mega encoder layer D 512, H 1024, FFN 1024, Z 128, N 16; fast: automatic kernel selection,
-    else the original algorithm (FFT EMA, attention by matmul)."""
+def mega_layer(chunk: int, length: int, fast: bool, device, prenorm: bool = False) -> nn.Module:
+    """Mega encoder layer D 512, H 1024, FFN 1024, Z 128, N 16, post-norm (as the translation models
+    train it) or pre-norm; fast: automatic kernel selection, else the original algorithm (FFT EMA,
+    attention by matmul)."""
     impls = dict(ema_impl="auto", attention_impl="auto") if fast else dict(ema_impl="fft", attention_impl="matmul")
-    cfg = MegaLayerConfig(512, 1024, 1024, 128, 16, chunk, max_positions=max(length, 1), **impls)
+    cfg = MegaLayerConfig(512, 1024, 1024, 128, 16, chunk, max_positions=max(length, 1), prenorm=prenorm, **impls)
     return MegaEncoderLayer(cfg).to(device)
 
 
@@ -184,13 +189,15 @@ def bench_layer(args):
     for length in args.lengths:
         batch = max(1, args.tokens // length)
         x = torch.randn(length, batch, 512, device=device, dtype=dtype if half else torch.float32, requires_grad=True)
-        layers = {"transformer": lambda: transformer_layer(device)}
+        prenorm = args.norm == "pre"
+        layers = {"transformer": lambda: transformer_layer(device, prenorm)}
         for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
-            layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device)
-            layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device)
+            layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device, prenorm)
+            layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device, prenorm)
         if device.type == "cuda" and compiled_stack is not None:
-            layers["transformer_graphs"] = lambda: _OnLayerGraphs(transformer_layer(device), _single_layer_stack)
-            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device),
+            layers["transformer_graphs"] = lambda: _OnLayerGraphs(transformer_layer(device, prenorm),
+                                                                  _single_layer_stack)
+            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device, prenorm),
                                                                     encoder_stack, None)
         row = {"L": length, "batch": batch}
         for name, build in layers.items():
@@ -223,7 +230,7 @@ def bench_layer(args):
             graphs["x_transformer"] = graphs["tokens/s"] / row["transformer"]["tokens/s"]
             graphs["x_transformer_graphs"] = graphs["tokens/s"] / row["transformer_graphs"]["tokens/s"]
         rows.append(row)
-    return {"device": str(device), "precision": args.precision, "rows": rows}
+    return {"device": str(device), "precision": args.precision, "norm": args.norm, "rows": rows}
 
 
 def print_table(what: str, results: dict) -> None:
@@ -260,6 +267,9 @@ def main():
     parser.add_argument("--tokens", type=int, default=32768, help="layer: tokens per batch")
     parser.add_argument("--precision", choices=["bf16-autocast", "bf16"], default="bf16-autocast",
                         help="layer: bf16 autocast over float32 parameters, or bf16 parameters and input")
+    parser.add_argument("--norm", choices=["post", "pre"], default="post",
+                        help="layer: where both layers put their norms (post: as fairseq's Transformer and the "
+                             "Mega translation models default to)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

@@ -75,22 +75,24 @@ def main():
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--norm", choices=["post", "pre"], default="post", help="norm placement of both layers")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time both layers under torch.compile")
     args = parser.parse_args()
     device = torch.device("cuda")
     batch = max(1, args.tokens // args.length)
     x = torch.randn(args.length, batch, 512, device=device, requires_grad=True)
-    mega, transformer = mega_layer(args.chunk, args.length, True, device), transformer_layer(device)
-    print(f"Mega layer, L {args.length} B {batch} chunk {args.chunk}")
+    prenorm = args.norm == "pre"
+    mega, transformer = mega_layer(args.chunk, args.length, True, device, prenorm), transformer_layer(device, prenorm)
+    print(f"Mega layer, L {args.length} B {batch} chunk {args.chunk}, {args.norm}-norm")
     profile(mega, x)
     print(f"Transformer layer, L {args.length} B {batch}")
     profile(transformer, x)
 
     layers = {"mega": mega, "transformer": transformer}
     if args.compile:
-        for name, build in (("mega", lambda: mega_layer(args.chunk, args.length, True, device)),
-                            ("transformer", lambda: transformer_layer(device))):
+        for name, build in (("mega", lambda: mega_layer(args.chunk, args.length, True, device, prenorm)),
+                            ("transformer", lambda: transformer_layer(device, prenorm))):
             layers[name + "_compiled"] = build()
             layers[name + "_compiled"].compile(dynamic=True)
     for name, layer in layers.items():
