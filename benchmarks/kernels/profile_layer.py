@@ -1,12 +1,14 @@
 """Where one Mega layer's time goes, and what torch.compile changes (GPU).
 
-    python benchmarks/kernels/profile_layer.py [--length 4096] [--tokens 32768] [--chunk 128] [--compile]
+    python benchmarks/kernels/profile_layer.py [--length 4096] [--tokens 32768] [--chunk 128] [--compile] [--graphs]
 
 1. torch.profiler: CUDA time per kernel of one Mega encoder layer forward+backward (D 512, H 1024,
    FFN 1024, Z 128, N 16, bf16 autocast), grouped into matrix products, the package's Triton kernels
    (EMA, block, attention), softmax, and everything else (elementwise and reductions); then the same
    for the Transformer layer (a kernel total well below the timed forward+backward below means the
-   layer waits on the host);
+   layer waits on the host); with --graphs also both layers as the models train them by default,
+   replayed from CUDA graphs (bench_layers' ``*_graphs`` variants: what a replay runs beside the
+   eager kernels);
 2. forward+backward time of the Mega layer and of fairseq's Transformer layer, eager, and with
    --compile also compiled as ``--compile-layers`` compiles Mega layers (in place, dynamic shapes;
    both layers the same way).
@@ -16,6 +18,7 @@ import collections
 
 import torch
 
+import bench_layers
 from bench_layers import forward_backward, mega_layer, median_ms, transformer_layer
 
 
@@ -49,7 +52,8 @@ def bf16_step(layer, x):
 def profile(layer, x) -> None:
     """Print the per-group and top per-kernel CUDA times of one forward+backward."""
     step = bf16_step(layer, x)
-    step()
+    for _ in range(3):  # layer graphs: traced, then warmed up, then recorded; the profiled step replays
+        step()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         step()
@@ -78,6 +82,7 @@ def main():
     parser.add_argument("--norm", choices=["post", "pre"], default="post", help="norm placement of both layers")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time both layers under torch.compile")
+    parser.add_argument("--graphs", action="store_true", help="also profile and time both layers on layer graphs")
     args = parser.parse_args()
     device = torch.device("cuda")
     batch = max(1, args.tokens // args.length)
@@ -90,6 +95,14 @@ def main():
     profile(transformer, x)
 
     layers = {"mega": mega, "transformer": transformer}
+    if args.graphs:
+        on_graphs = bench_layers._OnLayerGraphs  # needs fairseq (the models' layer graphs)
+        layers["mega_graphs"] = on_graphs(mega_layer(args.chunk, args.length, True, device, prenorm),
+                                          bench_layers.encoder_stack, None)
+        layers["transformer_graphs"] = on_graphs(transformer_layer(device, prenorm), bench_layers._single_layer_stack)
+        for name in ("mega_graphs", "transformer_graphs"):
+            print(f"{name}, L {args.length} B {batch}")
+            profile(layers[name], x)
     if args.compile:
         for name, build in (("mega", lambda: mega_layer(args.chunk, args.length, True, device, prenorm)),
                             ("transformer", lambda: transformer_layer(device, prenorm))):
