@@ -130,9 +130,17 @@ def main():
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--only", choices=["block", "ema"], help="sweep only the block's kernels or the EMA's")
     args = parser.parse_args()
     rows, repeats = args.tokens, args.repeats
     torch.manual_seed(0)
+    if args.only != "ema":
+        sweep_block(rows, args.lengths, repeats)
+    if args.only != "block":
+        sweep_ema(rows, args.lengths, repeats)
+
+
+def sweep_block(rows: int, lengths, repeats: int) -> None:
     for gated in (True, False):
         sweep(f"gated_update backward, layernorm, {'gated (block)' if gated else 'residual (FFN)'}", gated_update,
               dict(BACKWARD_PROGRAMS=[512, 1024, 2048, 4096], TILE_ELEMENTS=[1024, 2048, 4096]),
@@ -141,24 +149,30 @@ def main():
           lambda: gated_update_call(rows, True, forward=True), repeats)
     blocks = dict(BLOCK_R=[16, 32, 64], BLOCK_C=[64, 128])
     sweep("mega_gates forward", gates, blocks, lambda: gates_calls(rows)[0], repeats)
-    sweep("mega_gates backward", gates, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024], **blocks),
+    sweep("mega_gates backward", gates, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
+                                             BACKWARD_BLOCK_R=[16, 32, 64], BACKWARD_BLOCK_C=[64, 128]),
           lambda: gates_calls(rows)[1], repeats)
     sweep("bias_activation backward (FFN)", bias_activation, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
                                                                    **blocks),
           lambda: bias_activation_call(rows), repeats)
-    for length in args.lengths:
-        batch = max(1, rows // length)
-        forward, backward = reset_product_calls(length, batch)
+    for length in lengths:
+        forward, backward = reset_product_calls(length, max(1, rows // length))
         sweep(f"reset_product forward L {length}", reset_product, blocks, lambda: forward, repeats)
         sweep(f"reset_product backward L {length}", reset_product, blocks, lambda: backward, repeats)
+
+
+def sweep_ema(rows: int, lengths, repeats: int) -> None:
+    for length in lengths:
+        batch = max(1, rows // length)
         for dtype in (torch.float32, torch.bfloat16):
             forward, backward = ema_calls(length, batch, dtype)
             name = f"EMA L {length} B {batch} {str(dtype)[6:]}"
-            sweep(f"{name} forward", ema_scan, dict(TARGET_WARPS=[2048, 4096, 8192, 16384, 32768],
-                                                    MAX_ROWS=[1, 2, 4], MIN_CHUNK=[32, 64, 128]),
+            warps = [2048, 4096, 8192, 16384, 32768]
+            sweep(f"{name} forward", ema_scan, dict(TARGET_WARPS=warps, MAX_ROWS=[1, 2, 4], MIN_CHUNK=[32, 64, 128]),
                   lambda: forward, repeats)
-            sweep(f"{name} backward", ema_scan, dict(TARGET_WARPS=[2048, 4096, 8192, 16384, 32768],
-                                                     MAX_ROWS=[1, 2, 4], MIN_BACKWARD_CHUNK=[64, 128, 256]),
+            backward_rows = "MAX_ROWS" if dtype == torch.float32 else "MAX_ROWS_BACKWARD_HALF"
+            sweep(f"{name} backward", ema_scan, {"TARGET_WARPS": warps, backward_rows: [1, 2, 4],
+                                                 "MIN_BACKWARD_CHUNK": [64, 128, 256]},
                   lambda: backward, repeats)
 
 

@@ -35,7 +35,7 @@ from reference import f64, randn, random_padding_mask, randomize_parameters_  # 
 
 # small tiles for the op checks: several programs per launch and row loops of several iterations even at
 # tiny sizes (the module checks run with the default tiles, fewer programs, for time)
-SMALL_TILES = {gates: dict(BLOCK_R=8, BLOCK_C=8, BACKWARD_ROW_PROGRAMS=2),
+SMALL_TILES = {gates: dict(BLOCK_R=8, BLOCK_C=8, BACKWARD_BLOCK_R=8, BACKWARD_BLOCK_C=8, BACKWARD_ROW_PROGRAMS=2),
                reset_product: dict(BLOCK_R=8, BLOCK_C=8),
                bias_activation: dict(BLOCK_R=8, BLOCK_C=8, BACKWARD_ROW_PROGRAMS=2),
                gated_update: dict(TILE_ELEMENTS=64, BACKWARD_PROGRAMS=3),

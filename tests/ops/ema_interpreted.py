@@ -40,14 +40,18 @@ LAYER_CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, p
 @contextlib.contextmanager
 def short_chunks(enabled: bool = True):
     """Forward chunks of 8 steps and backward chunks of 16, so that a few dozen steps take the
-    several-chunk path (chunk states, prefix, chunk pass)."""
-    saved = ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK
+    several-chunk path (chunk states, prefix, chunk pass), with programs of up to 4 batch rows (the
+    default is fewer: the one-chunk cases run those)."""
+    names = ("MIN_CHUNK", "MIN_BACKWARD_CHUNK", "MAX_ROWS", "MAX_ROWS_BACKWARD_HALF")
+    saved = [getattr(ema_scan, name) for name in names]
     if enabled:
-        ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK = 8, 16
+        for name, value in zip(names, (8, 16, 4, 4)):
+            setattr(ema_scan, name, value)
     try:
         yield
     finally:
-        ema_scan.MIN_CHUNK, ema_scan.MIN_BACKWARD_CHUNK = saved
+        for name, value in zip(names, saved):
+            setattr(ema_scan, name, value)
 
 
 def largest_error(actual, expected) -> float:

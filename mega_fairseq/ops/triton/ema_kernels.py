@@ -197,10 +197,11 @@ def _chunk_states_kernel(
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
     HAS_MASK: tl.constexpr, GRAD: tl.constexpr,
 ):
-    """Each chunk's own contribution (from a zero start) to the unscaled state s at its end
-    (grid axis 2 = chunk * DIRS + direction), into plane 0. GRAD (backward): also its q-derivative v
-    (plane 1) and the adjoint state nu[t] = q nu[t+1] + dz[t] - q^K dz[t+K] run the other way
-    (plane 2), dz the gradient at z = y + omega x."""
+    """Each chunk's own contribution, from a zero start, to the state it passes on (grid axis 2 =
+    chunk * DIRS + direction). Forward: the unscaled state s at the chunk's end (plane 0). GRAD
+    (backward): the adjoint nu[t] = q nu[t+1] + dz[t] - q^K dz[t+K], run against the direction, and
+    its q-derivative w[t] = q w[t+1] + nu[t+1] - K q^(K-1) dz[t+K], at the chunk's start (planes 0
+    and 1); dz is the gradient at z = y + omega x."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2) // DIRS
     direction = tl.program_id(2) % DIRS
@@ -211,33 +212,10 @@ def _chunk_states_kernel(
                                            cut, N)
     at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
     tile_ok = ok & (tl.arange(0, N)[:, None] < N)
-    s = tl.zeros((N, ROWS * BD), tl.float32)
-    v = tl.zeros((N, ROWS * BD), tl.float32)
-    first = start + direction * (span - 1)
-    k = 0
-    while k < span:
-        t0 = first + step * k
-        xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
-        pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
-        if TRUNCATED:
-            xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
-            pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
-        for i in tl.static_range(8):
-            if TRUNCATED:
-                cut_input = _signal(xks[i], pks[i], HAS_MASK)
-                if GRAD:
-                    v = q * v + s - dq_cut * cut_input
-                s = q * s + _signal(xs[i], pads[i], HAS_MASK) - q_cut * cut_input
-            else:
-                if GRAD:
-                    v = q * v + s
-                s = q * s + _signal(xs[i], pads[i], HAS_MASK)
-        k += 8
-    tl.store(states_ptr + at, s, mask=tile_ok)
     if GRAD:
-        tl.store(states_ptr + plane + at, v, mask=tile_ok)
         omega = tl.load(omega_ptr + d, mask=ok, other=0.0).to(tl.float32)
         nu = tl.zeros((N, ROWS * BD), tl.float32)
+        w = tl.zeros((N, ROWS * BD), tl.float32)
         first = start + (1 - direction) * (span - 1)
         k = 0
         while k < span:
@@ -250,11 +228,34 @@ def _chunk_states_kernel(
                 yks = _load8(y_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
                 xks = _load8(x_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
             for i in tl.static_range(8):
-                nu = q * nu + _silu_grad(gs[i], ys[i], xs[i], omega)
+                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
                 if TRUNCATED:
-                    nu -= q_cut * _silu_grad(gks[i], yks[i], xks[i], omega)
+                    dz_cut = _silu_grad(gks[i], yks[i], xks[i], omega)
+                    w = q * w + nu - dq_cut * dz_cut
+                    nu = q * nu + dz - q_cut * dz_cut
+                else:
+                    w = q * w + nu
+                    nu = q * nu + dz
             k += 8
-        tl.store(states_ptr + 2 * plane + at, nu, mask=tile_ok)
+        tl.store(states_ptr + at, nu, mask=tile_ok)
+        tl.store(states_ptr + plane + at, w, mask=tile_ok)
+    else:
+        s = tl.zeros((N, ROWS * BD), tl.float32)
+        first = start + direction * (span - 1)
+        k = 0
+        while k < span:
+            t0 = first + step * k
+            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
+            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
+            if TRUNCATED:
+                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
+                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+            for i in tl.static_range(8):
+                s = q * s + _signal(xs[i], pads[i], HAS_MASK)
+                if TRUNCATED:
+                    s -= q_cut * _signal(xks[i], pks[i], HAS_MASK)
+            k += 8
+        tl.store(states_ptr + at, s, mask=tile_ok)
 
 
 @triton.jit
@@ -292,11 +293,12 @@ def _chunk_prefix_kernel(
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, HAS_H0: tl.constexpr,
     GRAD: tl.constexpr,
 ):
-    """Turns the chunks' own end states into incoming states, in place (grid axis 2 = direction):
-    a chunk of length m maps a state S to q^m S + its own. Forward: the scaled h = a S (+ q^t h0,
-    h0 (B, D, N) carried into direction 0). GRAD: the unscaled s and v = ds/dq in scan order, and
-    the adjoint nu in the other order. The scan is sequential over chunks: the own states of 4
-    chunks are loaded together, so that the chain waits on memory once per 4 chunks."""
+    """Turns the chunks' own states into incoming states, in place (grid axis 2 = direction): a chunk
+    of length m maps a state S to q^m S + its own. Forward, in scan order: the scaled h = a S
+    (+ q^t h0, h0 (B, D, N) carried into direction 0). GRAD, in the adjoint's order: nu and its
+    q-derivative w, which a chunk maps as w -> q^m w + m q^(m-1) nu + its own. The scan is sequential
+    over chunks: the own states of 4 chunks are loaded together, so that the chain waits on memory
+    once per 4 chunks."""
     b, d, ok = _columns(B, D, ROWS, BD)
     direction = tl.program_id(2)
     n = tl.arange(0, N)
@@ -307,42 +309,30 @@ def _chunk_prefix_kernel(
     if HAS_H0:
         h0 = tl.load(h0_ptr + b.to(tl.int64) * (D * N) + d * N + n[:, None], mask=tile_ok,
                      other=0.0)
-    s = tl.zeros((N, ROWS * BD), tl.float32)
-    v = tl.zeros((N, ROWS * BD), tl.float32)
+    state = tl.zeros((N, ROWS * BD), tl.float32)
+    state_dq = tl.zeros((N, ROWS * BD), tl.float32)  # GRAD: w
     i = 0
     while i < num_chunks:
-        owns = _chunk_tiles4(states_ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, False)
+        owns = _chunk_tiles4(states_ptr, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, GRAD)
         if GRAD:
-            own_vs = _chunk_tiles4(states_ptr + plane, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, False)
+            own_ws = _chunk_tiles4(states_ptr + plane, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, True)
         for j in tl.static_range(4):
-            chunk = _scan_chunk(i + j, direction, num_chunks, False)
+            chunk = _scan_chunk(i + j, direction, num_chunks, GRAD)
             at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
             store_ok = tile_ok & (i + j < num_chunks)
             steps = tl.minimum(TC, L - chunk * TC).to(tl.float32)
             decay = tl.exp2(steps * log_q)
             if GRAD:
-                tl.store(states_ptr + at, s, mask=store_ok)
-                tl.store(states_ptr + plane + at, v, mask=store_ok)
-                v = decay * v + steps * tl.exp2((steps - 1.0) * log_q) * s + own_vs[j]
+                tl.store(states_ptr + at, state, mask=store_ok)
+                tl.store(states_ptr + plane + at, state_dq, mask=store_ok)
+                state_dq = decay * state_dq + steps * tl.exp2((steps - 1.0) * log_q) * state + own_ws[j]
             else:
-                h = a * s
+                h = a * state
                 if HAS_H0:
                     h += tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
                 tl.store(states_ptr + at, h, mask=store_ok)
-            s = decay * s + owns[j]
+            state = decay * state + owns[j]
         i += 4
-    if GRAD:
-        nu = tl.zeros((N, ROWS * BD), tl.float32)
-        i = 0
-        while i < num_chunks:
-            owns = _chunk_tiles4(states_ptr + 2 * plane, b, d, i, direction, num_chunks, D, tile_ok, DIRS, N, True)
-            for j in tl.static_range(4):
-                chunk = _scan_chunk(i + j, direction, num_chunks, True)
-                at = 2 * plane + _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
-                decay = tl.exp2(tl.minimum(TC, L - chunk * TC).to(tl.float32) * log_q)
-                tl.store(states_ptr + at, nu, mask=tile_ok & (i + j < num_chunks))
-                nu = decay * nu + owns[j]
-            i += 4
 
 
 # ------------------------------------------------------------------ backward
@@ -356,11 +346,13 @@ def _ema_backward_kernel(
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
     HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr,
 ):
-    """One chunk of the backward pass from the gradient g of out = silu(z), z = y + omega x:
-    per direction the adjoint scan nu (dx = dz omega + sum over directions of sum_n a c nu, pads
-    excluded) and the forward-mode scan of s and v = ds/dq, whose sums U = sum dz s, V = sum dz v
-    over this program's rows and chunk give d(a) = c U, d(c) = a U, d(q) = a c V. Writes dx and one
-    row of partial sums (U, V (2, DIRS, N, D) and sum dz x (D,)) per (row block, chunk)."""
+    """One chunk of the backward pass from the gradient g of out = silu(z), z = y + omega x, in one
+    scan per direction against its time order: the adjoint nu and its q-derivative w (from the
+    incoming states of ``_chunk_prefix_kernel``) give dx = dz omega + the sum over directions of
+    sum_n a c nu (pads excluded) and the sums U = sum x nu = sum dz s and V = sum x w = sum dz ds/dq
+    (x with pads zeroed) over this program's rows and chunk, hence d(a) = c U, d(c) = a U,
+    d(q) = a c V. Writes dx and one row of partial sums (U, V (2, DIRS, N, D) and sum dz x (D,)) per
+    (row block, chunk)."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2)
     start, span = _chunk_span(TC, L)
@@ -374,14 +366,17 @@ def _ema_backward_kernel(
     for direction in range(DIRS):
         step = 1 - 2 * direction
         first_pass = direction == 0  # writes dx from scratch and sums omega's gradient
-        # the adjoint, against the direction's scan order (coefficients loaded per pass: fewer live registers)
-        q, a, c, q_cut, _ = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale, cut,
-                                          N)
+        q, a, c, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
+                                               cut, N)
         ac = a * c
         nu = tl.zeros((N, ROWS * BD), tl.float32)
+        w = tl.zeros((N, ROWS * BD), tl.float32)
         if STATE_IN:
             at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
-            nu = tl.load(states_ptr + 2 * plane + at, mask=tile_ok, other=0.0)
+            nu = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
+            w = tl.load(states_ptr + plane + at, mask=tile_ok, other=0.0)
+        u_sum = tl.zeros((N, ROWS * BD), tl.float32)
+        v_sum = tl.zeros((N, ROWS * BD), tl.float32)
         first = start + (1 - direction) * (span - 1)
         k = 0
         while k < span:
@@ -399,9 +394,16 @@ def _ema_backward_kernel(
             for i in tl.static_range(8):
                 t = t0 - step * i
                 dz = _silu_grad(gs[i], ys[i], xs[i], omega)
-                nu = q * nu + dz
                 if TRUNCATED:
-                    nu -= q_cut * _silu_grad(gks[i], yks[i], xks[i], omega)
+                    dz_cut = _silu_grad(gks[i], yks[i], xks[i], omega)
+                    w = q * w + nu - dq_cut * dz_cut
+                    nu = q * nu + dz - q_cut * dz_cut
+                else:
+                    w = q * w + nu
+                    nu = q * nu + dz
+                signal = _signal(xs[i], pads[i], HAS_MASK)
+                u_sum += signal * nu
+                v_sum += signal * w
                 grad = tl.sum(ac * nu, axis=0, keep_dims=True)
                 if HAS_MASK:
                     grad = tl.where(pads[i], 0.0, grad)
@@ -415,40 +417,6 @@ def _ema_backward_kernel(
             k += 8
         if DIRS == 2:
             tl.debug_barrier()
-        # the parameter sums, in the direction's scan order
-        q, _, _, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
-                                               cut, N)
-        s = tl.zeros((N, ROWS * BD), tl.float32)
-        v = tl.zeros((N, ROWS * BD), tl.float32)
-        if STATE_IN:
-            at = _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS, N)
-            s = tl.load(states_ptr + at, mask=tile_ok, other=0.0)
-            v = tl.load(states_ptr + plane + at, mask=tile_ok, other=0.0)
-        u_sum = tl.zeros((N, ROWS * BD), tl.float32)
-        v_sum = tl.zeros((N, ROWS * BD), tl.float32)
-        first = start + direction * (span - 1)
-        k = 0
-        while k < span:
-            t0 = first + step * k
-            gs = _load8(g_ptr, t0, step, b, d, ok, L, B, D)
-            ys = _load8(y_ptr, t0, step, b, d, ok, L, B, D)
-            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
-            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
-            if TRUNCATED:
-                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
-                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
-            for i in tl.static_range(8):
-                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
-                if TRUNCATED:
-                    cut_input = _signal(xks[i], pks[i], HAS_MASK)
-                    v = q * v + s - dq_cut * cut_input
-                    s = q * s + _signal(xs[i], pads[i], HAS_MASK) - q_cut * cut_input
-                else:
-                    v = q * v + s
-                    s = q * s + _signal(xs[i], pads[i], HAS_MASK)
-                u_sum += dz * s
-                v_sum += dz * v
-            k += 8
         out_at = n[:, None] * D + tile_d[None, :]
         out_ok = (tile_d < D)[None, :] & (n[:, None] < N)
         tl.store(partial_row + direction * N * D + out_at, _rows_sum(u_sum, ROWS, BD), mask=out_ok)

@@ -12,19 +12,21 @@ The layer is ``out = silu(y + omega * x)`` with y the EMA of x (pads zeroed). Pe
 q, a, c from the raw (D', N) parameters themselves, and the launches per layer are:
 
 * short sequences (one time chunk, see ``chunk_length``): forward 1 launch (every direction and the
-  truncation, padding, the residual and SiLU), backward 2 (dx through the epilogue and the adjoint
-  scans with per-(row block, chunk) partial parameter sums, then one reduction that applies the
-  chain rule to alpha, delta, beta, gamma and sums omega's gradient);
+  truncation, padding, the residual and SiLU), backward 2 (dx through the epilogue and one adjoint
+  scan per direction with per-(row block, chunk) partial parameter sums, then one reduction that
+  applies the chain rule to alpha, delta, beta, gamma and sums omega's gradient);
 * long sequences (several chunks): forward 3 (chunk states, chunk prefix, chunk outputs), backward
-  4 (chunk states and prefix of s, ds/dq and the adjoint, the chunk pass, the reduction), each
-  launch covering every direction and the truncation;
+  4 (chunk states and prefix of the adjoint and its q-derivative, the chunk pass, the reduction),
+  each launch covering every direction and the truncation;
 * a decoding step (or several) from a carried state (B, D, N) updated in place: 1 launch (3 when
   several chunks long).
 
 Backward math, per direction: with dz the gradient at z, the adjoint nu[t] = q nu[t+1] + dz[t] -
-q^K dz[t+K] gives d x[t] = sum_n a c nu[t] (pads excluded), and forward-mode v = ds/dq
-(v[t] = q v[t-1] + s[t-1] - K q^(K-1) x[t-K]) gives, with U = sum dz s and V = sum dz v over batch
-and time: d a = c U, d c = a U, d q = a c V, hence d gamma = scale a U, d beta = p c U,
+q^K dz[t+K] gives d x[t] = sum_n a c nu[t] (pads excluded). The parameters need U = sum dz s and
+V = sum dz ds/dq over batch and time; exchanging the order of the double sums gives U = sum x nu and
+V = sum x w with w = d nu / dq (w[t] = q w[t+1] + nu[t+1] - K q^(K-1) dz[t+K]) and x with pads
+zeroed, so the adjoint's scan yields them without a forward-mode scan of s. Then d a = c U,
+d c = a U, d q = a c V, hence d gamma = scale a U, d beta = p c U,
 d delta = (beta c U - sigmoid(alpha) a c V) p (1 - p), d alpha = -p sigmoid(alpha)(1 - sigmoid(alpha)) a c V.
 
 In eager mode the layer runs through an ``autograd.Function`` (a custom operator's dispatch costs
@@ -49,10 +51,13 @@ except ImportError:  # CPU-only installs: the FFT path is used
 __all__ = ["fused_ema_layer", "fused_ema_with_state", "chunk_length", "triton_available", "interpreting"]
 
 BD = 32  # channels per batch row of a program (one warp)
-MAX_ROWS = 4  # batch rows per program (its warps): the parameter work and partial sums are shared by them
+# batch rows per program (its warps), which share the parameter work and partial sums; fewer rows, more
+# programs: faster forward passes, and backward passes over float32 inputs (benchmarks/kernels/tune_kernels.py)
+MAX_ROWS = 1
+MAX_ROWS_BACKWARD_HALF = 2  # the backward over 16-bit inputs
 TARGET_WARPS = 8192  # enough warps over all chunks to cover memory latency on an H100
 MIN_CHUNK = 64  # the forward's shortest time chunk
-MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
+MIN_BACKWARD_CHUNK = 128  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
 FINALIZE_BLOCK, FINALIZE_ROWS = 128, 16  # tile of the partial-sum reduction
 
 
@@ -69,10 +74,10 @@ def chunk_length(length: int, warps_per_chunk: int, min_chunk: int = MIN_CHUNK) 
     return chunk
 
 
-def _plan(x: Tensor, min_chunk: int) -> Tuple[int, int, Tuple[int, int, int]]:
+def _plan(x: Tensor, min_chunk: int, max_rows: int) -> Tuple[int, int, Tuple[int, int, int]]:
     """Batch rows per program, chunk length and grid (row blocks, channel blocks, chunks) for x (L, B, D)."""
     length, batch, dim = x.shape
-    rows = min(MAX_ROWS, triton.next_power_of_2(batch))
+    rows = min(max_rows, triton.next_power_of_2(batch))
     chunk = chunk_length(length, batch * triton.cdiv(dim, BD), min_chunk)
     return rows, chunk, (triton.cdiv(batch, rows), triton.cdiv(dim, BD), triton.cdiv(length, chunk))
 
@@ -91,7 +96,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
     y = torch.empty_like(x) if keep_y else None
     if x.numel() == 0:
         return out, y
-    rows, chunk, grid = _plan(x, MIN_CHUNK)
+    rows, chunk, grid = _plan(x, MIN_CHUNK, MAX_ROWS)
     num_chunks = grid[2]
     scale = n_dim ** -0.5
     cut = truncation if truncated else 0
@@ -134,7 +139,8 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     if x.numel() == 0:
         return (dx, *(grad.zero_() for grad in grads))
     grad_out = grad_out.contiguous()
-    rows, chunk, grid = _plan(x, MIN_BACKWARD_CHUNK)
+    rows, chunk, grid = _plan(x, MIN_BACKWARD_CHUNK,
+                              MAX_ROWS_BACKWARD_HALF if x.element_size() == 2 else MAX_ROWS)
     num_chunks = grid[2]
     scale = n_dim ** -0.5
     cut = truncation if truncated else 0
@@ -144,7 +150,7 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     plane = batch * num_chunks * dirs * n_dim * dim
     states = x
     if num_chunks > 1:
-        states = torch.empty(3 * plane, device=x.device, dtype=torch.float32)
+        states = torch.empty(2 * plane, device=x.device, dtype=torch.float32)
         kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
             x, mask_arg, grad_out, y, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks,
             plane, GRAD=True, **scan)

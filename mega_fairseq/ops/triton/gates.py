@@ -34,7 +34,8 @@ try:
 except ImportError:  # CPU-only installs: the PyTorch paths are used
     triton = None
 
-BLOCK_R, BLOCK_C = 32, 64  # tile of every program: time-major rows x channels
+BLOCK_R, BLOCK_C = 32, 64  # tile of a forward program: time-major rows x channels
+BACKWARD_BLOCK_R, BACKWARD_BLOCK_C = 64, 128  # tile of a backward program (benchmarks/kernels/tune_kernels.py)
 BACKWARD_ROW_PROGRAMS = 64  # row programs of a backward launch (each loops over its row tiles)
 VALUE_DROPOUT_SITE = 0
 
@@ -297,12 +298,12 @@ if triton is not None:
             tl.store(partials_ptr + 2 * D + cols, bias_sum, mask=cols < Z)
 
 
-def _column_blocks(*widths: int) -> int:
-    return sum(triton.cdiv(width, BLOCK_C) for width in widths)
+def _column_blocks(block: int, *widths: int) -> int:
+    return sum(triton.cdiv(width, block) for width in widths)
 
 
 def _backward_row_programs(rows: int) -> int:
-    return max(1, min(BACKWARD_ROW_PROGRAMS, triton.cdiv(rows, BLOCK_R)))
+    return max(1, min(BACKWARD_ROW_PROGRAMS, triton.cdiv(rows, BACKWARD_BLOCK_R)))
 
 
 def mega_gates_forward(base: Tensor, base_bias: Tensor, values: Tensor, value_bias: Tensor, gamma: Tensor,
@@ -322,7 +323,7 @@ def mega_gates_forward(base: Tensor, base_bias: Tensor, values: Tensor, value_bi
     q = torch.empty(batch, length, z_dim, device=base.device, dtype=qk_dtype)
     k = torch.empty_like(q)
     v = values.new_empty(batch, length, hidden)
-    grid = (triton.cdiv(rows, BLOCK_R), _column_blocks(dim, z_dim, hidden, dim, hidden))
+    grid = (triton.cdiv(rows, BLOCK_R), _column_blocks(BLOCK_C, dim, z_dim, hidden, dim, hidden))
     _mega_gates_forward_kernel[grid](
         base, base_bias, values, value_bias, gamma, beta, u, r, hx, q, k, v,
         rows, batch, length, dim, z_dim, hidden, seed, p,
@@ -345,11 +346,12 @@ def mega_gates_backward(base: Tensor, base_bias: Tensor, values: Tensor, value_b
     grad_values = torch.empty_like(values)
     row_programs = _backward_row_programs(rows)
     partials = torch.empty(row_programs, width + hidden + 4 * z_dim, device=base.device, dtype=torch.float32)
-    grid = (row_programs, _column_blocks(dim, z_dim, hidden, dim, hidden))
+    grid = (row_programs, _column_blocks(BACKWARD_BLOCK_C, dim, z_dim, hidden, dim, hidden))
     _mega_gates_backward_kernel[grid](
         base, base_bias, values, value_bias, gamma, grad_u, grad_r, grad_hx, grad_q, grad_k, grad_v,
         grad_base, grad_values, partials, rows, row_programs, batch, length, dim, z_dim, hidden, seed, p,
-        ACT=activation, HAS_DROPOUT=p > 0.0, FEATURE=feature, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
+        ACT=activation, HAS_DROPOUT=p > 0.0, FEATURE=feature, BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C,
+        num_warps=4)
     return grad_base, grad_values, column_sums(partials, param_dtype)
 
 
@@ -362,7 +364,7 @@ def cross_gates_forward(base: Tensor, bias: Tensor, z_dim: int) -> Tuple[Tensor,
     u = base.new_empty(length, batch, dim)
     r = base.new_empty(length, batch, dim)
     q = base.new_empty(batch, length, z_dim)
-    grid = (triton.cdiv(rows, BLOCK_R), _column_blocks(dim, dim, z_dim))
+    grid = (triton.cdiv(rows, BLOCK_R), _column_blocks(BLOCK_C, dim, dim, z_dim))
     _cross_gates_forward_kernel[grid](base, bias, u, r, q, rows, batch, length, dim, z_dim,
                                       BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
     return u, r, q
@@ -378,8 +380,8 @@ def cross_gates_backward(base: Tensor, bias: Tensor, grad_u: Tensor, grad_r: Ten
     grad_base = torch.empty_like(base)
     row_programs = _backward_row_programs(rows)
     partials = torch.empty(row_programs, width, device=base.device, dtype=torch.float32)
-    grid = (row_programs, _column_blocks(dim, dim, z_dim))
+    grid = (row_programs, _column_blocks(BACKWARD_BLOCK_C, dim, dim, z_dim))
     _cross_gates_backward_kernel[grid](base, bias, grad_u, grad_r, grad_q, grad_base, partials,
                                        rows, row_programs, batch, length, dim, z_dim,
-                                       BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
+                                       BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C, num_warps=4)
     return grad_base, column_sums(partials, param_dtype)
