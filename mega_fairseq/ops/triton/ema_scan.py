@@ -51,13 +51,14 @@ except ImportError:  # CPU-only installs: the FFT path is used
 __all__ = ["fused_ema_layer", "fused_ema_with_state", "chunk_length", "triton_available", "interpreting"]
 
 BD = 32  # channels per batch row of a program (one warp)
-# batch rows per program (its warps), which share the parameter work and partial sums; fewer rows, more
-# programs: faster forward passes, and backward passes over float32 inputs (benchmarks/kernels/tune_kernels.py)
+# batch rows per program (its warps), which share the parameter work and partial sums; one row (more
+# programs) is faster in the forward pass and in the backward over float32 inputs, four in the backward
+# over 16-bit inputs (benchmarks/kernels/tune_kernels.py on an H200)
 MAX_ROWS = 1
-MAX_ROWS_BACKWARD_HALF = 2  # the backward over 16-bit inputs
+MAX_ROWS_BACKWARD_HALF = 4
 TARGET_WARPS = 8192  # enough warps over all chunks to cover memory latency on an H100
 MIN_CHUNK = 64  # the forward's shortest time chunk
-MIN_BACKWARD_CHUNK = 128  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
+MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
 FINALIZE_BLOCK, FINALIZE_ROWS = 128, 16  # tile of the partial-sum reduction
 
 
