@@ -2,8 +2,8 @@
 # Everything that needs one GPU, in one go: the GPU tests (pytest -m gpu, no 2-GPU test), the one-layer
 # benchmark (bench_layers.py layer, eager and on layer graphs, under bf16 autocast and with bf16
 # parameters; JSON and plots), where the layer's time goes at 1k and 16k tokens per sequence
-# (profile_layer.py, both layers), the fused EMA's launch plans at the layer's shapes (profile_ema.py
-# --sweep-layer) and LM decoding over 16k tokens (bench_decode.py).
+# (profile_layer.py, both layers), the fused kernels' launch constants at the layer's shapes
+# (tune_kernels.py) and LM decoding over 16k tokens (bench_decode.py).
 # Tables go to stdout, JSON and plots to OUT_DIR. From cold caches the GPU tests spend minutes compiling
 # (Triton, torch.compile): give them TEST_SECONDS (default 600).
 #   bash benchmarks/e2e/gpu_checks.sh OUT_DIR [REPEATS]
@@ -26,8 +26,8 @@ echo "== where one layer's time goes"
 for length in 1024 16384; do
     (cd benchmarks/kernels && timeout 120 python3 profile_layer.py --length "$length" 2>&1 | grep -v INFO)
 done
-echo "== fused EMA launch plans at the layer's shapes"
-(cd benchmarks/kernels && timeout 200 python3 profile_ema.py --sweep-layer 2>&1 | grep "^EMA L")
+echo "== the fused kernels' launch constants at the layer's shapes"
+timeout 300 python3 benchmarks/kernels/tune_kernels.py 2>&1 | grep -v "INFO\|arning"
 echo "== LM decoding, batch 1, 16k tokens"
 timeout 300 python3 benchmarks/kernels/bench_decode.py --tokens 16384 --bucket 2048 --chunk 128 \
     --json "$out/decode.json" 2>&1 | grep -v "INFO\|arning"
