@@ -86,6 +86,51 @@ def _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _scan_inputs8(x_ptr, mask_ptr, t, step, cut, b, d, ok, L, B, D, HAS_MASK: tl.constexpr,
+                  TRUNCATED: tl.constexpr):
+    """The inputs of 8 steps of a forward scan from time t: x and its padding flags at t, ..., t + 7 step,
+    and (truncated) at the lags K behind them (without truncation, x and its flags again, unused)."""
+    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D)
+    pads = _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK)
+    xks, pks = xs, pads
+    if TRUNCATED:
+        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D)
+        pks = _pad8(mask_ptr, t - step * cut, step, b, ok, L, HAS_MASK)
+    return xs, pads, xks, pks
+
+
+@triton.jit
+def _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t, step, cut, b, d, ok, L, B, D, TRUNCATED: tl.constexpr):
+    """What 8 steps of the adjoint scan read from time t (step: the scan's direction): the output
+    gradient g, the EMA y and x at t, ..., t + 7 step, and (truncated) the same K ahead of them in time
+    order, at t - K step (without truncation, the first three again, unused)."""
+    gs = _load8(g_ptr, t, step, b, d, ok, L, B, D)
+    ys = _load8(y_ptr, t, step, b, d, ok, L, B, D)
+    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D)
+    gks, yks, xks = gs, ys, xs
+    if TRUNCATED:
+        gks = _load8(g_ptr, t - step * cut, step, b, d, ok, L, B, D)
+        yks = _load8(y_ptr, t - step * cut, step, b, d, ok, L, B, D)
+        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D)
+    return gs, ys, xs, gks, yks, xks
+
+
+@triton.jit
+def _adjoint_step(nu, w, g, y, x, g_cut, y_cut, x_cut, omega, q, q_cut, dq_cut, TRUNCATED: tl.constexpr):
+    """One step of the adjoint nu[t] = q nu[t+1] + dz[t] - q^K dz[t+K] and of its q-derivative
+    w[t] = q w[t+1] + nu[t+1] - K q^(K-1) dz[t+K]; returns nu, w and dz[t]."""
+    dz = _silu_grad(g, y, x, omega)
+    if TRUNCATED:
+        dz_cut = _silu_grad(g_cut, y_cut, x_cut, omega)
+        w = q * w + nu - dq_cut * dz_cut
+        nu = q * nu + dz - q_cut * dz_cut
+    else:
+        w = q * w + nu
+        nu = q * nu + dz
+    return nu, w, dz
+
+
+@triton.jit
 def _signal(x, pad, HAS_MASK: tl.constexpr):
     """The EMA input: x in float32 with pads zeroed."""
     x = x.to(tl.float32)
@@ -157,11 +202,8 @@ def _ema_forward_kernel(
         k = 0
         while k < span:
             t0 = first + step * k
-            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
-            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
-            if TRUNCATED:
-                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
-                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+            xs, pads, xks, pks = _scan_inputs8(x_ptr, mask_ptr, t0, step, cut, b, d, ok, L, B, D, HAS_MASK,
+                                               TRUNCATED)
             if DIRS == 2:  # in the last pass: direction 1's part of y, left in out
                 earlier = _load8(out_ptr, t0, step, b, d, ok & last, L, B, D)
             for i in tl.static_range(8):
@@ -220,22 +262,11 @@ def _chunk_states_kernel(
         k = 0
         while k < span:
             t0 = first - step * k
-            gs = _load8(g_ptr, t0, -step, b, d, ok, L, B, D)
-            ys = _load8(y_ptr, t0, -step, b, d, ok, L, B, D)
-            xs = _load8(x_ptr, t0, -step, b, d, ok, L, B, D)
-            if TRUNCATED:
-                gks = _load8(g_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
-                yks = _load8(y_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
-                xks = _load8(x_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
+            gs, ys, xs, gks, yks, xks = _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t0, -step, cut, b, d, ok, L, B, D,
+                                                         TRUNCATED)
             for i in tl.static_range(8):
-                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
-                if TRUNCATED:
-                    dz_cut = _silu_grad(gks[i], yks[i], xks[i], omega)
-                    w = q * w + nu - dq_cut * dz_cut
-                    nu = q * nu + dz - q_cut * dz_cut
-                else:
-                    w = q * w + nu
-                    nu = q * nu + dz
+                nu, w, _ = _adjoint_step(nu, w, gs[i], ys[i], xs[i], gks[i], yks[i], xks[i], omega, q, q_cut, dq_cut,
+                                         TRUNCATED)
             k += 8
         tl.store(states_ptr + at, nu, mask=tile_ok)
         tl.store(states_ptr + plane + at, w, mask=tile_ok)
@@ -245,11 +276,8 @@ def _chunk_states_kernel(
         k = 0
         while k < span:
             t0 = first + step * k
-            xs = _load8(x_ptr, t0, step, b, d, ok, L, B, D)
-            pads = _pad8(mask_ptr, t0, step, b, ok, L, HAS_MASK)
-            if TRUNCATED:
-                xks = _load8(x_ptr, t0 - step * cut, step, b, d, ok, L, B, D)
-                pks = _pad8(mask_ptr, t0 - step * cut, step, b, ok, L, HAS_MASK)
+            xs, pads, xks, pks = _scan_inputs8(x_ptr, mask_ptr, t0, step, cut, b, d, ok, L, B, D, HAS_MASK,
+                                               TRUNCATED)
             for i in tl.static_range(8):
                 s = q * s + _signal(xs[i], pads[i], HAS_MASK)
                 if TRUNCATED:
@@ -381,26 +409,15 @@ def _ema_backward_kernel(
         k = 0
         while k < span:
             t0 = first - step * k
-            gs = _load8(g_ptr, t0, -step, b, d, ok, L, B, D)
-            ys = _load8(y_ptr, t0, -step, b, d, ok, L, B, D)
-            xs = _load8(x_ptr, t0, -step, b, d, ok, L, B, D)
+            gs, ys, xs, gks, yks, xks = _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t0, -step, cut, b, d, ok, L, B, D,
+                                                         TRUNCATED)
             pads = _pad8(mask_ptr, t0, -step, b, ok, L, HAS_MASK)
-            if TRUNCATED:
-                gks = _load8(g_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
-                yks = _load8(y_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
-                xks = _load8(x_ptr, t0 + step * cut, -step, b, d, ok, L, B, D)
             if DIRS == 2:  # in the second pass: what the first left in dx
                 earlier = _load8(dx_ptr, t0, -step, b, d, ok & (direction == 1), L, B, D)
             for i in tl.static_range(8):
                 t = t0 - step * i
-                dz = _silu_grad(gs[i], ys[i], xs[i], omega)
-                if TRUNCATED:
-                    dz_cut = _silu_grad(gks[i], yks[i], xks[i], omega)
-                    w = q * w + nu - dq_cut * dz_cut
-                    nu = q * nu + dz - q_cut * dz_cut
-                else:
-                    w = q * w + nu
-                    nu = q * nu + dz
+                nu, w, dz = _adjoint_step(nu, w, gs[i], ys[i], xs[i], gks[i], yks[i], xks[i], omega, q, q_cut, dq_cut,
+                                          TRUNCATED)
                 signal = _signal(xs[i], pads[i], HAS_MASK)
                 u_sum += signal * nu
                 v_sum += signal * w
