@@ -3,43 +3,23 @@
     python benchmarks/kernels/tune_kernels.py [--tokens 32768] [--lengths 1024 4096 16384] [--repeats 20]
 
 For each kernel family the module constants that shape its launches (programs, tile sizes, time
-chunks) are swept over a small grid and every setting's median time is printed beside the current
-one's (CUDA events, inputs as the bench_layers Mega layer feeds them: D 512, H 1024, Z 128, N 16,
-float32 residual stream and bfloat16 projections as under bf16 autocast). The constants in
+chunks) are swept over a small grid and every setting's median time (bench_layers.median_ms: wall
+time, synchronized) is printed beside the current one's, with inputs as the bench_layers Mega layer
+feeds them (D 512, H 1024, Z 128, N 16, float32 residual stream and bfloat16 projections as under bf16
+autocast). The constants in
 ``mega_fairseq/ops/triton`` were chosen from this table; the kernels compute the same values at every
 setting (the tests run them at several).
 """
 import argparse
 import itertools
-import statistics
-import time
 
 import torch
 
+from bench_layers import median_ms
 from mega_fairseq.ops.triton import bias_activation, ema_scan, gated_update, gates, reset_product
 
 D, H, Z, N, FFN = 512, 1024, 128, 16, 1024
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: Triton's interpreter, to check the script
-
-
-def median_ms(fn, repeats: int) -> float:
-    """Median time of fn() in milliseconds (CUDA events on a GPU), after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if DEVICE.type != "cuda":
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
@@ -53,12 +33,12 @@ def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
         for name, value in zip(names, values):
             setattr(module, name, value)
         try:
-            results.append((median_ms(call, repeats), values))
+            results.append((median_ms(call, repeats=repeats), values))
         except Exception as error:  # a setting the kernel cannot take (too many registers, say)
             print(f"  {dict(zip(names, values))}: {type(error).__name__}: {str(error)[:100]}")
     for name, value in zip(names, current):
         setattr(module, name, value)
-    now = median_ms(call, repeats)
+    now = median_ms(call, repeats=repeats)
     results.sort()
     print(f"{title}: current {dict(zip(names, current))} {now:.4f} ms")
     for ms, values in results[:4]:
