@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import LAYER_GRAPHS, check_choice
+from .graph_tree_lookups import speed_up_graph_tree_lookups
 
 COMPILE_LAYERS_HELP = ("compile every Mega layer with torch.compile (dynamic shapes) for training and "
                        "full-sequence passes; incremental decoding steps stay eager")
@@ -74,11 +75,13 @@ def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
     and a graph whose sizes all come from its tensors (the backward, a forward with the batch size
     only in a tensor) would replay a recording of another shape. The key here is every input's shape
     (the backward's "static" inputs, the saved activations, change shape with the batch too); all
-    recordings stay in torch's CUDA graph trees (one memory pool). The gradients leave the pool as
-    each backward replay returns them (see ``copied_out_of_pool``)."""
+    recordings stay in torch's CUDA graph trees (one memory pool), whose output lookups are replaced by
+    faster ones first (``graph_tree_lookups``). The gradients leave the pool as each backward replay
+    returns them (see ``copied_out_of_pool``)."""
     from torch._dynamo.backends.registry import lookup_backend
     from torch._inductor import cudagraph_trees
 
+    speed_up_graph_tree_lookups()
     record = cudagraph_trees.cudagraphify_impl
     cudagraph_trees.cudagraphify_impl = record_per_shape(record)  # read once by the backend, for this graph only
     try:
