@@ -39,9 +39,9 @@ from mega_fairseq.modules import MegaEncoderLayer, MegaLayerConfig, MultiDimensi
 from mega_fairseq.ops.triton import ema_scan as ema_triton
 
 try:  # the layer graphs live in the fairseq models; without fairseq the *_graphs variants are left out
-    from mega_fairseq.models.compile import call_encoder_layer, compiled
+    from mega_fairseq.models.compile import compiled_stack, encoder_stack
 except ImportError:
-    compiled = None
+    compiled_stack = None
 
 
 def device_and_dtype():
@@ -159,14 +159,14 @@ def transformer_layer(device, prenorm: bool = False) -> nn.Module:
 
 
 class _PaddingFree(nn.Module):
-    """Calls a fairseq encoder layer without a padding mask unless given one (as the Mega layer is called)."""
+    """Calls a fairseq encoder layer without a padding mask."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
 
-    def forward(self, x, padding_mask=None):
-        return self.layer(x, padding_mask)
+    def forward(self, x):
+        return self.layer(x, None)
 
 
 def mega_layer(chunk: int, length: int, fast: bool, device, prenorm: bool = False) -> nn.Module:
@@ -179,15 +179,21 @@ def mega_layer(chunk: int, length: int, fast: bool, device, prenorm: bool = Fals
 
 
 class _OnLayerGraphs(nn.Module):
-    """An encoder layer run as the models run their layers in training (``--layer-graphs auto``): called
-    through torch.compile and replayed from CUDA graphs (models/compile.py), without a padding mask."""
+    """A layer run as the models run their layer stacks in training (``--layer-graphs auto``): ``stack``
+    over a one-layer list, traced by torch.compile and replayed from CUDA graphs (models/compile.py)."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, stack, *stack_arguments):
         super().__init__()
-        self.layer = layer
+        self.layers = nn.ModuleList([layer])
+        self.stack, self.stack_arguments = stack, stack_arguments
 
     def forward(self, x):
-        return compiled(call_encoder_layer)(self.layer, x, None)
+        return compiled_stack(self.stack)(self.layers, x, *self.stack_arguments)
+
+
+def _single_layer_stack(layers: nn.ModuleList, x):
+    """A stack of one layer called as layer(x) (the Transformer layer, for _OnLayerGraphs)."""
+    return layers[0](x)
 
 
 def bench_layer(args):
@@ -205,9 +211,11 @@ def bench_layer(args):
         for chunk, label in ((128, "mega_chunk128"), (-1, "mega_unchunked")):
             layers[label] = lambda chunk=chunk: mega_layer(chunk, length, True, device, prenorm)
             layers[label + "_original"] = lambda chunk=chunk: mega_layer(chunk, length, False, device, prenorm)
-        if device.type == "cuda" and compiled is not None:
-            layers["transformer_graphs"] = lambda: _OnLayerGraphs(transformer_layer(device, prenorm))
-            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device, prenorm))
+        if device.type == "cuda" and compiled_stack is not None:
+            layers["transformer_graphs"] = lambda: _OnLayerGraphs(transformer_layer(device, prenorm),
+                                                                  _single_layer_stack)
+            layers["mega_chunk128_graphs"] = lambda: _OnLayerGraphs(mega_layer(128, length, True, device, prenorm),
+                                                                    encoder_stack, None)
         row = {"L": length, "batch": batch}
         for name, build in layers.items():
             layer = build().to(dtype) if half else build()

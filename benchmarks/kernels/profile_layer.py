@@ -97,8 +97,9 @@ def main():
     layers = {"mega": mega, "transformer": transformer}
     if args.graphs:
         on_graphs = bench_layers._OnLayerGraphs  # needs fairseq (the models' layer graphs)
-        layers["mega_graphs"] = on_graphs(mega_layer(args.chunk, args.length, True, device, prenorm))
-        layers["transformer_graphs"] = on_graphs(transformer_layer(device, prenorm))
+        layers["mega_graphs"] = on_graphs(mega_layer(args.chunk, args.length, True, device, prenorm),
+                                          bench_layers.encoder_stack, None)
+        layers["transformer_graphs"] = on_graphs(transformer_layer(device, prenorm), bench_layers._single_layer_stack)
         for name in ("mega_graphs", "transformer_graphs"):
             print(f"{name}, L {args.length} B {batch}")
             profile(layers[name], x)

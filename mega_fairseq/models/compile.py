@@ -5,13 +5,11 @@ checkpoints are unchanged) with inductor and dynamic shapes, so that batches of 
 compiled code; incremental decoding steps run the layers eagerly (see ``MegaDecoder``).
 
 ``--layer-graphs`` (default ``auto``: on when training on CUDA) replays the training forward and
-backward of every encoder and decoder layer from CUDA graphs. A layer call is traced by torch.compile
-with dynamic lengths and batch size (static widths), once per kind of layer: the traced function takes
-the layer's module as an argument, whose parameters become graph inputs, so all layers of a stack share
-one trace (tracing a whole 6-layer stack took three times as long). Its forward and backward graphs run
-through torch's CUDA graph trees (the ``cudagraphs`` backend: no code generation, the same kernels as
-eager): a graph is recorded per layer call and batch shape, all in one memory pool, and a replay costs one
-launch per graph instead of the host time of every kernel and autograd node. Batches repeat their
+backward of a whole encoder or decoder layer stack from CUDA graphs. The stack is traced once by
+torch.compile with dynamic lengths and batch size (static widths) and its forward and backward graphs
+run through torch's CUDA graph trees (the ``cudagraphs`` backend: no code generation, the same kernels
+as eager): a graph is recorded per batch shape, all shapes share one memory pool, and a replay costs
+one launch per graph instead of the host time of every kernel and autograd node. Batches repeat their
 shapes from the second epoch on (fairseq's batches are fixed), so the recording cost is paid once per
 shape (on several GPUs only if each GPU keeps its batches: ``--fix-batches-to-gpus``). The dropout seeds
 of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The gradients
@@ -29,8 +27,8 @@ from .graph_tree_lookups import speed_up_graph_tree_lookups
 COMPILE_LAYERS_HELP = ("compile every Mega layer with torch.compile (dynamic shapes) for training and "
                        "full-sequence passes; incremental decoding steps stay eager")
 BACKEND = "inductor"
-LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder and decoder layers from CUDA "
-                     "graphs, one per layer and batch shape (torch.compile's cudagraphs backend; no code generation). auto: "
+LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder and decoder layer stacks from CUDA "
+                     "graphs, one per batch shape (torch.compile's cudagraphs backend; no code generation). auto: "
                      "on when training on a CUDA device without --compile-layers; off: eager")
 
 
@@ -115,24 +113,24 @@ def graphs_apply(setting: str, training: bool, x: Tensor) -> bool:
 
 
 def encoder_stack(layers: nn.ModuleList, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-    """x (L, B, D) through every encoder layer, each call compiled (``compiled``)."""
-    call = compiled(call_encoder_layer)
+    """x (L, B, D) through every encoder layer."""
     for layer in layers:
-        x = call(layer, x, padding_mask)
+        x = layer(x, padding_mask)
     return x
 
 
 def decoder_stack(layers: nn.ModuleList, x: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
                   padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], List[Tensor]]:
-    """x (T, B, D) through every decoder layer without incremental state, each call compiled
-    (``compiled``): the output, the last layer's cross-attention weights (B, T, S) or None, and the
-    inputs and outputs of the layers."""
-    call = compiled(call_decoder_layer)
+    """x (T, B, D) through every decoder layer without incremental state: the output, the last layer's
+    cross-attention weights (B, T, S) or None, and the inputs and outputs of the layers."""
     attn, states = None, [x]
     for layer in layers:
-        x, attn = call(layer, x, memory, memory_padding_mask, padding_mask)
+        x, attn = layer(x, memory, memory_padding_mask, padding_mask)
         states.append(x)
     return x, attn, states
+
+
+_compiled = {}
 
 
 def mark_length_and_batch_dynamic(tensors) -> None:
@@ -145,31 +143,15 @@ def mark_length_and_batch_dynamic(tensors) -> None:
                 torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
 
-def call_encoder_layer(layer: nn.Module, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-    return layer(x, padding_mask)
-
-
-def call_decoder_layer(layer: nn.Module, x: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
-                       padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-    return layer(x, memory, memory_padding_mask, padding_mask)
-
-
-_compiled = {}
-
-
-def compiled(call):
-    """``call`` (call_encoder_layer or call_decoder_layer) compiled for GRAPH_BACKEND (once), lengths and
-    batch size dynamic: called as ``call(layer, *tensors)``. One compiled function serves every layer of its
-    kind: torch.compile inlines the layer's module and takes its parameters as graph inputs, so a kind of
-    layer is traced once however many layers a stack has, and CUDA graph trees record one graph node per
-    layer call (the parameters' addresses tell the layers apart). Each kind has its own function: dynamo's
-    automatic dynamic shapes compare the arguments of one function's traces position by position."""
-    key = (call, GRAPH_BACKEND)
+def compiled_stack(stack):
+    """``stack`` (encoder_stack or decoder_stack) compiled for GRAPH_BACKEND (once), its lengths and batch
+    size dynamic: called as ``stack(layers, *tensors)``."""
+    key = (stack, GRAPH_BACKEND)
     if key not in _compiled:
-        compiled_call = torch.compile(call, backend=GRAPH_BACKEND)
+        compiled = torch.compile(stack, backend=GRAPH_BACKEND)
 
-        def run(layer: nn.Module, *tensors: Optional[Tensor]):
+        def run(layers: nn.ModuleList, *tensors: Optional[Tensor]):
             mark_length_and_batch_dynamic(tensors)
-            return compiled_call(layer, *tensors)
+            return compiled(layers, *tensors)
         _compiled[key] = run
     return _compiled[key]

@@ -21,7 +21,7 @@ from .common import (ACTIVATION_CHOICES, ATTENTION_CHOICES, ATTENTION_IMPL_CHOIC
                      BLOCK_IMPL_CHOICES, BLOCK_IMPL_HELP, EMA_IMPL_CHOICES, EMA_IMPL_HELP, LAYER_GRAPHS_CHOICES,
                      NORM_CHOICES, POSITION_BIAS_CHOICES, STACK_ARGUMENTS, build_embedding, fill_defaults, follows,
                      from_task, layer_config, register_architectures, zero_pads)
-from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, decoder_stack, encoder_stack,
+from .compile import (COMPILE_LAYERS_HELP, LAYER_GRAPHS_HELP, compiled_stack, decoder_stack, encoder_stack,
                       graphs_apply, prepare_stack)
 from .stepping import StepSession
 from ..modules import MegaConfigError, MegaDecoderLayer, MegaEncoderLayer, SequenceNorm
@@ -185,7 +185,7 @@ class MegaEncoder(FairseqEncoder):
         x, padding_mask, embedded = self.embedder(src_tokens, padded)
         states = []
         if not return_all_hiddens and graphs_apply(self.layer_graphs, self.training, x):
-            x = encoder_stack(self.layers, x.contiguous(), padding_mask)
+            x = compiled_stack(encoder_stack)(self.layers, x.contiguous(), padding_mask)
         else:
             for layer in self.layers:
                 x = layer(x, padding_mask)
@@ -322,7 +322,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
                 memory_padding_mask = encoder_out["encoder_padding_mask"][0]
 
         if incremental_state is None and graphs_apply(self.layer_graphs, self.training, x):
-            x, attn, inner_states = decoder_stack(
+            x, attn, inner_states = compiled_stack(decoder_stack)(
                 self.layers, x.contiguous(), None if memory is None else memory.contiguous(), memory_padding_mask,
                 padding_mask)
             return self._finish_features(x, padding_mask, attn, inner_states)
