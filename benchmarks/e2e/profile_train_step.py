@@ -24,12 +24,16 @@ one line per GPU: a step where one GPU waits for the other, such as the exchange
 statistics, is long on the waiting GPU and short on the other). ``--sync-sites N``
 lists where the host waits for the GPU in N updates (torch's CUDA sync debug mode: every synchronizing
 operation, counted by the innermost call site outside torch).
+``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
+their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
+shapes eagerly, capturing, and the trees' bookkeeping).
 ``--skip-graph-warmup`` (an experiment) records each new batch shape at its first batch instead of its
 second (CUDA graph trees run a new graph once eagerly first): does recording without that eager run work,
 and what does it save?
 """
 import argparse
 import collections
+import contextlib
 import cProfile
 import io
 import pstats
@@ -173,6 +177,47 @@ class CaptureStats:
         torch.cuda.graph.__enter__, torch.cuda.graph.__exit__, torch.cuda.empty_cache = self.saved
 
 
+class GraphTreeTimes:
+    """Inclusive seconds and calls of CUDA graph trees' methods (TREE_METHODS) while active."""
+
+    TREE_METHODS = {
+        "CUDAGraphTreeManager": ("_run", "record_function", "execute_node", "run_eager",
+                                 "apply_checkpoint_execution_state_in_allocator", "try_end_curr_warmup"),
+        "CUDAGraphNode": ("__init__", "_record", "_add_first_outputs", "run"),
+    }
+
+    def __init__(self):
+        self.seconds, self.calls, self.saved = collections.Counter(), collections.Counter(), []
+
+    def __enter__(self):
+        from torch._inductor import cudagraph_trees
+        for owner_name, methods in self.TREE_METHODS.items():
+            owner = getattr(cudagraph_trees, owner_name)
+            for method in methods:
+                original = getattr(owner, method)
+                self.saved.append((owner, method, original))
+                setattr(owner, method, self._timed(f"{owner_name}.{method}", original))
+        return self
+
+    def _timed(self, label, original):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+                self.calls[label] += 1
+        return run
+
+    def __exit__(self, *exc):
+        for owner, method, original in self.saved:
+            setattr(owner, method, original)
+
+    def table(self) -> str:
+        return "\n".join(f"  {seconds:8.2f} s {self.calls[label]:6d} calls  {label}"
+                         for label, seconds in self.seconds.most_common())
+
+
 def compile_counters() -> dict:
     """torch.compile's traced graphs and CUDA-graph skips so far (--layer-graphs, --compile-layers)."""
     from torch._dynamo.utils import counters
@@ -288,6 +333,8 @@ def main():
     parser.add_argument("--json", default=None)
     parser.add_argument("--keep-allocator-cache", action="store_true",
                         help="experiment: CUDA graph captures do not empty the caching allocator")
+    parser.add_argument("--graph-tree-times", action="store_true",
+                        help="also list the seconds CUDA graph trees' methods take over the warm-up")
     parser.add_argument("--skip-graph-warmup", action="store_true",
                         help="experiment: CUDA graph trees record a new shape at once, without their eager run first")
     parser.add_argument("--python-profile", type=int, default=0, metavar="STEPS",
@@ -324,7 +371,8 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     trainer, epoch_itr, params = build_trainer(cfg)
     stream = batches(epoch_itr, cfg.distributed_training.fix_batches_to_gpus)
-    with CaptureStats(args.keep_allocator_cache) as captures:
+    tree_times = GraphTreeTimes() if args.graph_tree_times else contextlib.nullcontext()
+    with CaptureStats(args.keep_allocator_cache) as captures, tree_times:
         warmup_times, _ = timed_updates(trainer, stream, args.warmup)
     warmup_s = sum(warmup_times) / 1e3
     warmup_curve_s = {n: round(sum(warmup_times[:n]) / 1e3, 1) for n in range(25, args.warmup + 1, 25)}
@@ -370,6 +418,8 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
+    if args.graph_tree_times:
+        print("  CUDA graph trees over the warm-up, inclusive seconds:\n" + tree_times.table(), flush=True)
     for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [])):
         print(f"  host ms per update over {args.phase_times} back-to-back updates, GPU {gpu}: "
               + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
