@@ -41,11 +41,13 @@ LAYER_CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, p
 def short_chunks(enabled: bool = True):
     """Forward chunks of 8 steps and backward chunks of 16, so that a few dozen steps take the
     several-chunk path (chunk states, prefix, chunk pass), with programs of up to 4 batch rows (the
-    default is fewer: the one-chunk cases run those)."""
-    names = ("MIN_CHUNK", "MIN_BACKWARD_CHUNK", "MAX_ROWS", "MAX_ROWS_BACKWARD_HALF")
+    default is fewer: the one-chunk cases run those) and the launches' register caps set (the
+    interpreter takes the option; ptxas honours it on a GPU)."""
+    names = ("MIN_CHUNK", "MIN_BACKWARD_CHUNK", "MAX_ROWS", "MAX_ROWS_BACKWARD_HALF", "MAX_REGISTERS_FORWARD",
+             "MAX_REGISTERS_BACKWARD")
     saved = [getattr(ema_scan, name) for name in names]
     if enabled:
-        for name, value in zip(names, (8, 16, 4, 4)):
+        for name, value in zip(names, (8, 16, 4, 4, 128, 168)):
             setattr(ema_scan, name, value)
     try:
         yield

@@ -267,7 +267,8 @@ def test_fused_carried_state_on_gpu():
 @needs_triton
 def test_kernels_compile_for_h100_with_half_precision_inputs():
     """Every kernel compiles to an sm_90a cubin (ptxas ships with triton; no GPU needed), with every
-    option on (and the causal forward with a carried state, float16)."""
+    option on (and the causal forward with a carried state, float16), uncapped and with registers capped
+    at 128."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
@@ -296,6 +297,8 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
         names = [name for name in kernel.arg_names if name not in constants]
         assert len(names) == len(types), kernel.fn.__name__
         signature = dict(zip(names, types), **{name: "constexpr" for name in constants})
-        compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": constants.get("ROWS", 4)})
-        assert compiled.asm["cubin"], kernel.fn.__name__
+        for cap in ({}, {"maxnreg": 128}):  # ema_scan's register caps (MAX_REGISTERS_*)
+            options = dict(num_warps=constants.get("ROWS", 4), **cap)
+            compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                                      target=GPUTarget("cuda", 90, 32), options=options)
+            assert compiled.asm["cubin"], (kernel.fn.__name__, cap)

@@ -56,6 +56,12 @@ BD = 32  # channels per batch row of a program (one warp)
 # over 16-bit inputs (benchmarks/kernels/tune_kernels.py on an H200)
 MAX_ROWS = 1
 MAX_ROWS_BACKWARD_HALF = 4
+# registers a thread of the scan kernels may use (Triton's maxnreg; 0: the compiler's choice). Left to
+# ptxas, the bidirectional forward (with the EMA kept for the backward) takes 250 and the backward 255 with
+# spills (sm_90a, ptxas -v), so that an SM holds 8 one-warp programs; capped at 144 the forward compiles
+# without spills and an SM holds 14. Swept by benchmarks/kernels/tune_kernels.py (not yet on a GPU).
+MAX_REGISTERS_FORWARD = 0
+MAX_REGISTERS_BACKWARD = 0
 TARGET_WARPS = 8192  # enough warps over all chunks to cover memory latency on an H100
 MIN_CHUNK = 64  # the forward's shortest time chunk
 MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
@@ -104,7 +110,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
     mask_arg = x if mask is None else mask
     params = (alpha, delta, beta, gamma)
     shape = dict(N=n_dim, ROWS=rows, BD=BD, DIRS=dirs, num_warps=rows)
-    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None)
+    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **_register_cap(MAX_REGISTERS_FORWARD))
     if num_chunks > 1:
         states = torch.empty(batch, num_chunks, dirs, n_dim, dim, device=x.device, dtype=torch.float32)
         kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
@@ -123,6 +129,11 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         length, batch, dim, chunk, cut, scale, *strides,
         STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y, **scan)
     return out, y
+
+
+def _register_cap(registers: int) -> dict:
+    """The launch option capping a scan kernel's registers per thread (none for 0)."""
+    return {"maxnreg": registers} if registers else {}
 
 
 def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, alpha: Tensor, delta: Tensor,
@@ -147,7 +158,7 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     cut = truncation if truncated else 0
     mask_arg = x if mask is None else mask
     shape = dict(N=n_dim, ROWS=rows, BD=BD, DIRS=dirs, num_warps=rows)
-    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None)
+    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **_register_cap(MAX_REGISTERS_BACKWARD))
     plane = batch * num_chunks * dirs * n_dim * dim
     states = x
     if num_chunks > 1:
