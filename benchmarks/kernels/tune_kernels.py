@@ -130,7 +130,8 @@ def sweep_block(rows: int, lengths, repeats: int) -> None:
     blocks = dict(BLOCK_R=[16, 32, 64], BLOCK_C=[64, 128])
     sweep("mega_gates forward", gates, blocks, lambda: gates_calls(rows)[0], repeats)
     sweep("mega_gates backward", gates, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
-                                             BACKWARD_BLOCK_R=[16, 32, 64], BACKWARD_BLOCK_C=[64, 128]),
+                                             BACKWARD_BLOCK_R=[16, 32, 64], BACKWARD_BLOCK_C=[64, 128],
+                                             BACKWARD_NUM_WARPS=[4, 8]),
           lambda: gates_calls(rows)[1], repeats)
     sweep("bias_activation backward (FFN)", bias_activation, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
                                                                    **blocks),

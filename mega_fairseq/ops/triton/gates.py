@@ -37,6 +37,9 @@ except ImportError:  # CPU-only installs: the PyTorch paths are used
 BLOCK_R, BLOCK_C = 32, 64  # tile of a forward program: time-major rows x channels
 BACKWARD_BLOCK_R, BACKWARD_BLOCK_C = 64, 128  # tile of a backward program (benchmarks/kernels/tune_kernels.py)
 BACKWARD_ROW_PROGRAMS = 64  # row programs of a backward launch (each loops over its row tiles)
+# warps of a backward program: with 4, a 64 x 128 tile takes 255 registers a thread and spills 2 KB
+# (ptxas -v, sm_90a, the Mega gates); with 8, 8 bytes. Swept by tune_kernels.py (not yet on a GPU).
+BACKWARD_NUM_WARPS = 4
 VALUE_DROPOUT_SITE = 0
 
 if triton is not None:
@@ -351,7 +354,7 @@ def mega_gates_backward(base: Tensor, base_bias: Tensor, values: Tensor, value_b
         base, base_bias, values, value_bias, gamma, grad_u, grad_r, grad_hx, grad_q, grad_k, grad_v,
         grad_base, grad_values, partials, rows, row_programs, batch, length, dim, z_dim, hidden, seed, p,
         ACT=activation, HAS_DROPOUT=p > 0.0, FEATURE=feature, BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C,
-        num_warps=4)
+        num_warps=BACKWARD_NUM_WARPS)
     return grad_base, grad_values, column_sums(partials, param_dtype)
 
 
@@ -383,5 +386,6 @@ def cross_gates_backward(base: Tensor, bias: Tensor, grad_u: Tensor, grad_r: Ten
     grid = (row_programs, _column_blocks(BACKWARD_BLOCK_C, dim, dim, z_dim))
     _cross_gates_backward_kernel[grid](base, bias, grad_u, grad_r, grad_q, grad_base, partials,
                                        rows, row_programs, batch, length, dim, z_dim,
-                                       BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C, num_warps=4)
+                                       BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C,
+                                       num_warps=BACKWARD_NUM_WARPS)
     return grad_base, column_sums(partials, param_dtype)
