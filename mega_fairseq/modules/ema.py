@@ -103,19 +103,44 @@ class MultiDimensionalEMA(nn.Module):
     ) -> Tensor:
         """x: (L, B, D); padding_mask: (B, L) bool, True at pads; state: a dict holding
         ``ema_hidden`` (B, D, N) between calls (incremental decoding, causal only),
-        updated in place. Returns (L, B, D)."""
-        length, batch, dim = x.shape
-        if dim != self.embed_dim:
-            raise ValueError(f"EMA expected inputs with {self.embed_dim} channels, got shape {tuple(x.shape)}")
-        if state is not None and self.bidirectional:
-            raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
+        updated in place. Returns (L, B, D), under autocast in its dtype (the projection
+        that reads it would cast it)."""
+        self._check_input(x, state)
+        out_dtype = _autocast_dtype(x)
         if self.use_fused(x, state):
             params = (self.alpha, self.delta, self.beta, self.gamma, self.omega)
             if state is None:
-                return ema_scan.fused_ema_layer(x, padding_mask, *params, self.bidirectional, self.truncation or 0)
+                return ema_scan.fused_ema_layer(x, padding_mask, *params, self.bidirectional, self.truncation or 0,
+                                                out_dtype)
             out, state["ema_hidden"] = ema_scan.fused_ema_with_state(x, padding_mask, *params,
                                                                      state.get("ema_hidden"))
-            return out
+            return out if out_dtype is None else out.to(out_dtype)
+        out = self._reference(x, padding_mask, state)
+        return out if out_dtype is None else out.to(out_dtype)
+
+    def forward_and_input(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``forward`` without state, and x for the block's other projection: under autocast both in its
+        dtype, cast by the fused scan's own launch (whose backward sums the two gradients of x), else
+        x itself. Returns (out, x), (L, B, D) each."""
+        self._check_input(x, None)
+        dtype = _autocast_dtype(x)
+        if dtype is None:
+            return self.forward(x, padding_mask), x
+        if self.use_fused(x, None):
+            return ema_scan.fused_ema_layer_with_copy(x, padding_mask, self.alpha, self.delta, self.beta, self.gamma,
+                                                      self.omega, self.bidirectional, self.truncation or 0, dtype)
+        return self._reference(x, padding_mask, None).to(dtype), x.to(dtype)
+
+    def _check_input(self, x: Tensor, state: Optional[Dict[str, Tensor]]) -> None:
+        if x.dim() != 3 or x.size(-1) != self.embed_dim:
+            raise ValueError(f"EMA expected inputs (L, B, D) with {self.embed_dim} channels, "
+                             f"got shape {tuple(x.shape)}")
+        if state is not None and self.bidirectional:
+            raise ValueError("a bidirectional EMA has no incremental state (it looks at future inputs)")
+
+    def _reference(self, x: Tensor, padding_mask: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        """The PyTorch path: FFT convolution, or steps from the carried state."""
+        length = x.size(0)
         residual = x * self.omega
         signal = x.permute(1, 2, 0)  # B x D x L
         if padding_mask is not None:
@@ -141,3 +166,11 @@ class MultiDimensionalEMA(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, bidirectional={self.bidirectional}, "
                 f"truncation={self.truncation}, impl={self.impl}")
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast gives x's projections (None when autocast is off on x's device)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)

@@ -157,8 +157,9 @@ class MovingAverageGatedAttention(nn.Module):
         if self.prenorm:
             x = self.norm(x, padding_mask)
         seed = dropout_seed(x.device, self.hidden_dropout, self.dropout)
+        mx, x = self.move.forward_and_input(x, padding_mask)
         values = F.linear(x, self.v_proj.weight)
-        base = F.linear(self.dropout(self.move(x, padding_mask, None)), self.mx_proj.weight)
+        base = F.linear(self.dropout(mx), self.mx_proj.weight)
         u, r, hx, q, k, v = mega_gates(base, self.mx_proj.bias, values, self.v_proj.bias, self.gamma, self.beta,
                                        activation=self.activation_name, dropout=dropout_p(self.hidden_dropout),
                                        feature_dropout=self.hidden_dropout.feature, seed=seed)

@@ -97,6 +97,30 @@ def check_layer(length, batch, dim, ndim, bidirectional, truncation, padded, sev
     return errors
 
 
+def check_layer_with_copy(length, batch, dim, ndim, bidirectional, truncation, padded, several_chunks, seed=21):
+    """The module's forward_and_input under float16 autocast (float32 x and parameters), through the fused
+    scan: its output in float16 (within float16 rounding), the copy exactly x in float16, and x's gradient
+    summing both paths, and every parameter's, against the float64 lag sum (the output weights exact in
+    float16, so that the float16 gradients the backward receives are exact)."""
+    ema = randomize_parameters_(MultiDimensionalEMA(dim, ndim, bidirectional, truncation, impl="triton"), seed)
+    x = randn(length, batch, dim, seed=seed + 1).float().requires_grad_()
+    mask = random_padding_mask(batch, length, seed=seed + 2) if padded else None
+    weights = [randn(length, batch, dim, seed=seed + 3 + i).half().double() for i in range(2)]
+    with short_chunks(several_chunks), torch.autocast("cpu", dtype=torch.float16):
+        out, x_copy = ema.forward_and_input(x, mask)
+    ((out.double() * weights[0]).sum() + (x_copy.double() * weights[1]).sum()).backward()
+    x64 = f64(x).requires_grad_()
+    params64 = [f64(getattr(ema, name)).requires_grad_() for name in PARAMETERS]
+    expected = lag_sum_reference(x64, *params64, bidirectional, truncation, mask)
+    (expected * weights[0] + x64 * weights[1]).sum().backward()
+    errors = {"y": largest_error(out, expected), "copy": largest_error(x_copy, x.half()),
+              "dx": largest_error(x.grad, x64.grad),
+              "float16_outputs": int(out.dtype == x_copy.dtype == torch.float16)}
+    for name, param64 in zip(PARAMETERS, params64):
+        errors["d" + name] = largest_error(getattr(ema, name).grad, param64.grad)
+    return errors
+
+
 def check_carried_state(batch=2, dim=5, ndim=4, seed=5):
     """A causal EMA fed in parts [1, 13, 1, 5, 1, 12, 45] with a carried state (a fresh start, several
     chunks from a state, one-step launches, one chunk from a state, more chunks than the prefix scan
@@ -147,6 +171,34 @@ def check_compiled_layer(seed=11):
     return {"largest": max(errors), "compilations": counter.frame_count}
 
 
+def check_compiled_copy(seed=23):
+    """forward_and_input under float16 autocast, compiled with fullgraph=True, dynamic=True (aot_eager:
+    the custom operators with the copy traced), gives the eager outputs and gradients at two lengths."""
+    ema = randomize_parameters_(MultiDimensionalEMA(5, 4, bidirectional=True, truncation=6, impl="triton"), seed)
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def run(x, mask):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return ema.forward_and_input(x, mask)
+
+    compiled = torch.compile(run, backend=counter, fullgraph=True, dynamic=True)
+    errors = []
+    with short_chunks():
+        for length, batch in ((7, 2), (20, 3)):
+            x = randn(length, batch, 5, seed=seed + length).float()
+            mask = random_padding_mask(batch, length, seed=seed + length)
+            weights = [randn(length, batch, 5, seed=seed + i).half() for i in range(2)]
+            results = []
+            for fn in (compiled, run):
+                ema.zero_grad()
+                x_grad = x.clone().requires_grad_()
+                out, x_copy = fn(x_grad, mask)
+                ((out * weights[0]).float().sum() + (x_copy * weights[1]).float().sum()).backward()
+                results.append([out, x_copy, x_grad.grad] + [p.grad.clone() for p in ema.parameters()])
+            errors += [largest_error(a, b) for a, b in zip(*results)]
+    return {"largest": max(errors), "compilations": counter.frame_count}
+
+
 def check_compiled_steps(seed=13):
     """Decoding steps from a carried state compiled with fullgraph=True, dynamic=True (the mutating
     custom operator) equal the eager steps, the state updated in place; compiled twice (the first
@@ -177,12 +229,15 @@ def check_opcheck(seed=17):
     mask = random_padding_mask(2, 6, seed=seed)
     params = [randn(*shape, seed=seed + i).float().requires_grad_()
               for i, shape in enumerate([(10, 4)] * 4 + [(5,)])]
-    layer = torch.library.opcheck(torch.ops.mega.ema_layer.default, (x, mask, *params, True, 3))
+    layer = torch.library.opcheck(torch.ops.mega.ema_layer.default, (x, mask, *params, True, 3, None, None))
+    copying = torch.library.opcheck(torch.ops.mega.ema_layer.default,
+                                    (x, mask, *params, True, 3, torch.float16, torch.float16))
     state = randn(2, 5, 4, seed=seed).float()
     steps = torch.library.opcheck(torch.ops.mega.ema_with_state.default,
                                   (x.detach(), mask, *[p.detach()[:5] for p in params[:4]], params[4].detach(),
                                    state, True))
-    return {"failed": sum(result != "SUCCESS" for result in list(layer.values()) + list(steps.values()))}
+    results = list(layer.values()) + list(copying.values()) + list(steps.values())
+    return {"failed": sum(result != "SUCCESS" for result in results)}
 
 
 def check_encoder_layer_graph_breaks(seed=19):
@@ -214,8 +269,11 @@ def check_decoder_steps(length=21, batch=2, seed=9):
 
 def main():
     results = {name: check_layer(*case) for name, case in LAYER_CASES.items()}
+    results["copy_short_causal"] = check_layer_with_copy(13, 2, 5, 4, False, None, False, False)
+    results["copy_long_bidirectional_truncated_padded"] = check_layer_with_copy(21, 3, 33, 2, True, 5, True, True)
     results["carried_state"] = check_carried_state()
     results["compiled_layer"] = check_compiled_layer()
+    results["compiled_copy"] = check_compiled_copy()
     results["compiled_steps"] = check_compiled_steps()
     results["opcheck"] = check_opcheck()
     results["encoder_layer"] = check_encoder_layer_graph_breaks()

@@ -103,6 +103,18 @@ def test_interpreted_layer_matches_float64_lag_sum(interpreted, case):
         assert error < 2e-6, (case, name, error)
 
 
+@pytest.mark.parametrize("case", ["copy_short_causal", "copy_long_bidirectional_truncated_padded"])
+def test_interpreted_layer_with_input_copy(interpreted, case):
+    """forward_and_input under float16 autocast: float16 output and copy of x from the scan's launch, x's
+    gradient summing the copy's in the backward kernel (one chunk causal; several chunks bidirectional,
+    truncated, padded)."""
+    errors = interpreted[case]
+    assert errors.pop("float16_outputs") == 1 and errors.pop("copy") == 0.0, (case, errors)
+    assert errors.pop("y") < 1e-3, (case, errors)  # the output's float16 rounding
+    for name, error in errors.items():
+        assert error < 2e-6, (case, name, error)
+
+
 def test_interpreted_carried_state_matches_recurrence_in_place(interpreted):
     """Parts of 1, 13, 1, 5, 1, 12 steps (one-step launches, one chunk and several from a state,
     padded) equal the float64 recurrence; one state tensor updated in place throughout."""
@@ -116,6 +128,8 @@ def test_interpreted_custom_ops_compile_without_graph_break(interpreted):
     and batch sizes with one compilation; steps with a state compiled twice (no state, then a state)."""
     layer, steps = interpreted["compiled_layer"], interpreted["compiled_steps"]
     assert layer["largest"] < 1e-6 and layer["compilations"] == 1, layer
+    copy = interpreted["compiled_copy"]
+    assert copy["largest"] < 1e-6 and copy["compilations"] == 1, copy
     assert steps["y"] < 1e-6 and steps["hidden"] < 1e-6, steps
     assert steps["state_buffers"] == 1 and steps["compilations"] <= 2, steps
     assert interpreted["opcheck"]["failed"] == 0
@@ -198,6 +212,31 @@ def test_fused_half_precision_module_on_gpu(length):
         assert error < 3e-2, (name, error)
 
 
+@pytest.mark.gpu
+@needs_gpu
+@needs_triton
+@pytest.mark.parametrize("length, batch, bidirectional", [(17, 300, True), (3000, 4, True), (1000, 8, False)])
+def test_fused_layer_with_input_copy_on_gpu(length, batch, bidirectional):
+    """forward_and_input under bf16 autocast on float32 x (as the Mega block runs it): bf16 output and copy
+    of x, gradients of x (summing both paths) and of every parameter close to the FFT path's."""
+    fused, fft = _pair(512, 16, bidirectional, None, seed=length)
+    x = randn(length, batch, 512, seed=1).cuda()
+    mask = random_padding_mask(batch, length, seed=2).cuda()
+    weights = [randn(length, batch, 512, seed=3 + i).cuda() for i in range(2)]
+    results = []
+    for module in (fused, fft):
+        x_grad = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, x_copy = module.forward_and_input(x_grad, mask)
+        assert out.dtype == x_copy.dtype == torch.bfloat16
+        ((out.float() * weights[0]).sum() + (x_copy.float() * weights[1]).sum()).backward()
+        results.append([out.float(), x_copy.float(), x_grad.grad] + [p.grad for p in module.parameters()])
+    for name, a, b in zip(["y", "x copy", "dx", "alpha", "delta", "beta", "gamma", "omega"], *results):
+        error = _largest_error(a, b)
+        assert error < 3e-2, (name, error)
+    assert torch.equal(results[0][1], x.bfloat16().float())
+
+
 def _kernel_launches(fn):
     activities = [torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
@@ -267,8 +306,8 @@ def test_fused_carried_state_on_gpu():
 @needs_triton
 def test_kernels_compile_for_h100_with_half_precision_inputs():
     """Every kernel compiles to an sm_90a cubin (ptxas ships with triton; no GPU needed), with every
-    option on (and the causal forward with a carried state, float16), uncapped and with registers capped
-    at 128."""
+    option on (the bidirectional forward from float32 x to bf16 with the copy of x, as under autocast; the
+    causal forward with a carried state, float16), uncapped and with registers capped at 128."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
@@ -279,17 +318,18 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
     params = ["*fp32"] * 5
     ints = ["i32"] * 5
     cases = [
-        (kernels._ema_forward_kernel, ["*bf16", "*i1"] + params + ["*fp32", "*fp32", "*bf16", "*fp32"] + ints
-         + ["fp32"] + ints, dict(scan, STATE_IN=True, STORE_FINAL=False, STORE_Y=True)),
-        (kernels._ema_forward_kernel, ["*fp16", "*i1"] + ["*fp16"] * 5 + ["*fp32", "*fp32", "*fp16", "*fp16"] + ints
-         + ["fp32"] + ints, dict(scan, DIRS=1, TRUNCATED=False, HAS_MASK=False, STATE_IN=True, STORE_FINAL=True,
-                                 STORE_Y=False)),
+        (kernels._ema_forward_kernel, ["*fp32", "*i1"] + params + ["*fp32", "*fp32", "*fp32", "*bf16", "*bf16"]
+         + ints + ["fp32"] + ints, dict(scan, STATE_IN=True, STORE_FINAL=False, STORE_Y=True, STORE_X=True)),
+        (kernels._ema_forward_kernel, ["*fp16", "*i1"] + ["*fp16"] * 5 + ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16"]
+         + ints + ["fp32"] + ints, dict(scan, DIRS=1, TRUNCATED=False, HAS_MASK=False, STATE_IN=True,
+                                        STORE_FINAL=True, STORE_Y=False, STORE_X=False)),
         (kernels._chunk_states_kernel, ["*bf16", "*i1", "*fp32", "*bf16"] + params + ["*fp32"] + ints
          + ["fp32", "i32", "i32"], dict(scan, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, HAS_H0=False, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, DIRS=1, HAS_H0=True, GRAD=False)),
-        (kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params + ["*fp32", "*bf16", "*fp32"] + ints
-         + ["fp32", "i32", "i32"], dict(scan, STATE_IN=True)),
+        (kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params
+         + ["*fp32", "*bf16", "*fp32", "*bf16"] + ints + ["fp32", "i32", "i32"], dict(scan, STATE_IN=True,
+                                                                                   HAS_G_COPY=True)),
         (kernels._grad_finalize_kernel, ["*fp32", "i32"] + ["*fp16"] * 9 + ["i32", "fp32"],
          dict(N=16, DIRS=2, BLOCK=128, ROW_BLOCK=16)),
     ]

@@ -172,14 +172,17 @@ def _rows_sum(tile, ROWS: tl.constexpr, BD: tl.constexpr):
 @triton.jit(do_not_specialize=["L", "B", "TC", "cut"])
 def _ema_forward_kernel(
     x_ptr, mask_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, state_ptr, final_ptr, y_ptr, out_ptr,
-    L, B, D, TC, cut, scale, state_stride_b, state_stride_chunk, state_stride_dir, state_stride_n, state_stride_d,
+    x_copy_ptr, L, B, D, TC, cut, scale, state_stride_b, state_stride_chunk, state_stride_dir, state_stride_n,
+    state_stride_d,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
     HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_Y: tl.constexpr,
+    STORE_X: tl.constexpr,
 ):
     """One chunk of every direction from its incoming (scaled) state h, then the layer output:
-    h[t] = q h[t-1] + a (x[t] - q^K x[t-K]), y = sum_n c h over the directions, out = silu(y + omega x).
-    Direction 1 runs first and leaves its part of y in out. STORE_FINAL (causal): the last state
-    goes to final (B, D, N)."""
+    h[t] = q h[t-1] + a (x[t] - q^K x[t-K]), y = sum_n c h over the directions, out = silu(y + omega x)
+    (in out's dtype). Direction 1 runs first and leaves its part of y in y (x's dtype), which STORE_Y
+    overwrites with the whole EMA. STORE_X: x also goes to x_copy in its dtype (the projections'
+    input under autocast). STORE_FINAL (causal): the last state goes to final (B, D, N)."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2)
     start, span = _chunk_span(TC, L)
@@ -204,8 +207,8 @@ def _ema_forward_kernel(
             t0 = first + step * k
             xs, pads, xks, pks = _scan_inputs8(x_ptr, mask_ptr, t0, step, cut, b, d, ok, L, B, D, HAS_MASK,
                                                TRUNCATED)
-            if DIRS == 2:  # in the last pass: direction 1's part of y, left in out
-                earlier = _load8(out_ptr, t0, step, b, d, ok & last, L, B, D)
+            if DIRS == 2:  # in the last pass: direction 1's part of y
+                earlier = _load8(y_ptr, t0, step, b, d, ok & last, L, B, D)
             for i in tl.static_range(8):
                 t = t0 + step * i
                 h_next = q * h + a * _signal(xs[i], pads[i], HAS_MASK)
@@ -218,9 +221,13 @@ def _ema_forward_kernel(
                 if DIRS == 2:
                     y += earlier[i].to(tl.float32)
                 if STORE_Y:
-                    _store(y_ptr, t, y, b, d, ok & last, L, B, D)
+                    _store(y_ptr, t, y, b, d, ok, L, B, D)
+                elif DIRS == 2:
+                    _store(y_ptr, t, y, b, d, ok & (direction == 1), L, B, D)
                 z = y + omega * xs[i].to(tl.float32)
-                _store(out_ptr, t, tl.where(last, z * tl.sigmoid(z), y), b, d, ok, L, B, D)
+                _store(out_ptr, t, z * tl.sigmoid(z), b, d, ok & last, L, B, D)
+                if STORE_X:
+                    _store(x_copy_ptr, t, xs[i], b, d, ok & last, L, B, D)
             k += 8
         if DIRS == 2:
             tl.debug_barrier()
@@ -369,18 +376,18 @@ def _chunk_prefix_kernel(
 @triton.jit(do_not_specialize=["L", "B", "TC", "cut", "num_chunks"])
 def _ema_backward_kernel(
     g_ptr, x_ptr, mask_ptr, y_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, states_ptr,
-    dx_ptr, partial_ptr,
+    dx_ptr, partial_ptr, g_copy_ptr,
     L, B, D, TC, cut, scale, num_chunks, plane,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
-    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr,
+    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, HAS_G_COPY: tl.constexpr,
 ):
     """One chunk of the backward pass from the gradient g of out = silu(z), z = y + omega x, in one
     scan per direction against its time order: the adjoint nu and its q-derivative w (from the
     incoming states of ``_chunk_prefix_kernel``) give dx = dz omega + the sum over directions of
     sum_n a c nu (pads excluded) and the sums U = sum x nu = sum dz s and V = sum x w = sum dz ds/dq
     (x with pads zeroed) over this program's rows and chunk, hence d(a) = c U, d(c) = a U,
-    d(q) = a c V. Writes dx and one row of partial sums (U, V (2, DIRS, N, D) and sum dz x (D,)) per
-    (row block, chunk)."""
+    d(q) = a c V. HAS_G_COPY: dx also sums g_copy, the gradient of the forward's copy of x. Writes dx and
+    one row of partial sums (U, V (2, DIRS, N, D) and sum dz x (D,)) per (row block, chunk)."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2)
     start, span = _chunk_span(TC, L)
@@ -414,6 +421,8 @@ def _ema_backward_kernel(
             pads = _pad8(mask_ptr, t0, -step, b, ok, L, HAS_MASK)
             if DIRS == 2:  # in the second pass: what the first left in dx
                 earlier = _load8(dx_ptr, t0, -step, b, d, ok & (direction == 1), L, B, D)
+            if HAS_G_COPY:  # summed in the first pass
+                copies = _load8(g_copy_ptr, t0, -step, b, d, ok & first_pass, L, B, D)
             for i in tl.static_range(8):
                 t = t0 - step * i
                 nu, w, dz = _adjoint_step(nu, w, gs[i], ys[i], xs[i], gks[i], yks[i], xks[i], omega, q, q_cut, dq_cut,
@@ -424,11 +433,14 @@ def _ema_backward_kernel(
                 grad = tl.sum(ac * nu, axis=0, keep_dims=True)
                 if HAS_MASK:
                     grad = tl.where(pads[i], 0.0, grad)
+                direct = dz * omega
+                if HAS_G_COPY:
+                    direct += copies[i].to(tl.float32)
                 if DIRS == 2:
-                    grad += tl.where(first_pass, dz * omega, earlier[i].to(tl.float32))
+                    grad += tl.where(first_pass, direct, earlier[i].to(tl.float32))
                     omega_sum += tl.where(first_pass, dz * xs[i].to(tl.float32), 0.0)
                 else:
-                    grad += dz * omega
+                    grad += direct
                     omega_sum += dz * xs[i].to(tl.float32)
                 _store(dx_ptr, t, grad, b, d, ok, L, B, D)
             k += 8

@@ -21,6 +21,11 @@ q, a, c from the raw (D', N) parameters themselves, and the launches per layer a
 * a decoding step (or several) from a carried state (B, D, N) updated in place: 1 launch (3 when
   several chunks long).
 
+Under autocast the output can be written in autocast's dtype (the projection reading it would cast
+it), and the forward launch can also write x in that dtype for the block's other projection
+(``fused_ema_layer_with_copy``); the backward kernel then sums that copy's gradient into dx. That
+removes two casts and a gradient sum (three launches, ~0.1 GB of traffic at 32k tokens x 512) per layer.
+
 Backward math, per direction: with dz the gradient at z, the adjoint nu[t] = q nu[t+1] + dz[t] -
 q^K dz[t+K] gives d x[t] = sum_n a c nu[t] (pads excluded). The parameters need U = sum dz s and
 V = sum dz ds/dq over batch and time; exchanging the order of the double sums gives U = sum x nu and
@@ -48,7 +53,8 @@ try:
 except ImportError:  # CPU-only installs: the FFT path is used
     triton = None
 
-__all__ = ["fused_ema_layer", "fused_ema_with_state", "chunk_length", "triton_available", "interpreting"]
+__all__ = ["fused_ema_layer", "fused_ema_layer_with_copy", "fused_ema_with_state", "chunk_length", "triton_available",
+           "interpreting"]
 
 BD = 32  # channels per batch row of a program (one warp)
 # batch rows per program (its warps), which share the parameter work and partial sums; one row (more
@@ -91,18 +97,21 @@ def _plan(x: Tensor, min_chunk: int, max_rows: int) -> Tuple[int, int, Tuple[int
 
 def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, beta: Tensor, gamma: Tensor,
              omega: Tensor, bidirectional: bool, truncation: int, keep_y: bool, h0: Optional[Tensor] = None,
-             final: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """out = silu(EMA(x) + omega x) (L, B, D), in the dtype of x * omega, and the EMA y in x's dtype
-    (keep_y). x contiguous, mask (B, L) contiguous or None; h0: the carried scaled state (B, D, N)
-    float32 of a causal EMA (None: zero); final: where its last state goes (may be h0)."""
+             final: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None,
+             x_copy: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """out = silu(EMA(x) + omega x) (L, B, D), in out_dtype (None: the dtype of x * omega), and the EMA y
+    in x's dtype (keep_y). x contiguous, mask (B, L) contiguous or None; h0: the carried scaled state
+    (B, D, N) float32 of a causal EMA (None: zero); final: where its last state goes (may be h0);
+    x_copy: a contiguous (L, B, D) tensor that receives x in its own dtype."""
     length, batch, dim = x.shape
     n_dim = alpha.size(1)
     dirs = 2 if bidirectional else 1
     truncated = 0 < truncation < length
-    out = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, omega.dtype))
-    y = torch.empty_like(x) if keep_y else None
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype or torch.promote_types(x.dtype, omega.dtype))
+    # a bidirectional scan keeps its first direction's part of y there until the second pass adds its own
+    y = torch.empty_like(x) if keep_y or bidirectional else None
     if x.numel() == 0:
-        return out, y
+        return out, y if keep_y else None
     rows, chunk, grid = _plan(x, MIN_CHUNK, MAX_ROWS)
     num_chunks = grid[2]
     scale = n_dim ** -0.5
@@ -126,9 +135,10 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         states, strides = x, (0, 0, 0, 0, 0)
     kernels._ema_forward_kernel[grid](
         x, mask_arg, *params, omega, states, x if final is None else final, x if y is None else y, out,
-        length, batch, dim, chunk, cut, scale, *strides,
-        STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y, **scan)
-    return out, y
+        x if x_copy is None else x_copy, length, batch, dim, chunk, cut, scale, *strides,
+        STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y,
+        STORE_X=x_copy is not None, **scan)
+    return out, y if keep_y else None
 
 
 def _register_cap(registers: int) -> dict:
@@ -137,10 +147,11 @@ def _register_cap(registers: int) -> dict:
 
 
 def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, alpha: Tensor, delta: Tensor,
-              beta: Tensor, gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int
-              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+              beta: Tensor, gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int,
+              grad_copy: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``_forward``'s out for x and alpha, delta, beta, gamma, omega, from grad_out (L, B, D)
-    and the saved EMA y; each in its input's dtype."""
+    and the saved EMA y; each in its input's dtype. grad_copy (L, B, D): the gradient of the forward's
+    x_copy, summed into x's."""
     length, batch, dim = x.shape
     n_dim = alpha.size(1)
     dirs = 2 if bidirectional else 1
@@ -151,6 +162,7 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     if x.numel() == 0:
         return (dx, *(grad.zero_() for grad in grads))
     grad_out = grad_out.contiguous()
+    grad_copy = None if grad_copy is None else grad_copy.contiguous()
     rows, chunk, grid = _plan(x, MIN_BACKWARD_CHUNK,
                               MAX_ROWS_BACKWARD_HALF if x.element_size() == 2 else MAX_ROWS)
     num_chunks = grid[2]
@@ -170,8 +182,9 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
             states, *params, x, length, batch, dim, chunk, num_chunks, plane, HAS_H0=False, GRAD=True, **shape)
     partial = torch.empty(grid[0] * num_chunks, 2 * dirs * n_dim * dim + dim, device=x.device, dtype=torch.float32)
     kernels._ema_backward_kernel[grid](
-        grad_out, x, mask_arg, y, *params, omega, states, dx, partial, length, batch, dim, chunk, cut, scale,
-        num_chunks, plane, STATE_IN=num_chunks > 1, **scan)
+        grad_out, x, mask_arg, y, *params, omega, states, dx, partial, x if grad_copy is None else grad_copy,
+        length, batch, dim, chunk, cut, scale, num_chunks, plane, STATE_IN=num_chunks > 1,
+        HAS_G_COPY=grad_copy is not None, **scan)
     programs = triton.cdiv(dirs * n_dim * dim, FINALIZE_BLOCK) + triton.cdiv(dim, FINALIZE_BLOCK)
     kernels._grad_finalize_kernel[(programs,)](
         partial, partial.size(0), *params, *grads, dim, scale,
@@ -180,19 +193,26 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
 
 
 class _EMALayer(torch.autograd.Function):
-    """The layer in eager mode: ``_forward`` and ``_backward`` without the custom operators' dispatch."""
+    """The layer in eager mode: ``_forward`` and ``_backward`` without the custom operators' dispatch.
+    Returns out, or (out, the copy of x) with copy_dtype."""
 
     @staticmethod
-    def forward(ctx, x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation):
-        out, y = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=True)
+    def forward(ctx, x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype, copy_dtype):
+        x_copy = None if copy_dtype is None else torch.empty(x.shape, device=x.device, dtype=copy_dtype)
+        out, y = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=True,
+                          out_dtype=out_dtype, x_copy=x_copy)
         ctx.save_for_backward(x, mask, y, alpha, delta, beta, gamma, omega)
         ctx.bidirectional, ctx.truncation = bidirectional, truncation
-        return out
+        ctx.set_materialize_grads(False)
+        return out if x_copy is None else (out, x_copy)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        dx, *param_grads = _backward(grad_out, *ctx.saved_tensors, ctx.bidirectional, ctx.truncation)
-        return (dx, None, *param_grads, None, None)
+    def backward(ctx, grad_out, grad_copy=None):
+        x = ctx.saved_tensors[0]
+        if grad_out is None:
+            grad_out = torch.zeros_like(x)
+        dx, *param_grads = _backward(grad_out, *ctx.saved_tensors, ctx.bidirectional, ctx.truncation, grad_copy)
+        return (dx, None, *param_grads, None, None, None, None)
 
 
 # ------------------------------------------------------------------ custom operators (torch.compile)
@@ -200,45 +220,58 @@ class _EMALayer(torch.autograd.Function):
 
 @torch.library.custom_op("mega::ema_layer", mutates_args=())
 def _ema_layer_op(x: Tensor, padding_mask: Optional[Tensor], alpha: Tensor, delta: Tensor, beta: Tensor,
-                  gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int) -> Tuple[Tensor, Tensor]:
-    """(out, y): the layer output and the EMA saved for the backward."""
-    return _forward(x.contiguous(), _contiguous(padding_mask), alpha, delta, beta, gamma, omega, bidirectional,
-                    truncation, keep_y=True)
+                  gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int,
+                  out_dtype: Optional[torch.dtype], copy_dtype: Optional[torch.dtype]
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(out, y, copy of x): the layer output, the EMA saved for the backward and x in copy_dtype (empty
+    without one)."""
+    x = x.contiguous()
+    x_copy = torch.empty(x.shape if copy_dtype else (0,), device=x.device, dtype=copy_dtype or x.dtype)
+    out, y = _forward(x, _contiguous(padding_mask), alpha, delta, beta, gamma, omega, bidirectional, truncation,
+                      keep_y=True, out_dtype=out_dtype, x_copy=x_copy if copy_dtype else None)
+    return out, y, x_copy
 
 
 @_ema_layer_op.register_fake
-def _(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation):
-    out = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, omega.dtype))
-    return out, torch.empty(x.shape, device=x.device, dtype=x.dtype)
+def _(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype, copy_dtype):
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype or torch.promote_types(x.dtype, omega.dtype))
+    x_copy = torch.empty(x.shape if copy_dtype else (0,), device=x.device, dtype=copy_dtype or x.dtype)
+    return out, torch.empty(x.shape, device=x.device, dtype=x.dtype), x_copy
 
 
 @torch.library.custom_op("mega::ema_layer_backward", mutates_args=())
-def _ema_layer_backward_op(grad_out: Tensor, x: Tensor, padding_mask: Optional[Tensor], y: Tensor, alpha: Tensor,
-                           delta: Tensor, beta: Tensor, gamma: Tensor, omega: Tensor, bidirectional: bool,
-                           truncation: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _ema_layer_backward_op(grad_out: Tensor, grad_copy: Optional[Tensor], x: Tensor, padding_mask: Optional[Tensor],
+                           y: Tensor, alpha: Tensor, delta: Tensor, beta: Tensor, gamma: Tensor, omega: Tensor,
+                           bidirectional: bool, truncation: int
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _backward(grad_out, x.contiguous(), _contiguous(padding_mask), y.contiguous(), alpha, delta, beta,
-                     gamma, omega, bidirectional, truncation)
+                     gamma, omega, bidirectional, truncation, grad_copy)
 
 
 @_ema_layer_backward_op.register_fake
-def _(grad_out, x, padding_mask, y, alpha, delta, beta, gamma, omega, bidirectional, truncation):
+def _(grad_out, grad_copy, x, padding_mask, y, alpha, delta, beta, gamma, omega, bidirectional, truncation):
     return tuple(torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (x, alpha, delta, beta, gamma, omega))
 
 
 def _setup_context(ctx, inputs, output):
-    x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation = inputs
+    x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, _out_dtype, copy_dtype = inputs
     y = output[1]
     ctx.save_for_backward(x, mask, y, alpha, delta, beta, gamma, omega)
     ctx.bidirectional, ctx.truncation = bidirectional, truncation
     ctx.mark_non_differentiable(y)
-    ctx.set_materialize_grads(False)  # no zero gradient is built for y
+    if copy_dtype is None:
+        ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # no zero gradient is built for y or an unused copy
 
 
-def _op_backward(ctx, grad_out, _grad_y):
+def _op_backward(ctx, grad_out, _grad_y, grad_copy):
+    if grad_out is None and grad_copy is None:
+        return (None,) * 11
     if grad_out is None:
-        return (None,) * 9
-    dx, *param_grads = _ema_layer_backward_op(grad_out, *ctx.saved_tensors, ctx.bidirectional, ctx.truncation)
-    return (dx, None, *param_grads, None, None)
+        grad_out = torch.zeros_like(ctx.saved_tensors[0])
+    dx, *param_grads = _ema_layer_backward_op(grad_out, grad_copy, *ctx.saved_tensors, ctx.bidirectional,
+                                              ctx.truncation)
+    return (dx, None, *param_grads, None, None, None, None)
 
 
 _ema_layer_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -275,18 +308,40 @@ def _check_inputs(x: Tensor, alpha: Tensor) -> None:
 
 
 def fused_ema_layer(x: Tensor, padding_mask: Optional[Tensor], alpha: Tensor, delta: Tensor, beta: Tensor,
-                    gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int = 0) -> Tensor:
+                    gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int = 0,
+                    out_dtype: Optional[torch.dtype] = None) -> Tensor:
     """The EMA sub-layer silu(EMA(x) + omega * x) of x (L, B, D), pads (padding_mask (B, L), True at
     pads) zeroed in the EMA; alpha, delta, beta, gamma (D', N) raw parameters (D' = 2D when
     bidirectional), omega (D,); truncation K > 0 keeps the lags < K. Differentiable in x and every
-    parameter. Returns (L, B, D) in the dtype of x * omega."""
+    parameter. Returns (L, B, D) in out_dtype (None: the dtype of x * omega)."""
+    return _layer(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype, None)[0]
+
+
+def fused_ema_layer_with_copy(x: Tensor, padding_mask: Optional[Tensor], alpha: Tensor, delta: Tensor,
+                              beta: Tensor, gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int,
+                              dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """``fused_ema_layer`` with its output in dtype, and x cast to dtype by the same launch (the input of
+    the block's other projection under autocast); x's gradient sums both paths in the backward kernel.
+    Returns (out, x in dtype), (L, B, D) each."""
+    return _layer(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, dtype, dtype)
+
+
+def _layer(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype, copy_dtype
+           ) -> Tuple[Tensor, Optional[Tensor]]:
     _check_inputs(x, alpha)
     if torch.compiler.is_compiling():
-        return _ema_layer_op(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation)[0]
+        out, _, x_copy = _ema_layer_op(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncation,
+                                       out_dtype, copy_dtype)
+        return out, x_copy if copy_dtype else None
     x, mask = x.contiguous(), _contiguous(padding_mask)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, delta, beta, gamma, omega)):
-        return _EMALayer.apply(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation)
-    return _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=False)[0]
+        outputs = _EMALayer.apply(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype,
+                                  copy_dtype)
+        return outputs if copy_dtype else (outputs, None)
+    x_copy = None if copy_dtype is None else torch.empty(x.shape, device=x.device, dtype=copy_dtype)
+    out = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=False,
+                   out_dtype=out_dtype, x_copy=x_copy)[0]
+    return out, x_copy
 
 
 def fused_ema_with_state(x: Tensor, padding_mask: Optional[Tensor], alpha: Tensor, delta: Tensor, beta: Tensor,
