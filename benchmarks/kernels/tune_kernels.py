@@ -155,9 +155,10 @@ def sweep_ema(rows: int, lengths, repeats: int) -> None:
             sweep(f"{name} backward", ema_scan, {"TARGET_WARPS": warps, backward_rows: [1, 2, 4],
                                                  "MIN_BACKWARD_CHUNK": [64, 128, 256]},
                   lambda: backward, repeats)
-            sweep(f"{name} forward, register cap", ema_scan, dict(MAX_REGISTERS_FORWARD=[0, 168, 144, 128]),
+            sweep(f"{name} forward, register cap", ema_scan, dict(MAX_REGISTERS_FORWARD=[0, 192, 168, 144]),
                   lambda: forward, repeats)
-            sweep(f"{name} backward, register cap", ema_scan, dict(MAX_REGISTERS_BACKWARD=[0, 224, 168, 128]),
+            sweep(f"{name} backward, register caps", ema_scan,
+                  dict(MAX_REGISTERS_BACKWARD_STATES=[0, 208, 168], MAX_REGISTERS_BACKWARD=[0, 224, 168]),
                   lambda: backward, repeats)
 
 

@@ -44,10 +44,10 @@ def short_chunks(enabled: bool = True):
     default is fewer: the one-chunk cases run those) and the launches' register caps set (the
     interpreter takes the option; ptxas honours it on a GPU)."""
     names = ("MIN_CHUNK", "MIN_BACKWARD_CHUNK", "MAX_ROWS", "MAX_ROWS_BACKWARD_HALF", "MAX_REGISTERS_FORWARD",
-             "MAX_REGISTERS_BACKWARD")
+             "MAX_REGISTERS_BACKWARD_STATES", "MAX_REGISTERS_BACKWARD")
     saved = [getattr(ema_scan, name) for name in names]
     if enabled:
-        for name, value in zip(names, (8, 16, 4, 4, 128, 168)):
+        for name, value in zip(names, (8, 16, 4, 4, 128, 208, 168)):
             setattr(ema_scan, name, value)
     try:
         yield

@@ -220,9 +220,9 @@ def test_fused_layer_with_input_copy_on_gpu(length, batch, bidirectional):
     """forward_and_input under bf16 autocast on float32 x (as the Mega block runs it): bf16 output and copy
     of x, gradients of x (summing both paths) and of every parameter close to the FFT path's."""
     fused, fft = _pair(512, 16, bidirectional, None, seed=length)
-    x = randn(length, batch, 512, seed=1).cuda()
+    x = randn(length, batch, 512, seed=1).float().cuda()
     mask = random_padding_mask(batch, length, seed=2).cuda()
-    weights = [randn(length, batch, 512, seed=3 + i).cuda() for i in range(2)]
+    weights = [randn(length, batch, 512, seed=3 + i).float().cuda() for i in range(2)]
     results = []
     for module in (fused, fft):
         x_grad = x.clone().requires_grad_()

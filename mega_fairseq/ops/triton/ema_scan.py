@@ -62,11 +62,14 @@ BD = 32  # channels per batch row of a program (one warp)
 # over 16-bit inputs (benchmarks/kernels/tune_kernels.py on an H200)
 MAX_ROWS = 1
 MAX_ROWS_BACKWARD_HALF = 4
-# registers a thread of the scan kernels may use (Triton's maxnreg; 0: the compiler's choice). Left to
-# ptxas, the bidirectional forward (with the EMA kept for the backward) takes 250 and the backward 255 with
-# spills (sm_90a, ptxas -v), so that an SM holds 8 one-warp programs; capped at 144 the forward compiles
-# without spills and an SM holds 14. Swept by benchmarks/kernels/tune_kernels.py (not yet on a GPU).
-MAX_REGISTERS_FORWARD = 0
+# registers a thread of the scan kernels may use (Triton's maxnreg; 0: the compiler's choice): of the
+# forward pass's launches, of the backward's chunk states, of the backward scan. Left to ptxas, the
+# bidirectional forward (with the EMA kept for the backward) takes 250 and the backward 255 with spills
+# (sm_90a, ptxas -v), so that an SM holds 8 one-warp programs. In the Mega layer at 32k tokens (H200,
+# profiler kernel times, benchmarks/RESULTS.md), a cap of 168 made the forward scan 0.226 -> 0.195 ms
+# and 208 the backward's chunk states about 0.03 ms faster; capping the backward scan made it slower.
+MAX_REGISTERS_FORWARD = 168
+MAX_REGISTERS_BACKWARD_STATES = 208
 MAX_REGISTERS_BACKWARD = 0
 TARGET_WARPS = 8192  # enough warps over all chunks to cover memory latency on an H100
 MIN_CHUNK = 64  # the forward's shortest time chunk
@@ -170,21 +173,21 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     cut = truncation if truncated else 0
     mask_arg = x if mask is None else mask
     shape = dict(N=n_dim, ROWS=rows, BD=BD, DIRS=dirs, num_warps=rows)
-    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **_register_cap(MAX_REGISTERS_BACKWARD))
+    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None)
     plane = batch * num_chunks * dirs * n_dim * dim
     states = x
     if num_chunks > 1:
         states = torch.empty(2 * plane, device=x.device, dtype=torch.float32)
         kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
             x, mask_arg, grad_out, y, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks,
-            plane, GRAD=True, **scan)
+            plane, GRAD=True, **scan, **_register_cap(MAX_REGISTERS_BACKWARD_STATES))
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x, length, batch, dim, chunk, num_chunks, plane, HAS_H0=False, GRAD=True, **shape)
     partial = torch.empty(grid[0] * num_chunks, 2 * dirs * n_dim * dim + dim, device=x.device, dtype=torch.float32)
     kernels._ema_backward_kernel[grid](
         grad_out, x, mask_arg, y, *params, omega, states, dx, partial, x if grad_copy is None else grad_copy,
         length, batch, dim, chunk, cut, scale, num_chunks, plane, STATE_IN=num_chunks > 1,
-        HAS_G_COPY=grad_copy is not None, **scan)
+        HAS_G_COPY=grad_copy is not None, **scan, **_register_cap(MAX_REGISTERS_BACKWARD))
     programs = triton.cdiv(dirs * n_dim * dim, FINALIZE_BLOCK) + triton.cdiv(dim, FINALIZE_BLOCK)
     kernels._grad_finalize_kernel[(programs,)](
         partial, partial.size(0), *params, *grads, dim, scale,
