@@ -3,8 +3,9 @@
     python benchmarks/kernels/tune_kernels.py [--tokens 32768] [--lengths 1024 4096 16384] [--repeats 20]
 
 For each kernel family the module constants that shape its launches (programs, tile sizes, time
-chunks) are swept over a small grid and every setting's median time (bench_layers.median_ms: wall
-time, synchronized) is printed beside the current one's, with inputs as the bench_layers Mega layer
+chunks) are swept over a small grid and every setting's GPU time (the kernels' CUDA time per call from
+torch.profiler over the repeats; on the CPU the synchronized wall-time median) is printed beside the
+current one's, with inputs as the bench_layers Mega layer
 feeds them (D 512, H 1024, Z 128, N 16, float32 residual stream and bfloat16 projections as under bf16
 autocast). The constants in
 ``mega_fairseq/ops/triton`` were chosen from this table; the kernels compute the same values at every
@@ -22,6 +23,24 @@ D, H, Z, N, FFN = 512, 1024, 128, 16, 1024
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: Triton's interpreter, to check the script
 
 
+def kernel_ms(call, repeats: int, warmup: int = 3) -> float:
+    """The CUDA time of the kernels call() launches, in ms per call (torch.profiler; the host's launch time
+    left out, which made wall-time medians of single launches vary by 15% between repeats of one setting
+    on an H200); on the CPU the wall-time median."""
+    if not torch.cuda.is_available():
+        return median_ms(call, repeats=repeats, warmup=warmup)
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(repeats):
+            call()
+        torch.cuda.synchronize()
+    total_us = sum(getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+                   for event in profile.key_averages() if not event.key.startswith(("aten::", "autograd")))
+    return total_us / 1e3 / repeats
+
+
 def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
     """Times make_call() with every combination of the module constants in grid; prints the current
     setting's time and the best ones."""
@@ -33,12 +52,12 @@ def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
         for name, value in zip(names, values):
             setattr(module, name, value)
         try:
-            results.append((median_ms(call, repeats=repeats), values))
+            results.append((kernel_ms(call, repeats), values))
         except Exception as error:  # a setting the kernel cannot take (too many registers, say)
             print(f"  {dict(zip(names, values))}: {type(error).__name__}: {str(error)[:100]}")
     for name, value in zip(names, current):
         setattr(module, name, value)
-    now = median_ms(call, repeats=repeats)
+    now = kernel_ms(call, repeats)
     results.sort()
     print(f"{title}: current {dict(zip(names, current))} {now:.4f} ms")
     for ms, values in results[:4]:
