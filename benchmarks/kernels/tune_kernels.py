@@ -17,28 +17,20 @@ import itertools
 import torch
 
 from bench_layers import median_ms
+from profile_layer import kernel_times
 from mega_fairseq.ops.triton import bias_activation, ema_scan, gated_update, gates, reset_product
 
 D, H, Z, N, FFN = 512, 1024, 128, 16, 1024
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: Triton's interpreter, to check the script
 
 
-def kernel_ms(call, repeats: int, warmup: int = 3) -> float:
-    """The CUDA time of the kernels call() launches, in ms per call (torch.profiler; the host's launch time
-    left out, which made wall-time medians of single launches vary by 15% between repeats of one setting
-    on an H200); on the CPU the wall-time median."""
+def kernel_ms(call, repeats: int) -> float:
+    """The CUDA time of the kernels call() launches, in ms per call (profile_layer.kernel_times; the host's
+    launch time left out, which made wall-time medians of single launches vary by 15% between repeats of
+    one setting on an H200); on the CPU the wall-time median."""
     if not torch.cuda.is_available():
-        return median_ms(call, repeats=repeats, warmup=warmup)
-    for _ in range(warmup):
-        call()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(repeats):
-            call()
-        torch.cuda.synchronize()
-    total_us = sum(getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-                   for event in profile.key_averages() if not event.key.startswith(("aten::", "autograd")))
-    return total_us / 1e3 / repeats
+        return median_ms(call, repeats=repeats)
+    return sum(us for us, _, _ in kernel_times(call, repeats)) / 1e3
 
 
 def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
