@@ -270,3 +270,29 @@ def test_wrong_channel_count_raises_naming_the_shape():
 def test_non_positive_sizes_raise(dim, ndim):
     with pytest.raises(MegaConfigError):
         MultiDimensionalEMA(dim, ndim)
+
+
+@pytest.mark.parametrize("bidirectional, length", [(False, 13), (True, 7)])
+def test_forward_and_input_under_autocast_on_the_fft_path(bidirectional, length):
+    """Under bf16 autocast the EMA's output and the block's copy of x come in bf16 (the copy exactly x
+    rounded, the output within bf16 error of the float32 one: autocast also lowers the FFT path's own
+    products), with x's gradient summing both paths; without autocast x itself and the float32 output."""
+    ema = make_ema(dim=5, ndim=4, bidirectional=bidirectional, seed=3).float()
+    x = randn(length, 3, 5, seed=4).float().requires_grad_()
+    mask = random_padding_mask(3, length, seed=5)
+    plain, same_x = ema.forward_and_input(x, mask)
+    assert same_x is x and plain.dtype == torch.float32
+    weights = [randn(length, 3, 5, seed=6 + i).float() for i in range(2)]
+    expected = torch.autograd.grad((plain * weights[0]).sum(), x)[0] + weights[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, x_copy = ema.forward_and_input(x, mask)
+        assert ema(x, mask).dtype == torch.bfloat16
+    assert out.dtype == x_copy.dtype == torch.bfloat16 and torch.equal(x_copy, x.detach().bfloat16())
+    assert float((out.float() - plain).abs().max() / plain.abs().max()) < 3e-2
+    ((out.float() * weights[0]).sum() + (x_copy.float() * weights[1]).sum()).backward()
+    assert float((x.grad - expected).abs().max() / expected.abs().max()) < 3e-2
+
+
+def test_forward_and_input_refuses_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"\(L, B, D\) with 6 channels.*\(4, 6\)"):
+        make_ema(dim=6).forward_and_input(randn(4, 6, seed=0))
