@@ -107,15 +107,14 @@ class MultiDimensionalEMA(nn.Module):
         that reads it would cast it)."""
         self._check_input(x, state)
         out_dtype = _autocast_dtype(x)
-        if self.use_fused(x, state):
-            params = (self.alpha, self.delta, self.beta, self.gamma, self.omega)
-            if state is None:
-                return ema_scan.fused_ema_layer(x, padding_mask, *params, self.bidirectional, self.truncation or 0,
-                                                out_dtype)
-            out, state["ema_hidden"] = ema_scan.fused_ema_with_state(x, padding_mask, *params,
-                                                                     state.get("ema_hidden"))
-            return out if out_dtype is None else out.to(out_dtype)
-        out = self._reference(x, padding_mask, state)
+        if not self.use_fused(x, state):
+            out = self._reference(x, padding_mask, state)
+        elif state is None:
+            return ema_scan.fused_ema_layer(x, padding_mask, self.alpha, self.delta, self.beta, self.gamma, self.omega,
+                                            self.bidirectional, self.truncation or 0, out_dtype)
+        else:
+            out, state["ema_hidden"] = ema_scan.fused_ema_with_state(
+                x, padding_mask, self.alpha, self.delta, self.beta, self.gamma, self.omega, state.get("ema_hidden"))
         return out if out_dtype is None else out.to(out_dtype)
 
     def forward_and_input(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

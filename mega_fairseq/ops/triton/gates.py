@@ -38,7 +38,7 @@ BLOCK_R, BLOCK_C = 32, 64  # tile of a forward program: time-major rows x channe
 BACKWARD_BLOCK_R, BACKWARD_BLOCK_C = 64, 128  # tile of a backward program (benchmarks/kernels/tune_kernels.py)
 BACKWARD_ROW_PROGRAMS = 64  # row programs of a backward launch (each loops over its row tiles)
 # warps of a backward program: with 4, a 64 x 128 tile takes 255 registers a thread and spills 2 KB
-# (ptxas -v, sm_90a, the Mega gates); with 8, 8 bytes. Swept by tune_kernels.py (not yet on a GPU).
+# (ptxas -v, sm_90a, the Mega gates); with 8, 8 bytes, yet 8 warps ran slower on an H200 (tune_kernels.py).
 BACKWARD_NUM_WARPS = 4
 VALUE_DROPOUT_SITE = 0
 
