@@ -307,7 +307,8 @@ def test_fused_carried_state_on_gpu():
 def test_kernels_compile_for_h100_with_half_precision_inputs():
     """Every kernel compiles to an sm_90a cubin (ptxas ships with triton; no GPU needed), with every
     option on (the bidirectional forward from float32 x to bf16 with the copy of x, as under autocast; the
-    causal forward with a carried state, float16), uncapped and with registers capped at 128."""
+    causal forward with a carried state, float16), uncapped and with registers capped at 128; the
+    loops over (8, COLS) tiles load them by asynchronous copies (their software pipeline)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
@@ -324,12 +325,12 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
          + ints + ["fp32"] + ints, dict(scan, DIRS=1, TRUNCATED=False, HAS_MASK=False, STATE_IN=True,
                                         STORE_FINAL=True, STORE_Y=False, STORE_X=False)),
         (kernels._chunk_states_kernel, ["*bf16", "*i1", "*fp32", "*bf16"] + params + ["*fp32"] + ints
-         + ["fp32", "i32", "i32"], dict(scan, GRAD=True)),
+         + ["fp32", "i32", "i32"], dict(scan, GRAD=True, STAGES=3)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, HAS_H0=False, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, DIRS=1, HAS_H0=True, GRAD=False)),
-        (kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params
-         + ["*fp32", "*bf16", "*fp32", "*bf16"] + ints + ["fp32", "i32", "i32"], dict(scan, STATE_IN=True,
-                                                                                   HAS_G_COPY=True)),
+        *((kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params
+           + ["*fp32", "*bf16", "*fp32", "*bf16"] + ints + ["fp32", "i32", "i32"],
+           dict(scan, STATE_IN=True, HAS_G_COPY=True, TILED=tiled, STAGES=3)) for tiled in (False, True)),
         (kernels._grad_finalize_kernel, ["*fp32", "i32"] + ["*fp16"] * 9 + ["i32", "fp32"],
          dict(N=16, DIRS=2, BLOCK=128, ROW_BLOCK=16)),
     ]
@@ -337,8 +338,13 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
         names = [name for name in kernel.arg_names if name not in constants]
         assert len(names) == len(types), kernel.fn.__name__
         signature = dict(zip(names, types), **{name: "constexpr" for name in constants})
+        # as a launch specializes them: 16-byte aligned pointers, D a multiple of 16
+        aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]]
+                   for name, kind in signature.items() if kind.startswith("*") or name == "D"}
         for cap in ({}, {"maxnreg": 128}):  # ema_scan's register caps (MAX_REGISTERS_*)
             options = dict(num_warps=constants.get("ROWS", 4), **cap)
-            compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+            compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned),
                                       target=GPUTarget("cuda", 90, 32), options=options)
             assert compiled.asm["cubin"], (kernel.fn.__name__, cap)
+            if kernel is kernels._chunk_states_kernel or constants.get("TILED"):  # tiles loaded by a pipeline
+                assert "cp.async" in compiled.asm["ptx"], kernel.fn.__name__

@@ -4,7 +4,9 @@ Layout shared by the scan kernels: a program owns COLS = ROWS x BD *columns*, a 
 (batch row b, channel d) pair (ROWS batch rows of BD = 32 channels, one warp per row). Each thread
 holds one column and all N EMA dimensions of it, so states are (N, COLS) float32 tiles and sums
 over n stay in a thread's registers. Time runs in chunks of TC steps (grid axis 2); inside a chunk
-the loads of 8 steps are issued together before any of them is used. Direction 0 scans time
+the loads of 8 steps are issued together before any of them is used. The chunk-state kernels and
+(TILED) the backward load them as one (8, COLS) tile split into rows, in loops that Triton software-
+pipelines (STAGES): the next tiles' asynchronous copies to shared memory run while a group computes. Direction 0 scans time
 forward, direction 1 (bidirectional layers) backward; a truncated layer (K < L) subtracts the lags
 >= K from the same recurrence: s[t] = q s[t-1] + x[t] - q^K x[t-K] (t-K read t+K backward).
 Incoming chunk states live in (B, nC, DIRS, N, D) float32 buffers (one plane per kind of state).
@@ -60,12 +62,44 @@ def _load(ptr, t, b, d, ok, L, B, D):
 
 
 @triton.jit
-def _load8(ptr, t, step, b, d, ok, L, B, D):
-    """_load at times t, t + step, ..., t + 7 step, issued together."""
-    return (_load(ptr, t, b, d, ok, L, B, D), _load(ptr, t + step, b, d, ok, L, B, D),
-            _load(ptr, t + 2 * step, b, d, ok, L, B, D), _load(ptr, t + 3 * step, b, d, ok, L, B, D),
-            _load(ptr, t + 4 * step, b, d, ok, L, B, D), _load(ptr, t + 5 * step, b, d, ok, L, B, D),
-            _load(ptr, t + 6 * step, b, d, ok, L, B, D), _load(ptr, t + 7 * step, b, d, ok, L, B, D))
+def _load8(ptr, t, step, b, d, ok, L, B, D, TILED: tl.constexpr = False):
+    """_load at times t, t + step, ..., t + 7 step, issued together; TILED: as one (8, COLS) load split
+    into its rows (a loop over groups can prefetch it, see the module docstring)."""
+    if TILED:
+        at = t + step * tl.arange(0, 8)[:, None]
+        rows = _rows8(tl.load(ptr + (at.to(tl.int64) * B + b) * D + d, mask=ok & (at >= 0) & (at < L), other=0.0))
+    else:
+        rows = (_load(ptr, t, b, d, ok, L, B, D), _load(ptr, t + step, b, d, ok, L, B, D),
+                _load(ptr, t + 2 * step, b, d, ok, L, B, D), _load(ptr, t + 3 * step, b, d, ok, L, B, D),
+                _load(ptr, t + 4 * step, b, d, ok, L, B, D), _load(ptr, t + 5 * step, b, d, ok, L, B, D),
+                _load(ptr, t + 6 * step, b, d, ok, L, B, D), _load(ptr, t + 7 * step, b, d, ok, L, B, D))
+    return rows
+
+
+@triton.jit
+def _halves(tile):
+    """(..., 2k) -> the two (..., k) of its last axis' even and odd positions."""
+    return tl.split(tl.reshape(tile, tile.shape[:-1] + (tile.shape[-1] // 2, 2)))
+
+
+@triton.jit
+def _rows8(tile):
+    """The 8 rows of an (8, COLS) tile, (1, COLS) each, by three halvings of its transpose (which keep
+    a column's values in its thread)."""
+    even, odd = _halves(tl.permute(tile, (1, 0)))
+    even0, even1 = _halves(even)
+    odd0, odd1 = _halves(odd)
+    r0, r4 = _halves(even0)
+    r2, r6 = _halves(even1)
+    r1, r5 = _halves(odd0)
+    r3, r7 = _halves(odd1)
+    return (_as_row(r0), _as_row(r1), _as_row(r2), _as_row(r3), _as_row(r4), _as_row(r5), _as_row(r6), _as_row(r7))
+
+
+@triton.jit
+def _as_row(column):
+    """(COLS, 1) -> (1, COLS)."""
+    return tl.reshape(column, (1, column.shape[0]))
 
 
 @triton.jit
@@ -78,40 +112,47 @@ def _pad(mask_ptr, t, b, ok, L, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK: tl.constexpr):
-    return (_pad(mask_ptr, t, b, ok, L, HAS_MASK), _pad(mask_ptr, t + step, b, ok, L, HAS_MASK),
-            _pad(mask_ptr, t + 2 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 3 * step, b, ok, L, HAS_MASK),
-            _pad(mask_ptr, t + 4 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 5 * step, b, ok, L, HAS_MASK),
-            _pad(mask_ptr, t + 6 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 7 * step, b, ok, L, HAS_MASK))
+def _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK: tl.constexpr, TILED: tl.constexpr = False):
+    """_pad at times t, t + step, ..., t + 7 step (TILED: one (8, COLS) load, as in _load8)."""
+    if TILED and HAS_MASK:
+        at = t + step * tl.arange(0, 8)[:, None]
+        pads = _rows8(tl.load(mask_ptr + b.to(tl.int64) * L + at, mask=ok & (at >= 0) & (at < L), other=0) != 0)
+    else:
+        pads = (_pad(mask_ptr, t, b, ok, L, HAS_MASK), _pad(mask_ptr, t + step, b, ok, L, HAS_MASK),
+                _pad(mask_ptr, t + 2 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 3 * step, b, ok, L, HAS_MASK),
+                _pad(mask_ptr, t + 4 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 5 * step, b, ok, L, HAS_MASK),
+                _pad(mask_ptr, t + 6 * step, b, ok, L, HAS_MASK), _pad(mask_ptr, t + 7 * step, b, ok, L, HAS_MASK))
+    return pads
 
 
 @triton.jit
 def _scan_inputs8(x_ptr, mask_ptr, t, step, cut, b, d, ok, L, B, D, HAS_MASK: tl.constexpr,
-                  TRUNCATED: tl.constexpr):
+                  TRUNCATED: tl.constexpr, TILED: tl.constexpr = False):
     """The inputs of 8 steps of a forward scan from time t: x and its padding flags at t, ..., t + 7 step,
     and (truncated) at the lags K behind them (without truncation, x and its flags again, unused)."""
-    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D)
-    pads = _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK)
+    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D, TILED)
+    pads = _pad8(mask_ptr, t, step, b, ok, L, HAS_MASK, TILED)
     xks, pks = xs, pads
     if TRUNCATED:
-        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D)
-        pks = _pad8(mask_ptr, t - step * cut, step, b, ok, L, HAS_MASK)
+        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D, TILED)
+        pks = _pad8(mask_ptr, t - step * cut, step, b, ok, L, HAS_MASK, TILED)
     return xs, pads, xks, pks
 
 
 @triton.jit
-def _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t, step, cut, b, d, ok, L, B, D, TRUNCATED: tl.constexpr):
+def _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t, step, cut, b, d, ok, L, B, D, TRUNCATED: tl.constexpr,
+                     TILED: tl.constexpr = False):
     """What 8 steps of the adjoint scan read from time t (step: the scan's direction): the output
     gradient g, the EMA y and x at t, ..., t + 7 step, and (truncated) the same K ahead of them in time
     order, at t - K step (without truncation, the first three again, unused)."""
-    gs = _load8(g_ptr, t, step, b, d, ok, L, B, D)
-    ys = _load8(y_ptr, t, step, b, d, ok, L, B, D)
-    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D)
+    gs = _load8(g_ptr, t, step, b, d, ok, L, B, D, TILED)
+    ys = _load8(y_ptr, t, step, b, d, ok, L, B, D, TILED)
+    xs = _load8(x_ptr, t, step, b, d, ok, L, B, D, TILED)
     gks, yks, xks = gs, ys, xs
     if TRUNCATED:
-        gks = _load8(g_ptr, t - step * cut, step, b, d, ok, L, B, D)
-        yks = _load8(y_ptr, t - step * cut, step, b, d, ok, L, B, D)
-        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D)
+        gks = _load8(g_ptr, t - step * cut, step, b, d, ok, L, B, D, TILED)
+        yks = _load8(y_ptr, t - step * cut, step, b, d, ok, L, B, D, TILED)
+        xks = _load8(x_ptr, t - step * cut, step, b, d, ok, L, B, D, TILED)
     return gs, ys, xs, gks, yks, xks
 
 
@@ -244,7 +285,7 @@ def _chunk_states_kernel(
     x_ptr, mask_ptr, g_ptr, y_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, omega_ptr, states_ptr,
     L, B, D, TC, cut, scale, num_chunks, plane,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
-    HAS_MASK: tl.constexpr, GRAD: tl.constexpr,
+    HAS_MASK: tl.constexpr, GRAD: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Each chunk's own contribution, from a zero start, to the state it passes on (grid axis 2 =
     chunk * DIRS + direction). Forward: the unscaled state s at the chunk's end (plane 0). GRAD
@@ -266,30 +307,26 @@ def _chunk_states_kernel(
         nu = tl.zeros((N, ROWS * BD), tl.float32)
         w = tl.zeros((N, ROWS * BD), tl.float32)
         first = start + (1 - direction) * (span - 1)
-        k = 0
-        while k < span:
+        for k in tl.range(0, span, 8, num_stages=STAGES):
             t0 = first - step * k
             gs, ys, xs, gks, yks, xks = _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t0, -step, cut, b, d, ok, L, B, D,
-                                                         TRUNCATED)
+                                                         TRUNCATED, TILED=True)
             for i in tl.static_range(8):
                 nu, w, _ = _adjoint_step(nu, w, gs[i], ys[i], xs[i], gks[i], yks[i], xks[i], omega, q, q_cut, dq_cut,
                                          TRUNCATED)
-            k += 8
         tl.store(states_ptr + at, nu, mask=tile_ok)
         tl.store(states_ptr + plane + at, w, mask=tile_ok)
     else:
         s = tl.zeros((N, ROWS * BD), tl.float32)
         first = start + direction * (span - 1)
-        k = 0
-        while k < span:
+        for k in tl.range(0, span, 8, num_stages=STAGES):
             t0 = first + step * k
             xs, pads, xks, pks = _scan_inputs8(x_ptr, mask_ptr, t0, step, cut, b, d, ok, L, B, D, HAS_MASK,
-                                               TRUNCATED)
+                                               TRUNCATED, TILED=True)
             for i in tl.static_range(8):
                 s = q * s + _signal(xs[i], pads[i], HAS_MASK)
                 if TRUNCATED:
                     s -= q_cut * _signal(xks[i], pks[i], HAS_MASK)
-            k += 8
         tl.store(states_ptr + at, s, mask=tile_ok)
 
 
@@ -379,7 +416,8 @@ def _ema_backward_kernel(
     dx_ptr, partial_ptr, g_copy_ptr,
     L, B, D, TC, cut, scale, num_chunks, plane,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
-    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, HAS_G_COPY: tl.constexpr,
+    HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, HAS_G_COPY: tl.constexpr, TILED: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """One chunk of the backward pass from the gradient g of out = silu(z), z = y + omega x, in one
     scan per direction against its time order: the adjoint nu and its q-derivative w (from the
@@ -413,16 +451,15 @@ def _ema_backward_kernel(
         u_sum = tl.zeros((N, ROWS * BD), tl.float32)
         v_sum = tl.zeros((N, ROWS * BD), tl.float32)
         first = start + (1 - direction) * (span - 1)
-        k = 0
-        while k < span:
+        for k in tl.range(0, span, 8, num_stages=STAGES):
             t0 = first - step * k
             gs, ys, xs, gks, yks, xks = _adjoint_inputs8(g_ptr, y_ptr, x_ptr, t0, -step, cut, b, d, ok, L, B, D,
-                                                         TRUNCATED)
-            pads = _pad8(mask_ptr, t0, -step, b, ok, L, HAS_MASK)
+                                                         TRUNCATED, TILED)
+            pads = _pad8(mask_ptr, t0, -step, b, ok, L, HAS_MASK, TILED)
             if DIRS == 2:  # in the second pass: what the first left in dx
-                earlier = _load8(dx_ptr, t0, -step, b, d, ok & (direction == 1), L, B, D)
+                earlier = _load8(dx_ptr, t0, -step, b, d, ok & (direction == 1), L, B, D, TILED)
             if HAS_G_COPY:  # summed in the first pass
-                copies = _load8(g_copy_ptr, t0, -step, b, d, ok & first_pass, L, B, D)
+                copies = _load8(g_copy_ptr, t0, -step, b, d, ok & first_pass, L, B, D, TILED)
             for i in tl.static_range(8):
                 t = t0 - step * i
                 nu, w, dz = _adjoint_step(nu, w, gs[i], ys[i], xs[i], gks[i], yks[i], xks[i], omega, q, q_cut, dq_cut,
@@ -443,7 +480,6 @@ def _ema_backward_kernel(
                     grad += direct
                     omega_sum += dz * xs[i].to(tl.float32)
                 _store(dx_ptr, t, grad, b, d, ok, L, B, D)
-            k += 8
         if DIRS == 2:
             tl.debug_barrier()
         out_at = n[:, None] * D + tile_d[None, :]

@@ -72,6 +72,12 @@ MAX_ROWS_BACKWARD_HALF = 4
 MAX_REGISTERS_FORWARD = 168
 MAX_REGISTERS_BACKWARD_STATES = 208
 MAX_REGISTERS_BACKWARD = 0
+# software-pipeline stages of the loops over 8-step groups that load (8, COLS) tiles (1: none): the
+# chunk-state launches always, the backward scan where ``_tiled_backward`` says. In the layer at 32k
+# tokens (H200, benchmarks/RESULTS.md) the tiles took the chunk states 0.20 -> 0.15 ms and the backward
+# over float32 x 0.41 -> 0.37 ms; the forward scan was slower with them (0.20 -> 0.35 ms) and keeps
+# its loads of single rows.
+STAGES = 3
 TARGET_WARPS = 8192  # enough warps over all chunks to cover memory latency on an H100
 MIN_CHUNK = 64  # the forward's shortest time chunk
 MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
@@ -128,7 +134,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         states = torch.empty(batch, num_chunks, dirs, n_dim, dim, device=x.device, dtype=torch.float32)
         kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
             x, mask_arg, x, x, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks, 0,
-            GRAD=False, **scan)
+            GRAD=False, STAGES=STAGES, **scan)
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x if h0 is None else h0, length, batch, dim, chunk, num_chunks, 0,
             HAS_H0=h0 is not None, GRAD=False, **shape)
@@ -143,6 +149,13 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y,
         STORE_X=x_copy is not None, **scan)
     return out, y if keep_y else None
+
+
+def _tiled_backward(rows: int, num_chunks: int) -> bool:
+    """Whether the backward scan loads (8, COLS) tiles: with one batch row per program (float32 x:
+    0.41 -> 0.37 ms bidirectional, 0.16 -> 0.14 ms causal at 32k tokens) or one chunk (a decoder's
+    Multi30k batch, 16-bit x, 4 rows: 0.09 -> 0.055 ms), not with several rows and chunks (2.4x slower)."""
+    return rows == 1 or num_chunks == 1
 
 
 def _register_cap(registers: int) -> dict:
@@ -181,14 +194,15 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
         states = torch.empty(2 * plane, device=x.device, dtype=torch.float32)
         kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
             x, mask_arg, grad_out, y, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks,
-            plane, GRAD=True, **scan, **_register_cap(MAX_REGISTERS_BACKWARD_STATES))
+            plane, GRAD=True, STAGES=STAGES, **scan, **_register_cap(MAX_REGISTERS_BACKWARD_STATES))
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x, length, batch, dim, chunk, num_chunks, plane, HAS_H0=False, GRAD=True, **shape)
     partial = torch.empty(grid[0] * num_chunks, 2 * dirs * n_dim * dim + dim, device=x.device, dtype=torch.float32)
     kernels._ema_backward_kernel[grid](
         grad_out, x, mask_arg, y, *params, omega, states, dx, partial, x if grad_copy is None else grad_copy,
         length, batch, dim, chunk, cut, scale, num_chunks, plane, STATE_IN=num_chunks > 1,
-        HAS_G_COPY=grad_copy is not None, **scan, **_register_cap(MAX_REGISTERS_BACKWARD))
+        HAS_G_COPY=grad_copy is not None, TILED=_tiled_backward(rows, num_chunks), STAGES=STAGES, **scan,
+        **_register_cap(MAX_REGISTERS_BACKWARD))
     programs = triton.cdiv(dirs * n_dim * dim, FINALIZE_BLOCK) + triton.cdiv(dim, FINALIZE_BLOCK)
     kernels._grad_finalize_kernel[(programs,)](
         partial, partial.size(0), *params, *grads, dim, scale,
