@@ -72,8 +72,8 @@ MAX_ROWS_BACKWARD_HALF = 4
 MAX_REGISTERS_FORWARD = 168
 MAX_REGISTERS_BACKWARD_STATES = 208
 MAX_REGISTERS_BACKWARD = 0
-# software-pipeline stages of the loops over 8-step groups that load (8, COLS) tiles (1: none): the
-# chunk-state launches always, the backward scan where ``_tiled_backward`` says. In the layer at 32k
+# software-pipeline stages of the loops over 8-step groups that load (8, COLS) tiles: the chunk-state
+# launches always, the backward scan where ``_tiled_backward`` says. In the layer at 32k
 # tokens (H200, benchmarks/RESULTS.md) the tiles took the chunk states 0.20 -> 0.15 ms and the backward
 # over float32 x 0.41 -> 0.37 ms; the forward scan was slower with them (0.20 -> 0.35 ms) and keeps
 # its loads of single rows.
@@ -152,9 +152,11 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
 
 
 def _tiled_backward(rows: int, num_chunks: int) -> bool:
-    """Whether the backward scan loads (8, COLS) tiles: with one batch row per program (float32 x:
-    0.41 -> 0.37 ms bidirectional, 0.16 -> 0.14 ms causal at 32k tokens) or one chunk (a decoder's
-    Multi30k batch, 16-bit x, 4 rows: 0.09 -> 0.055 ms), not with several rows and chunks (2.4x slower)."""
+    """Whether the backward scan loads (8, COLS) tiles (software-pipelined; otherwise rows, in a loop
+    without a pipeline): with one batch row per program (float32 x at 32k tokens: 0.41 -> 0.37 ms
+    bidirectional, 0.16 -> 0.14 ms causal) or one chunk (Multi30k-like batches, 37 x 256, 16-bit x,
+    4 rows: encoder 0.25 -> 0.13 ms, decoder 0.09 -> 0.055 ms), not with several rows and chunks
+    (16-bit x at 32k tokens: 2.4x slower). benchmarks/RESULTS.md, H200."""
     return rows == 1 or num_chunks == 1
 
 
@@ -198,10 +200,11 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x, length, batch, dim, chunk, num_chunks, plane, HAS_H0=False, GRAD=True, **shape)
     partial = torch.empty(grid[0] * num_chunks, 2 * dirs * n_dim * dim + dim, device=x.device, dtype=torch.float32)
+    tiled = _tiled_backward(rows, num_chunks)
     kernels._ema_backward_kernel[grid](
         grad_out, x, mask_arg, y, *params, omega, states, dx, partial, x if grad_copy is None else grad_copy,
         length, batch, dim, chunk, cut, scale, num_chunks, plane, STATE_IN=num_chunks > 1,
-        HAS_G_COPY=grad_copy is not None, TILED=_tiled_backward(rows, num_chunks), STAGES=STAGES, **scan,
+        HAS_G_COPY=grad_copy is not None, TILED=tiled, STAGES=STAGES if tiled else 1, **scan,
         **_register_cap(MAX_REGISTERS_BACKWARD))
     programs = triton.cdiv(dirs * n_dim * dim, FINALIZE_BLOCK) + triton.cdiv(dim, FINALIZE_BLOCK)
     kernels._grad_finalize_kernel[(programs,)](
