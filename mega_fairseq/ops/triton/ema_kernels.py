@@ -5,10 +5,11 @@ Layout shared by the scan kernels: a program owns COLS = ROWS x BD *columns*, a 
 holds one column and all N EMA dimensions of it, so states are (N, COLS) float32 tiles and sums
 over n stay in a thread's registers. Time runs in chunks of TC steps (grid axis 2); inside a chunk
 the loads of 8 steps are issued together before any of them is used. The chunk-state kernels and
-(TILED) the backward load them as one (8, COLS) tile split into rows, in loops that Triton software-
-pipelines (STAGES): the next tiles' asynchronous copies to shared memory run while a group computes. Direction 0 scans time
-forward, direction 1 (bidirectional layers) backward; a truncated layer (K < L) subtracts the lags
->= K from the same recurrence: s[t] = q s[t-1] + x[t] - q^K x[t-K] (t-K read t+K backward).
+(TILED) the backward load them as one (8, COLS) tile split into rows, in loops that Triton
+software-pipelines (STAGES): the next tiles' asynchronous copies to shared memory run while a group
+computes. Direction 0 scans time forward, direction 1 (bidirectional layers) backward; a truncated
+layer (K < L) subtracts the lags >= K from the same recurrence: s[t] = q s[t-1] + x[t] - q^K x[t-K]
+(t-K read t+K backward).
 Incoming chunk states live in (B, nC, DIRS, N, D) float32 buffers (one plane per kind of state).
 """
 import triton
