@@ -21,8 +21,8 @@ def _patch_interpreter_loop_bounds() -> None:
     with ``int()`` of a one-element array, which NumPy 2.4 refuses; converted with ``.item()`` instead."""
     from triton.runtime import interpreter
 
-    patch_tensor = interpreter._patch_lang_tensor
-    if getattr(patch_tensor, "mega_fixed", False):
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "mega_fixed", False):  # another Triton, or patched
         return
 
     def patch_lang_tensor(tensor, scope):
