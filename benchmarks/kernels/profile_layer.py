@@ -114,6 +114,8 @@ def compare_settings(layer, x, settings: list, steps: int) -> None:
     try:
         for _ in range(2):
             for text, assignments in zip(settings, parsed):
+                for module, name, value in saved:  # each setting starts from the defaults
+                    setattr(module, name, value)
                 for module, name, value in assignments:
                     setattr(module, name, value)
                 kernels = kernel_times(step, steps)
