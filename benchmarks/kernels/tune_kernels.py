@@ -110,7 +110,7 @@ def ema_calls(length: int, batch: int, dtype: torch.dtype):
     x = torch.randn(length, batch, D, device=device, dtype=dtype)
     alpha, delta, beta, gamma = (torch.randn(2 * D, N, device=device) for _ in range(4))
     omega = torch.randn(D, device=device)
-    _, y = ema_scan._forward(x, None, alpha, delta, beta, gamma, omega, True, 0, keep_y=True)
+    _, y, _ = ema_scan._forward(x, None, alpha, delta, beta, gamma, omega, True, 0, keep_y=True)
     grad = torch.randn(length, batch, D, device=device, dtype=torch.promote_types(dtype, omega.dtype))
     return (lambda: ema_scan._forward(x, None, alpha, delta, beta, gamma, omega, True, 0, keep_y=True),
             lambda: ema_scan._backward(grad, x, None, y, alpha, delta, beta, gamma, omega, True, 0))

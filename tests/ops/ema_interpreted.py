@@ -121,6 +121,30 @@ def check_layer_with_copy(length, batch, dim, ndim, bidirectional, truncation, p
     return errors
 
 
+def check_copy_gradient_alone(seed=25):
+    """When only the copy of x has a gradient (the EMA's output unused), eagerly and through the custom
+    operator: x's gradient is the copy's, exactly, and every parameter's is zero."""
+    ema = randomize_parameters_(MultiDimensionalEMA(5, 4, bidirectional=True, impl="triton"), seed)
+    params = [getattr(ema, name) for name in PARAMETERS]
+    weight = randn(9, 2, 5, seed=seed).half()
+
+    def eager(x):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return ema.forward_and_input(x)[1]
+
+    def operator(x):
+        return torch.ops.mega.ema_layer.default(x, None, *params, True, 0, torch.float16, torch.float16)[2]
+
+    errors = {}
+    for name, copy_of in (("eager", eager), ("operator", operator)):
+        ema.zero_grad()
+        x = randn(9, 2, 5, seed=seed + 1).float().requires_grad_()
+        (copy_of(x) * weight).float().sum().backward()
+        errors[name + "_dx"] = largest_error(x.grad, weight.double())
+        errors[name + "_params"] = max(float(p.grad.abs().max()) for p in params)
+    return errors
+
+
 def check_carried_state(batch=2, dim=5, ndim=4, seed=5):
     """A causal EMA fed in parts [1, 13, 1, 5, 1, 12, 45] with a carried state (a fresh start, several
     chunks from a state, one-step launches, one chunk from a state, more chunks than the prefix scan
@@ -271,6 +295,7 @@ def main():
     results = {name: check_layer(*case) for name, case in LAYER_CASES.items()}
     results["copy_short_causal"] = check_layer_with_copy(13, 2, 5, 4, False, None, False, False)
     results["copy_long_bidirectional_truncated_padded"] = check_layer_with_copy(21, 3, 33, 2, True, 5, True, True)
+    results["copy_gradient_alone"] = check_copy_gradient_alone()
     results["carried_state"] = check_carried_state()
     results["compiled_layer"] = check_compiled_layer()
     results["compiled_copy"] = check_compiled_copy()

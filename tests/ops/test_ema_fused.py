@@ -123,6 +123,12 @@ def test_interpreted_carried_state_matches_recurrence_in_place(interpreted):
     assert result["state_buffers"] == 1 and result["step_2d_vs_3d"] == 0.0, result
 
 
+def test_interpreted_gradient_of_the_copy_alone(interpreted):
+    """Only the copy of x used (eagerly and through the custom operator): x's gradient is the copy's
+    exactly, the parameters' zero."""
+    errors = interpreted["copy_gradient_alone"]
+    assert all(errors[name] == 0.0 for name in errors), errors
+
 def test_interpreted_custom_ops_compile_without_graph_break(interpreted):
     """fullgraph=True, dynamic=True (aot_eager): the same outputs and gradients as eager at two lengths
     and batch sizes with one compilation; steps with a state compiled twice (no state, then a state)."""

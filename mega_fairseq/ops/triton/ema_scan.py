@@ -108,11 +108,11 @@ def _plan(x: Tensor, min_chunk: int, max_rows: int) -> Tuple[int, int, Tuple[int
 def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, beta: Tensor, gamma: Tensor,
              omega: Tensor, bidirectional: bool, truncation: int, keep_y: bool, h0: Optional[Tensor] = None,
              final: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None,
-             x_copy: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """out = silu(EMA(x) + omega x) (L, B, D), in out_dtype (None: the dtype of x * omega), and the EMA y
-    in x's dtype (keep_y). x contiguous, mask (B, L) contiguous or None; h0: the carried scaled state
-    (B, D, N) float32 of a causal EMA (None: zero); final: where its last state goes (may be h0);
-    x_copy: a contiguous (L, B, D) tensor that receives x in its own dtype."""
+             copy_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """out = silu(EMA(x) + omega x) (L, B, D), in out_dtype (None: the dtype of x * omega), the EMA y in
+    x's dtype (keep_y, else None) and x in copy_dtype, written by the same launch (None without one).
+    x contiguous, mask (B, L) contiguous or None; h0: the carried scaled state (B, D, N) float32 of a
+    causal EMA (None: zero); final: where its last state goes (may be h0)."""
     length, batch, dim = x.shape
     n_dim = alpha.size(1)
     dirs = 2 if bidirectional else 1
@@ -120,8 +120,9 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
     out = torch.empty(x.shape, device=x.device, dtype=out_dtype or torch.promote_types(x.dtype, omega.dtype))
     # a bidirectional scan keeps its first direction's part of y there until the second pass adds its own
     y = torch.empty_like(x) if keep_y or bidirectional else None
+    x_copy = None if copy_dtype is None else torch.empty(x.shape, device=x.device, dtype=copy_dtype)
     if x.numel() == 0:
-        return out, y if keep_y else None
+        return out, y if keep_y else None, x_copy
     rows, chunk, grid = _plan(x, MIN_CHUNK, MAX_ROWS)
     num_chunks = grid[2]
     scale = n_dim ** -0.5
@@ -148,7 +149,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         x if x_copy is None else x_copy, length, batch, dim, chunk, cut, scale, *strides,
         STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y,
         STORE_X=x_copy is not None, **scan)
-    return out, y if keep_y else None
+    return out, y if keep_y else None, x_copy
 
 
 def _tiled_backward(rows: int, num_chunks: int) -> bool:
@@ -165,12 +166,12 @@ def _register_cap(registers: int) -> dict:
     return {"maxnreg": registers} if registers else {}
 
 
-def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, alpha: Tensor, delta: Tensor,
+def _backward(grad_out: Optional[Tensor], x: Tensor, mask: Optional[Tensor], y: Tensor, alpha: Tensor, delta: Tensor,
               beta: Tensor, gamma: Tensor, omega: Tensor, bidirectional: bool, truncation: int,
               grad_copy: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``_forward``'s out for x and alpha, delta, beta, gamma, omega, from grad_out (L, B, D)
-    and the saved EMA y; each in its input's dtype. grad_copy (L, B, D): the gradient of the forward's
-    x_copy, summed into x's."""
+    (None: zero, when only the copy has a gradient) and the saved EMA y; each in its input's dtype.
+    grad_copy (L, B, D): the gradient of the forward's copy of x, summed into x's."""
     length, batch, dim = x.shape
     n_dim = alpha.size(1)
     dirs = 2 if bidirectional else 1
@@ -180,7 +181,7 @@ def _backward(grad_out: Tensor, x: Tensor, mask: Optional[Tensor], y: Tensor, al
     grads = [torch.empty_like(p) for p in params + (omega,)]
     if x.numel() == 0:
         return (dx, *(grad.zero_() for grad in grads))
-    grad_out = grad_out.contiguous()
+    grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
     grad_copy = None if grad_copy is None else grad_copy.contiguous()
     rows, chunk, grid = _plan(x, MIN_BACKWARD_CHUNK,
                               MAX_ROWS_BACKWARD_HALF if x.element_size() == 2 else MAX_ROWS)
@@ -219,9 +220,8 @@ class _EMALayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype, copy_dtype):
-        x_copy = None if copy_dtype is None else torch.empty(x.shape, device=x.device, dtype=copy_dtype)
-        out, y = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=True,
-                          out_dtype=out_dtype, x_copy=x_copy)
+        out, y, x_copy = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation,
+                                  keep_y=True, out_dtype=out_dtype, copy_dtype=copy_dtype)
         ctx.save_for_backward(x, mask, y, alpha, delta, beta, gamma, omega)
         ctx.bidirectional, ctx.truncation = bidirectional, truncation
         ctx.set_materialize_grads(False)
@@ -229,9 +229,6 @@ class _EMALayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_copy=None):
-        x = ctx.saved_tensors[0]
-        if grad_out is None:
-            grad_out = torch.zeros_like(x)
         dx, *param_grads = _backward(grad_out, *ctx.saved_tensors, ctx.bidirectional, ctx.truncation, grad_copy)
         return (dx, None, *param_grads, None, None, None, None)
 
@@ -246,11 +243,9 @@ def _ema_layer_op(x: Tensor, padding_mask: Optional[Tensor], alpha: Tensor, delt
                   ) -> Tuple[Tensor, Tensor, Tensor]:
     """(out, y, copy of x): the layer output, the EMA saved for the backward and x in copy_dtype (empty
     without one)."""
-    x = x.contiguous()
-    x_copy = torch.empty(x.shape if copy_dtype else (0,), device=x.device, dtype=copy_dtype or x.dtype)
-    out, y = _forward(x, _contiguous(padding_mask), alpha, delta, beta, gamma, omega, bidirectional, truncation,
-                      keep_y=True, out_dtype=out_dtype, x_copy=x_copy if copy_dtype else None)
-    return out, y, x_copy
+    out, y, x_copy = _forward(x.contiguous(), _contiguous(padding_mask), alpha, delta, beta, gamma, omega,
+                              bidirectional, truncation, keep_y=True, out_dtype=out_dtype, copy_dtype=copy_dtype)
+    return out, y, x.new_empty((0,)) if x_copy is None else x_copy
 
 
 @_ema_layer_op.register_fake
@@ -261,7 +256,7 @@ def _(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, truncati
 
 
 @torch.library.custom_op("mega::ema_layer_backward", mutates_args=())
-def _ema_layer_backward_op(grad_out: Tensor, grad_copy: Optional[Tensor], x: Tensor, padding_mask: Optional[Tensor],
+def _ema_layer_backward_op(grad_out: Optional[Tensor], grad_copy: Optional[Tensor], x: Tensor, padding_mask: Optional[Tensor],
                            y: Tensor, alpha: Tensor, delta: Tensor, beta: Tensor, gamma: Tensor, omega: Tensor,
                            bidirectional: bool, truncation: int
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -288,8 +283,6 @@ def _setup_context(ctx, inputs, output):
 def _op_backward(ctx, grad_out, _grad_y, grad_copy):
     if grad_out is None and grad_copy is None:
         return (None,) * 11
-    if grad_out is None:
-        grad_out = torch.zeros_like(ctx.saved_tensors[0])
     dx, *param_grads = _ema_layer_backward_op(grad_out, grad_copy, *ctx.saved_tensors, ctx.bidirectional,
                                               ctx.truncation)
     return (dx, None, *param_grads, None, None, None, None)
@@ -359,9 +352,8 @@ def _layer(x, padding_mask, alpha, delta, beta, gamma, omega, bidirectional, tru
         outputs = _EMALayer.apply(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, out_dtype,
                                   copy_dtype)
         return outputs if copy_dtype else (outputs, None)
-    x_copy = None if copy_dtype is None else torch.empty(x.shape, device=x.device, dtype=copy_dtype)
-    out = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=False,
-                   out_dtype=out_dtype, x_copy=x_copy)[0]
+    out, _, x_copy = _forward(x, mask, alpha, delta, beta, gamma, omega, bidirectional, truncation, keep_y=False,
+                              out_dtype=out_dtype, copy_dtype=copy_dtype)
     return out, x_copy
 
 
