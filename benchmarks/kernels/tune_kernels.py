@@ -57,21 +57,24 @@ def sweep(title: str, module, grid: dict, make_call, repeats: int) -> None:
 
 
 def gated_update_call(rows: int, gated: bool, forward: bool = False):
-    """The backward (or forward) of the block's gated update (or the FFN's residual sum) with its layernorm."""
+    """The backward (or forward) of the block's gated update (with the gradient of its copy, as in a
+    post-norm layer) or of the FFN's residual sum, with its layernorm."""
     device = DEVICE
     h = torch.randn(rows, 1, D, device=device, dtype=torch.bfloat16)
     hx = torch.randn_like(h) if gated else None
     u = torch.rand_like(h) if gated else None
     residual = torch.randn(rows, 1, D, device=device)
     bias, weight, norm_bias = (torch.randn(D, device=device) for _ in range(3))
+    copy_dtype = torch.bfloat16 if gated else None
     run_forward = lambda: gated_update.gated_update_forward(h, bias, hx, u, residual, weight, norm_bias, 1, 1e-5, 1,
-                                                            0.0, False, h)
+                                                            0.0, False, h, copy_dtype)
     if forward:
         return run_forward
     stats = run_forward()[1]
     grad = torch.randn_like(residual)
+    grad_copy = torch.randn_like(h) if gated else None  # the block's output is copied for the FFN's fc1
     return lambda: gated_update.gated_update_backward(grad, h, bias, hx, u, residual, weight, True, stats, 1, 1, 0.0,
-                                                      False, h, torch.float32)
+                                                      False, h, torch.float32, grad_copy)
 
 
 def gates_calls(rows: int):
@@ -134,15 +137,15 @@ def main():
 def sweep_block(rows: int, lengths, repeats: int) -> None:
     for gated in (True, False):
         sweep(f"gated_update backward, layernorm, {'gated (block)' if gated else 'residual (FFN)'}", gated_update,
-              dict(BACKWARD_PROGRAMS=[512, 1024, 2048, 4096], TILE_ELEMENTS=[1024, 2048, 4096]),
+              dict(BACKWARD_PROGRAMS=[512, 1024], BACKWARD_TILE_ELEMENTS=[1024, 2048, 4096], BACKWARD_WARPS=[4, 8],
+                   BACKWARD_STAGES=[1, 2]),
               lambda: gated_update_call(rows, gated), repeats)
     sweep("gated_update forward, layernorm, gated", gated_update, dict(TILE_ELEMENTS=[1024, 2048, 4096, 8192]),
           lambda: gated_update_call(rows, True, forward=True), repeats)
     blocks = dict(BLOCK_R=[16, 32, 64], BLOCK_C=[64, 128])
     sweep("mega_gates forward", gates, blocks, lambda: gates_calls(rows)[0], repeats)
-    sweep("mega_gates backward", gates, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
-                                             BACKWARD_BLOCK_R=[16, 32, 64], BACKWARD_BLOCK_C=[64, 128],
-                                             BACKWARD_NUM_WARPS=[4, 8]),
+    sweep("mega_gates backward", gates, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256], BACKWARD_BLOCK_R=[32, 64],
+                                             BACKWARD_NUM_WARPS=[4, 8], BACKWARD_STAGES=[1, 2, 3]),
           lambda: gates_calls(rows)[1], repeats)
     sweep("bias_activation backward (FFN)", bias_activation, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
                                                                    **blocks),

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+import torch
 from torch import Tensor
 
 from ..ops.mega_block import fused_block_unavailable
@@ -100,3 +101,11 @@ def use_fused_block(impl: str, x: Tensor, option: str = "--block-impl") -> bool:
     if reason is not None and impl == "triton":
         raise MegaConfigError(f"{option} triton cannot run: {reason}; use {option} torch or auto")
     return reason is None
+
+
+def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast gives x's projections (None when autocast is off on x's device)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)

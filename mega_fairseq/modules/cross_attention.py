@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..ops.attention import attention_weights
 from ..ops.mega_block import bias_activation, cross_gates, reset_product
-from .config import get_activation, MegaLayerConfig, use_fused_block
+from .config import autocast_dtype, get_activation, MegaLayerConfig, use_fused_block
 from .dropout import Dropout
 from .gated_attention import dropout_p, dropout_seed, fused_residual_update, init_linear
 from .norms import SequenceNorm
@@ -54,16 +54,41 @@ class GatedCrossAttention(nn.Module):
         padding_mask: Optional[Tensor] = None,
         state: Optional[Dict[str, Tensor]] = None,
         query_offset: int = 0,
+        query_copy: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """query: (T, B, D) decoder states at target positions query_offset ..;
         memory: (S, B, D) encoder output (may be None once cached in ``state``);
-        memory_padding_mask: (B, S) bool; padding_mask: (B, T) bool, for batch norms.
+        memory_padding_mask: (B, S) bool; padding_mask: (B, T) bool, for batch norms;
+        query_copy: the query as q_proj reads it, from the sub-layer before (in autocast's dtype),
+        used when q_proj reads the query (post-norm).
         Returns (T, B, D) and the attention weights (B, T, S)."""
+        out, weights, _ = self._forward(query, memory, memory_padding_mask, padding_mask, state, query_offset,
+                                        query_copy, None)
+        return out, weights
+
+    def forward_and_copy(self, query: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor] = None,
+                         padding_mask: Optional[Tensor] = None, state: Optional[Dict[str, Tensor]] = None,
+                         query_offset: int = 0, query_copy: Optional[Tensor] = None
+                         ) -> Tuple[Tensor, Tensor, Tensor]:
+        """``forward``, and its output as the next sub-layer's first projection reads it (as
+        ``MovingAverageGatedAttention.forward_and_copy``). Returns (out, copy, weights)."""
+        out, weights, copy = self._forward(query, memory, memory_padding_mask, padding_mask, state, query_offset,
+                                           query_copy, autocast_dtype(query))
+        return out, copy, weights
+
+    def _forward(self, query: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
+                 padding_mask: Optional[Tensor], state: Optional[Dict[str, Tensor]], query_offset: int,
+                 query_copy: Optional[Tensor], copy_dtype: Optional[torch.dtype]) -> Tuple[Tensor, Tensor, Tensor]:
         length, batch, dim = query.shape
         if dim != self.embed_dim:
             raise ValueError(f"cross-attention expected queries (T, B, {self.embed_dim}), got {tuple(query.shape)}")
+        if query_copy is not None and query_copy.shape != query.shape:
+            raise ValueError(f"the copy of the cross-attention's query must be shaped as the query "
+                             f"{tuple(query.shape)}, got {tuple(query_copy.shape)}")
+        projected = query if query_copy is None else query_copy
         if state is None and use_fused_block(self.block_impl, query):
-            return self._fused_forward(query, memory, memory_padding_mask, padding_mask, query_offset)
+            return self._fused_forward(query, projected, memory, memory_padding_mask, padding_mask, query_offset,
+                                       copy_dtype)
         if state is not None and "keys" in state:
             k, v, memory_padding_mask = state["keys"], state["values"], state.get("key_padding_mask")
         else:
@@ -76,7 +101,7 @@ class GatedCrossAttention(nn.Module):
                     state["key_padding_mask"] = memory_padding_mask
 
         residual = query
-        x = self.norm(query, padding_mask) if self.prenorm else query
+        x = self.norm(query, padding_mask) if self.prenorm else projected
         u, r, q = torch.split(self.q_proj(x), [self.embed_dim, self.embed_dim, self.z_dim], dim=-1)
         u, r = torch.sigmoid(u), F.silu(r)
 
@@ -89,7 +114,7 @@ class GatedCrossAttention(nn.Module):
         out = torch.addcmul(residual, u, h - residual)
         if not self.prenorm:
             out = self.norm(out, padding_mask)
-        return out, weights
+        return out, weights, out
 
     def _check_memory(self, memory: Optional[Tensor], batch: int) -> Tensor:
         if memory is None:
@@ -98,9 +123,11 @@ class GatedCrossAttention(nn.Module):
             raise ValueError(f"encoder output must be (S, {batch}, {self.embed_dim}), got {tuple(memory.shape)}")
         return memory
 
-    def _fused_forward(self, query: Tensor, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor],
-                       padding_mask: Optional[Tensor], query_offset: int) -> Tuple[Tensor, Tensor]:
-        """forward without state through the fused kernels (projections without their biases)."""
+    def _fused_forward(self, query: Tensor, projected: Tensor, memory: Optional[Tensor],
+                       memory_padding_mask: Optional[Tensor], padding_mask: Optional[Tensor], query_offset: int,
+                       copy_dtype: Optional[torch.dtype]) -> Tuple[Tensor, Tensor, Tensor]:
+        """forward without state through the fused kernels (projections without their biases); projected:
+        the query as q_proj reads it. Returns the output, the weights and the output in copy_dtype."""
         length = query.size(0)
         memory = self._check_memory(memory, query.size(1))
         seed = dropout_seed(query.device, self.hidden_dropout, self.dropout)
@@ -108,15 +135,15 @@ class GatedCrossAttention(nn.Module):
         v = bias_activation(F.linear(memory, self.v_proj.weight), self.v_proj.bias, activation=self.activation_name,
                             dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,
                             seed=seed, batch_first=True)
-        x = self.norm(query, padding_mask) if self.prenorm else query
+        x = self.norm(query, padding_mask) if self.prenorm else projected
         u, r, q = cross_gates(F.linear(x, self.q_proj.weight), self.q_proj.bias, self.z_dim)
         key_valid = None if memory_padding_mask is None else ~memory_padding_mask.unsqueeze(1)
         bias = self.rel_pos_bias(length, k.size(1), query_offset).to(q.dtype)
         weights = attention_weights(q @ k.transpose(1, 2), self.attention_fn, key_valid, None, bias, self.z_dim)
         h = F.linear(reset_product(self.attention_dropout(weights) @ v, r), self.h_proj.weight)
-        out = fused_residual_update(h, self.h_proj.bias, None, u, query, None if self.prenorm else self.norm,
-                                    padding_mask, self.activation_name, self.dropout, seed)
-        return out, weights
+        out, copy = fused_residual_update(h, self.h_proj.bias, None, u, query, None if self.prenorm else self.norm,
+                                          padding_mask, self.activation_name, self.dropout, seed, copy_dtype)
+        return out, weights, copy
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, z_dim={self.z_dim}, attention_fn={self.attention_fn}"

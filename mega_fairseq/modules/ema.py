@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..ops.ema import ema_chunk_with_state, ema_coefficients, ema_powers, ema_step, fft_ema
 from ..ops.triton import ema_scan
 from ..options import check_choice, EMA_IMPLS, MegaConfigError
+from .config import autocast_dtype
 
 
 class MultiDimensionalEMA(nn.Module):
@@ -106,7 +107,7 @@ class MultiDimensionalEMA(nn.Module):
         updated in place. Returns (L, B, D), under autocast in its dtype (the projection
         that reads it would cast it)."""
         self._check_input(x, state)
-        out_dtype = _autocast_dtype(x)
+        out_dtype = autocast_dtype(x)
         if not self.use_fused(x, state):
             out = self._reference(x, padding_mask, state)
         elif state is None:
@@ -122,7 +123,7 @@ class MultiDimensionalEMA(nn.Module):
         dtype, cast by the fused scan's own launch (whose backward sums the two gradients of x), else
         x itself. Returns (out, x), (L, B, D) each."""
         self._check_input(x, None)
-        dtype = _autocast_dtype(x)
+        dtype = autocast_dtype(x)
         if dtype is None:
             return self.forward(x, padding_mask), x
         if self.use_fused(x, None):
@@ -166,10 +167,3 @@ class MultiDimensionalEMA(nn.Module):
         return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, bidirectional={self.bidirectional}, "
                 f"truncation={self.truncation}, impl={self.impl}")
 
-
-def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
-    """The dtype autocast gives x's projections (None when autocast is off on x's device)."""
-    device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)

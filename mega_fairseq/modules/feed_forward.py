@@ -30,27 +30,36 @@ class NormalizedFeedForward(nn.Module):
         self.dropout = Dropout(cfg.dropout, cfg.feature_dropout)
         self.hidden_dropout = Dropout(cfg.activation_dropout, cfg.feature_dropout)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        """x: (L, B, D); padding_mask: (B, L) bool (used by batch norms). Returns (L, B, D)."""
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, x_copy: Optional[Tensor] = None) -> Tensor:
+        """x: (L, B, D); padding_mask: (B, L) bool (used by batch norms); x_copy: x as fc1 reads it, from the
+        sub-layer before (``forward_and_copy``: x in autocast's dtype), used when fc1 reads x (post-norm).
+        Returns (L, B, D)."""
+        if x_copy is not None and x_copy.shape != x.shape:
+            raise ValueError(f"the copy of the feed-forward network's input must be shaped as x {tuple(x.shape)}, "
+                             f"got {tuple(x_copy.shape)}")
         if use_fused_block(self.block_impl, x):
-            return self._fused_forward(x, padding_mask)
+            return self._fused_forward(x, padding_mask, x_copy)
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
+        elif x_copy is not None:
+            x = x_copy
         x = self.dropout(self.fc2(self.hidden_dropout(self.activation(self.fc1(x)))))
         x = x + residual
         if not self.prenorm:
             x = self.norm(x, padding_mask)
         return x
 
-    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], x_copy: Optional[Tensor]) -> Tensor:
         """forward through the fused kernels (projections without their biases)."""
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
+        elif x_copy is not None:
+            x = x_copy
         seed = dropout_seed(x.device, self.hidden_dropout, self.dropout)
         hidden = bias_activation(F.linear(x, self.fc1.weight), self.fc1.bias, activation=self.activation_name,
                                  dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,
                                  seed=seed)
         return fused_residual_update(F.linear(hidden, self.fc2.weight), self.fc2.bias, None, None, residual,
-                                     None if self.prenorm else self.norm, padding_mask, "linear", self.dropout, seed)
+                                     None if self.prenorm else self.norm, padding_mask, "linear", self.dropout, seed)[0]

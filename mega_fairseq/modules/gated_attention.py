@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.attention import chunk_attention, select_attention_impl
-from ..ops.mega_block import draw_seed, gated_update, mega_gates, reset_product
-from .config import get_activation, MegaLayerConfig, use_fused_block
+from ..ops.mega_block import draw_seed, gated_update, gated_update_and_copy, mega_gates, reset_product
+from .config import autocast_dtype, get_activation, MegaLayerConfig, use_fused_block
 from .dropout import Dropout
 from .ema import MultiDimensionalEMA
 from .norms import SequenceNorm
@@ -46,15 +46,20 @@ def dropout_seed(device: torch.device, *dropouts: Dropout) -> Optional[Tensor]:
 
 def fused_residual_update(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
                           post_norm: Optional[SequenceNorm], padding_mask: Optional[Tensor], activation: str,
-                          dropout: Dropout, seed: Optional[Tensor]) -> Tensor:
-    """``ops.mega_block.gated_update`` with the sub-layer's post-norm fused in when the kernel has it
-    (layernorm, rmsnorm, scalenorm), applied after it otherwise (batch norms); None: no norm."""
+                          dropout: Dropout, seed: Optional[Tensor], copy_dtype: Optional[torch.dtype] = None
+                          ) -> Tuple[Tensor, Tensor]:
+    """``ops.mega_block.gated_update_and_copy`` with the sub-layer's post-norm fused in when the kernel has
+    it (layernorm, rmsnorm, scalenorm), applied after it otherwise (batch norms); None: no norm. Returns
+    the output and its copy in copy_dtype (the output itself without copy_dtype)."""
     fused = None if post_norm is None else post_norm.fused(residual.size(-1))
     options = dict(activation=activation, dropout=dropout_p(dropout), feature_dropout=dropout.feature, seed=seed)
     if fused is None:
-        out = gated_update(h, bias, hx, u, residual, **options)
-        return out if post_norm is None else post_norm(out, padding_mask)
-    return gated_update(h, bias, hx, u, residual, fused.weight, fused.bias, norm=fused.kind, eps=fused.eps, **options)
+        if post_norm is None:
+            return gated_update_and_copy(h, bias, hx, u, residual, copy_dtype=copy_dtype, **options)
+        out = post_norm(gated_update(h, bias, hx, u, residual, **options), padding_mask)
+        return out, out if copy_dtype is None else out.to(copy_dtype)
+    return gated_update_and_copy(h, bias, hx, u, residual, fused.weight, fused.bias, norm=fused.kind, eps=fused.eps,
+                                 copy_dtype=copy_dtype, **options)
 
 
 class MovingAverageGatedAttention(nn.Module):
@@ -120,7 +125,8 @@ class MovingAverageGatedAttention(nn.Module):
         if state is not None and not self.causal:
             raise ValueError("incremental state needs a causal Mega block (a decoder)")
         if state is None and use_fused_block(self.block_impl, x):
-            return self._fused_forward(x, padding_mask, need_weights)
+            out, weights, _ = self._fused_forward(x, padding_mask, need_weights)
+            return out, weights
 
         residual = x
         if self.prenorm:
@@ -149,10 +155,22 @@ class MovingAverageGatedAttention(nn.Module):
             out = self.norm(out, padding_mask)
         return out, weights
 
-    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], need_weights: bool
-                       ) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward_and_copy(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+                         state: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        """``forward`` and its output as the next sub-layer's first projection reads it: under autocast on
+        the fused path its copy in autocast's dtype, stored by the gated update's kernel (whose backward
+        sums the two gradients), else the output itself. Returns (out, copy), (L, B, D) each."""
+        if state is None and use_fused_block(self.block_impl, x):
+            out, _, copy = self._fused_forward(x, padding_mask, False, autocast_dtype(x))
+            return out, copy
+        out, _ = self(x, padding_mask, state)
+        return out, out
+
+    def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], need_weights: bool,
+                       copy_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Optional[Tensor], Tensor]:
         """forward without state through the fused kernels: the projections without their biases
-        (added by the kernels), gates, attention, reset product, gated update and post-norm."""
+        (added by the kernels), gates, attention, reset product, gated update and post-norm. Returns
+        the output, the attention weights (need_weights) and the output in copy_dtype (or itself)."""
         residual = x
         if self.prenorm:
             x = self.norm(x, padding_mask)
@@ -169,9 +187,9 @@ class MovingAverageGatedAttention(nn.Module):
             return_weights=need_weights, impl=self.attention_impl,
         )
         h = F.linear(reset_product(out, r), self.h_proj.weight)
-        out = fused_residual_update(h, self.h_proj.bias, hx, u, residual, None if self.prenorm else self.norm,
-                                    padding_mask, self.activation_name, self.dropout, seed)
-        return out, weights
+        out, copy = fused_residual_update(h, self.h_proj.bias, hx, u, residual, None if self.prenorm else self.norm,
+                                          padding_mask, self.activation_name, self.dropout, seed, copy_dtype)
+        return out, weights, copy
 
     def _extend_cache(self, state: Dict[str, Tensor], k: Tensor, v: Tensor, padding_mask: Optional[Tensor]):
         """Prepend the cached keys/values of the unfinished chunk, then keep the new unfinished chunk."""

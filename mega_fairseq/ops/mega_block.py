@@ -8,6 +8,7 @@ as differentiable functions on tensors (Triton kernels of ``ops/triton``; refere
 | ``cross_gates`` | ``triton.gates`` | bias of q_proj, split, sigmoid, silu |
 | ``reset_product`` | ``triton.reset_product`` | (A @ V)^T * r and the copy h_proj needs |
 | ``gated_update`` | ``triton.gated_update`` | bias of h_proj/fc2, act, dropout, gated update / residual, post-norm |
+| ``gated_update_and_copy`` | ``triton.gated_update`` | the same, and the cast of its output for the next projection |
 | ``bias_activation`` | ``triton.bias_activation`` | bias of fc1 / cross v_proj, act, dropout |
 
 Each backward is one kernel (plus one column-sum launch for the parameter gradients), and the
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .triton import block_common, interpreting, triton_available
 from .triton.block_common import activation_code, draw_seed  # noqa: F401  (the modules draw their seeds here)
-from .triton.gated_update import NORM_CODES
+from .triton.gated_update import NORM_CODES, output_dtype
 
 if triton_available():
     from .triton import bias_activation as _bias_activation
@@ -101,15 +102,18 @@ def _mega_gates_bwd(base, base_bias, values, value_bias, gamma, grads, activatio
                                       grad_k, grad_v, activation, p, feature, _seed(seed, p, base), base_bias.dtype)
 
 
-def _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed):
+def _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed, copy_dtype):
     return _gated_update.gated_update_forward(
         h.contiguous(), bias, None if hx is None else hx.contiguous(), None if u is None else u.contiguous(),
-        residual.contiguous(), weight, norm_bias, norm, eps, activation, p, feature, _seed(seed, p, h))
+        residual.contiguous(), weight, norm_bias, norm, eps, activation, p, feature, _seed(seed, p, h), copy_dtype)
 
 
-def _update_bwd(grad_out, h, bias, hx, u, residual, weight, has_norm_bias, stats, norm, activation, p, feature, seed):
-    return _gated_update.gated_update_backward(grad_out.contiguous(), h, bias, hx, u, residual, weight, has_norm_bias,
-                                               stats, norm, activation, p, feature, _seed(seed, p, h), bias.dtype)
+def _update_bwd(grad_out, grad_copy, h, bias, hx, u, residual, weight, has_norm_bias, stats, norm, activation, p,
+                feature, seed):
+    return _gated_update.gated_update_backward(
+        None if grad_out is None else grad_out.contiguous(), h, bias, hx, u, residual, weight, has_norm_bias, stats,
+        norm, activation, p, feature, _seed(seed, p, h), bias.dtype,
+        None if grad_copy is None else grad_copy.contiguous())
 
 
 def _update_grads(grad_h, grad_u, grad_res, packed, bias, hx, u, weight, norm_bias):
@@ -186,22 +190,24 @@ class _BiasActivation(torch.autograd.Function):
 
 class _GatedUpdate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed):
-        out, stats = _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed)
+    def forward(ctx, h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed, copy_dtype):
+        out, stats, copy = _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature,
+                                       seed, copy_dtype)
         ctx.save_for_backward(h, bias, hx, u, residual, weight, norm_bias, stats)
         ctx.options = (norm, activation, p, feature, seed)
-        return out
+        ctx.set_materialize_grads(False)
+        return out, copy
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_copy):
         h, bias, hx, u, residual, weight, norm_bias, stats = ctx.saved_tensors
         norm, activation, p, feature, seed = ctx.options
         contiguous = [None if t is None else t.contiguous() for t in (h, hx, u, residual)]
-        grad_h, grad_u, grad_res, packed = _update_bwd(grad_out, contiguous[0], bias, contiguous[1], contiguous[2],
-                                                       contiguous[3], weight, norm_bias is not None, stats, norm,
-                                                       activation, p, feature, seed)
+        grad_h, grad_u, grad_res, packed = _update_bwd(grad_out, grad_copy, contiguous[0], bias, contiguous[1],
+                                                       contiguous[2], contiguous[3], weight, norm_bias is not None,
+                                                       stats, norm, activation, p, feature, seed)
         grads = _update_grads(grad_h, grad_u, grad_res, packed, bias, hx, u, weight, norm_bias)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------ torch.compile path: custom operators
@@ -347,31 +353,33 @@ if triton_available():
     @torch.library.custom_op("mega_fairseq::gated_update", mutates_args=())
     def _gated_update_op(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
                          weight: Optional[Tensor], norm_bias: Optional[Tensor], norm: int, eps: float,
-                         activation: int, p: float, feature: bool, seed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        return _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed)
+                         activation: int, p: float, feature: bool, seed: Optional[Tensor],
+                         copy_dtype: Optional[torch.dtype]) -> Tuple[Tensor, Tensor, Tensor]:
+        out, stats, copy = _update_fwd(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature,
+                                       seed, copy_dtype)
+        return out, stats, out.new_empty(0) if copy is None else copy
 
     @_gated_update_op.register_fake
-    def _(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed):
-        dtype = torch.promote_types(h.dtype, residual.dtype)
-        for other in (hx, u):
-            if other is not None:
-                dtype = torch.promote_types(dtype, other.dtype)
+    def _(h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed, copy_dtype):
         rows = residual.shape[0] * residual.shape[1] if norm else 0
-        return residual.new_empty(residual.shape, dtype=dtype), residual.new_empty(rows, 2, dtype=torch.float32)
+        out = residual.new_empty(residual.shape, dtype=output_dtype(h, hx, u, residual))
+        copy = out.new_empty(0) if copy_dtype is None else out.new_empty(residual.shape, dtype=copy_dtype)
+        return out, residual.new_empty(rows, 2, dtype=torch.float32), copy
 
     @torch.library.custom_op("mega_fairseq::gated_update_backward", mutates_args=())
-    def _gated_update_backward_op(grad_out: Tensor, h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor],
-                                  residual: Tensor, weight: Optional[Tensor], has_norm_bias: bool, stats: Tensor,
-                                  norm: int, activation: int, p: float, feature: bool, seed: Optional[Tensor]
-                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _gated_update_backward_op(grad_out: Optional[Tensor], grad_copy: Optional[Tensor], h: Tensor, bias: Tensor,
+                                  hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor, weight: Optional[Tensor],
+                                  has_norm_bias: bool, stats: Tensor, norm: int, activation: int, p: float,
+                                  feature: bool, seed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         grad_h, grad_u, grad_res, packed = _update_bwd(
-            grad_out, h.contiguous(), bias, None if hx is None else hx.contiguous(),
+            grad_out, grad_copy, h.contiguous(), bias, None if hx is None else hx.contiguous(),
             None if u is None else u.contiguous(), residual.contiguous(), weight, has_norm_bias, stats, norm,
             activation, p, feature, seed)
         return grad_h, grad_h.new_empty(0) if grad_u is None else grad_u, grad_res, packed
 
     @_gated_update_backward_op.register_fake
-    def _(grad_out, h, bias, hx, u, residual, weight, has_norm_bias, stats, norm, activation, p, feature, seed):
+    def _(grad_out, grad_copy, h, bias, hx, u, residual, weight, has_norm_bias, stats, norm, activation, p, feature,
+          seed):
         dim = residual.shape[-1]
         width = (dim + _gated_update.norm_weight_width(norm, dim, weight is not None)
                  + (dim if has_norm_bias else 0))
@@ -379,19 +387,22 @@ if triton_available():
         return torch.empty_like(h), grad_u, torch.empty_like(residual), bias.new_empty(width)
 
     def _gated_update_setup(ctx, inputs, output):
-        h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed = inputs
+        h, bias, hx, u, residual, weight, norm_bias, norm, eps, activation, p, feature, seed, copy_dtype = inputs
         ctx.save_for_backward(h, bias, hx, u, residual, weight, norm_bias, output[1])
         ctx.options, ctx.out_dtype = (norm, activation, p, feature, seed), output[0].dtype
+        ctx.has_copy = copy_dtype is not None
 
-    def _gated_update_backward(ctx, grad_out, grad_stats):
+    def _gated_update_backward(ctx, grad_out, grad_stats, grad_copy):
         h, bias, hx, u, residual, weight, norm_bias, stats = ctx.saved_tensors
         norm, activation, p, feature, seed = ctx.options
-        grad_out = _grad(grad_out, residual.shape, ctx.out_dtype, residual.device)
+        grad_copy = grad_copy if ctx.has_copy else None
+        if grad_copy is None:
+            grad_out = _grad(grad_out, residual.shape, ctx.out_dtype, residual.device)
         grad_h, grad_u, grad_res, packed = _gated_update_backward_op(
-            grad_out, h, bias, hx, u, residual, weight, norm_bias is not None, stats, norm, activation, p, feature,
-            seed)
+            grad_out, grad_copy, h, bias, hx, u, residual, weight, norm_bias is not None, stats, norm, activation, p,
+            feature, seed)
         grads = _update_grads(grad_h, None if u is None else grad_u, grad_res, packed, bias, hx, u, weight, norm_bias)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
     _gated_update_op.register_autograd(_gated_update_backward, setup_context=_gated_update_setup)
 
@@ -443,11 +454,28 @@ def gated_update(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tens
     """norm(residual + u * (dropout(act(h + bias + hx)) - residual)), or without u
     norm(residual + dropout(act(h + bias))); all (L, B, D), hx and u optional; norm one of
     none | layernorm | rmsnorm | scalenorm with its weight (D,) ((1,) for scalenorm) and bias."""
+    return gated_update_and_copy(h, bias, hx, u, residual, norm_weight, norm_bias, norm=norm, eps=eps,
+                                 activation=activation, dropout=dropout, feature_dropout=feature_dropout, seed=seed,
+                                 copy_dtype=None)[0]
+
+
+def gated_update_and_copy(h: Tensor, bias: Tensor, hx: Optional[Tensor], u: Optional[Tensor], residual: Tensor,
+                          norm_weight: Optional[Tensor] = None, norm_bias: Optional[Tensor] = None, *,
+                          norm: str = "none", eps: float = 1e-5, activation: str = "silu", dropout: float = 0.0,
+                          feature_dropout: bool = False, seed: Optional[Tensor] = None,
+                          copy_dtype: Optional[torch.dtype]) -> Tuple[Tensor, Tensor]:
+    """``gated_update`` and its output in ``copy_dtype`` (L, B, D), stored by the same kernel (the input
+    of the next projection under autocast; the backward sums both gradients). Without copy_dtype, or
+    when the output already has it, the copy is the output itself."""
+    if copy_dtype == output_dtype(h, hx, u, residual):
+        copy_dtype = None
     args = (h, bias, hx, u, residual, norm_weight, norm_bias, NORM_CODES[norm], float(eps),
-            activation_code(activation), float(dropout), bool(feature_dropout), seed)
+            activation_code(activation), float(dropout), bool(feature_dropout), seed, copy_dtype)
     if torch.compiler.is_compiling():
-        return _gated_update_op(*args)[0]
-    return _GatedUpdate.apply(*args)
+        out, _, copy = _gated_update_op(*args)
+    else:
+        out, copy = _GatedUpdate.apply(*args)
+    return out, out if copy_dtype is None else copy
 
 
 def dropout_scales(like: Tensor, seed: Tensor, p: float, site: int, feature: bool = False) -> Tensor:

@@ -26,8 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime.interpreter import InterpretedFunction
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers"))
-from mega_fairseq.modules import (GatedCrossAttention, MegaLayerConfig, MovingAverageGatedAttention,  # noqa: E402
-                                  NormalizedFeedForward)
+from mega_fairseq.modules import (GatedCrossAttention, MegaDecoderLayer, MegaEncoderLayer,  # noqa: E402
+                                  MegaLayerConfig, MovingAverageGatedAttention, NormalizedFeedForward)
 from mega_fairseq.ops import mega_block as mb  # noqa: E402
 from mega_fairseq.ops import mega_block_ref as ref  # noqa: E402
 from mega_fairseq.ops.triton import bias_activation, block_common, gated_update, gates, reset_product  # noqa: E402
@@ -38,7 +38,7 @@ from reference import f64, randn, random_padding_mask, randomize_parameters_  # 
 SMALL_TILES = {gates: dict(BLOCK_R=8, BLOCK_C=8, BACKWARD_BLOCK_R=8, BACKWARD_BLOCK_C=8, BACKWARD_ROW_PROGRAMS=2),
                reset_product: dict(BLOCK_R=8, BLOCK_C=8),
                bias_activation: dict(BLOCK_R=8, BLOCK_C=8, BACKWARD_ROW_PROGRAMS=2),
-               gated_update: dict(TILE_ELEMENTS=64, BACKWARD_PROGRAMS=3),
+               gated_update: dict(TILE_ELEMENTS=64, BACKWARD_TILE_ELEMENTS=64, BACKWARD_PROGRAMS=3),
                block_common: dict(SUM_BLOCK_P=2, SUM_BLOCK_W=16)}
 DEFAULT_TILES = {module: {name: getattr(module, name) for name in values} for module, values in SMALL_TILES.items()}
 
@@ -120,6 +120,44 @@ def check_gated_update(norm, affine, has_hx, gated, activation, p, feature, seed
     return compare(lambda *x: mb.gated_update(*x, norm=norm, eps=1e-5, activation=activation, dropout=p,
                                               feature_dropout=feature, seed=seed_tensor),
                    lambda *x: ref.gated_update_reference(*x, norm, 1e-5, activation, scale), inputs, seed)
+
+
+def check_gated_update_copy(norm, copy_only, seed):
+    """gated_update_and_copy with a float16 copy: out against the float64 reference, the copy equal to out
+    cast, and the gradients with both outputs used (or the copy alone) against the reference's, whose
+    out takes both weights (the copy's weights are float16 values, so the copy's gradient is exact).
+    (float16: the interpreter rounds to bfloat16 toward zero, the GPU to nearest, as torch.)"""
+    inputs = leaves((L, B, D), (D,), (L, B, D), (L, B, D), (L, B, D), (D,), (D,) if norm == "layernorm" else None,
+                    seed=seed)
+    inputs[3] = torch.sigmoid(inputs[3].detach()).requires_grad_()
+    fused_inputs = [None if t is None else t.detach().float().requires_grad_() for t in inputs]
+    out, copy = mb.gated_update_and_copy(*fused_inputs, norm=norm, activation="silu", copy_dtype=torch.float16)
+    expected = ref.gated_update_reference(*inputs, norm, 1e-5, "silu", None)
+    out_weight = torch.zeros(L, B, D, dtype=torch.float64) if copy_only else randn(L, B, D, seed=seed + 50)
+    copy_weight = randn(L, B, D, seed=seed + 51).half()
+    loss = (copy * copy_weight).double().sum()
+    if not copy_only:
+        loss = loss + (out.double() * out_weight).sum()
+    loss.backward()
+    (expected * (out_weight + copy_weight.double())).sum().backward()
+    errors = {"out": largest_error(out, expected), "copy": largest_error(copy, out.detach().half()),
+              "copy_dtype": float(copy.dtype != torch.float16)}
+    for i, (f, e) in enumerate(zip(fused_inputs, inputs)):
+        if e is not None:
+            errors[f"grad{i}"] = largest_error(f.grad, e.grad)
+    return errors
+
+
+def check_update_opcheck(seed=17):
+    """torch.library.opcheck of the gated update's operator with and without its copy (schema, autograd
+    registration, fake tensors, AOT dispatch with dynamic shapes): the checks that did not succeed."""
+    inputs = [t.float().requires_grad_() for t in leaves((L, B, D), (D,), (L, B, D), (L, B, D), (L, B, D), (D,), (D,),
+                                                        seed=seed)]
+    results = []
+    for copy_dtype in (None, torch.float16):
+        results += torch.library.opcheck(torch.ops.mega_fairseq.gated_update.default,
+                                         (*inputs, 1, 1e-5, 1, 0.0, False, None, copy_dtype)).values()
+    return {"failed": float(sum(result != "SUCCESS" for result in results))}
 
 
 def check_dropout_statistics():
@@ -240,7 +278,8 @@ def check_compiled_block(seed=31):
 
 
 class CrossAndFeedForwardOps(torch.nn.Module):
-    """cross_gates, bias_activation (batch-first and time-major) and the un-gated update in one function."""
+    """cross_gates, bias_activation (batch-first and time-major), the un-gated update and a gated update with
+    its copy in one function."""
 
     def __init__(self):
         super().__init__()
@@ -256,7 +295,8 @@ class CrossAndFeedForwardOps(torch.nn.Module):
         w = mb.bias_activation(values, self.value_bias, activation="gelu", dropout=0.0, feature_dropout=False,
                                seed=None)
         out = mb.gated_update(h, self.out_bias, None, None, u, activation="linear", dropout=0.3, seed=seed)
-        return out * r + q.transpose(0, 1).sum(-1, keepdim=True) + v.sum() + w.sum()
+        out2, copy = mb.gated_update_and_copy(h, self.out_bias, None, r, u, copy_dtype=torch.float16)
+        return out * r + q.transpose(0, 1).sum(-1, keepdim=True) + v.sum() + w.sum() + out2 * copy
 
 
 def check_compiled_ops(seed=32):
@@ -328,6 +368,36 @@ def check_launches():
     return results
 
 
+def check_layer_copies(role, seed=33):
+    """A post-norm layer on the fused path under float16 autocast (CPU) with each sub-layer's output copied
+    for the next projection by its kernel (the default) and with the copies off (autocast's casts): the
+    same outputs and gradients (largest difference), and the ATen launches the copies save."""
+    cfg = MegaLayerConfig(DM, HM, FM, ZM, NM, 4, max_positions=32, ema_impl="fft", block_impl="triton",
+                          prenorm=False, role=role)
+    layer = MegaEncoderLayer(cfg) if role == "encoder" else MegaDecoderLayer(cfg, 32)
+    randomize_parameters_(layer, seed).train()
+    inputs = [randn(9, B, DM, seed=seed).float(), random_padding_mask(B, 9, seed=seed)]
+    if role == "decoder":
+        inputs = [inputs[0], randn(7, B, DM, seed=seed + 1).float(), random_padding_mask(B, 7, seed=seed + 1)]
+    results, launches = [], []
+    for copies in (True, False):
+        layer.pass_copies = copies
+        layer.zero_grad()
+        leaves_ = [t.clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
+        with LaunchCounter() as forward, torch.autocast("cpu", dtype=torch.float16):
+            out = layer(*leaves_)
+        out = out[0] if isinstance(out, tuple) else out
+        with LaunchCounter() as backward:
+            (out.float() * randn(*out.shape, seed=seed + 2).float()).sum().backward()
+        results.append([out] + [t.grad for t in leaves_ if t.is_floating_point()]
+                       + [p.grad for p in layer.parameters()])
+        launches.append((forward.aten, backward.aten))
+    layer.pass_copies = True
+    return {"largest": max(largest_error(a, b) for a, b in zip(*results)),
+            "forward_launches_saved": float(launches[1][0] - launches[0][0]),
+            "backward_launches_saved": float(launches[1][1] - launches[0][1])}
+
+
 def main():
     set_tiles(SMALL_TILES)
     results = {
@@ -345,6 +415,9 @@ def main():
         "update_scalenorm_residual": check_gated_update("scalenorm", True, False, False, "linear", 0.25, False, 12),
         "update_layernorm_plain": check_gated_update("layernorm", False, False, False, "relu", 0.0, False, 13),
         "update_no_norm": check_gated_update("none", False, True, True, "tanh", 0.0, False, 14),
+        "update_copy_layernorm": check_gated_update_copy("layernorm", False, 15),
+        "update_copy_alone_rmsnorm": check_gated_update_copy("rmsnorm", True, 16),
+        "update_opcheck": check_update_opcheck(),
         "dropout": check_dropout_statistics(),
         "launches": check_launches(),
     }
@@ -361,6 +434,8 @@ def main():
         "ffn_postnorm": ffn_case(27, prenorm=False, modes=("train", "eval")),
         "ffn_prenorm": ffn_case(28, prenorm=True),
         "ffn_scalenorm": ffn_case(29, prenorm=False, norm_type="scalenorm"),
+        "encoder_layer_copies": check_layer_copies("encoder"),
+        "decoder_layer_copies": check_layer_copies("decoder"),
         "compiled_block": check_compiled_block(),
         "compiled_ops": check_compiled_ops(),
     })

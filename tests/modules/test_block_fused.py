@@ -52,7 +52,14 @@ def test_fused_block_in_triton_interpreter():
     for case in ("compiled_block", "compiled_ops"):
         compiled = results.pop(case)
         assert compiled["graphs"] == 1.0 and compiled["largest"] < 1e-6, (case, compiled)
-    assert len(results) == 24
+    # post-norm layers under autocast: the kernels' copies of the sub-layers' outputs change no value and
+    # spare the cast before the next projection and, in the backward, the gradient's cast and sum
+    assert results.pop("encoder_layer_copies") == dict(largest=0.0, forward_launches_saved=1.0,
+                                                       backward_launches_saved=2.0)
+    assert results.pop("decoder_layer_copies") == dict(largest=0.0, forward_launches_saved=2.0,
+                                                       backward_launches_saved=4.0)
+    assert results.pop("update_opcheck") == dict(failed=0.0)
+    assert len(results) == 26
     for case, errors in results.items():
         tolerance = MODULE_TOLERANCE if set(errors) <= {"train", "eval"} else OP_TOLERANCE
         for name, error in errors.items():
@@ -86,6 +93,17 @@ def test_fused_path_needs_float32_or_half(monkeypatch):
     monkeypatch.setattr(mega_block, "interpreting", lambda: True)
     assert "float64" in mega_block.fused_block_unavailable(torch.zeros(2, dtype=torch.float64))
     assert mega_block.fused_block_unavailable(torch.zeros(2, dtype=torch.bfloat16)) is None
+
+
+@pytest.mark.parametrize("build", [lambda cfg: GatedCrossAttention(cfg, 32), NormalizedFeedForward])
+def test_a_copy_of_the_input_shaped_otherwise_is_refused(build):
+    module = build(config(block_impl="torch"))
+    x = torch.randn(5, 2, 8)
+    with pytest.raises(ValueError, match=r"copy of the .* must be shaped as .*\(5, 2, 8\), got \(2, 5, 8\)"):
+        if isinstance(module, GatedCrossAttention):
+            module(x, torch.randn(3, 2, 8), query_copy=x.transpose(0, 1))
+        else:
+            module(x, x_copy=x.transpose(0, 1))
 
 
 @pytest.mark.parametrize("role", ["encoder", "decoder"])
@@ -162,11 +180,12 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
     float32["seed_ptr"] = "*i64"
     kernels = [
         (gates._mega_gates_forward_kernel, dict(ACT=1, **drop, **tile), "*bf16"),
-        (gates._mega_gates_backward_kernel, dict(ACT=3, **drop, **tile), "*fp16"),
+        (gates._mega_gates_backward_kernel, dict(ACT=3, **drop, **tile, STAGES=2), "*fp16"),
         (gates._cross_gates_forward_kernel, tile, "*fp16"),
-        (gates._cross_gates_backward_kernel, tile, "*bf16"),
-        (gated_update._gated_update_forward_kernel, update, "*bf16"),
-        (gated_update._gated_update_backward_kernel, dict(update, NORM=3, HAS_NORM_BIAS=False, FEATURE=True), "*fp16"),
+        (gates._cross_gates_backward_kernel, dict(tile, STAGES=1), "*bf16"),
+        (gated_update._gated_update_forward_kernel, dict(update, STORE_COPY=True), "*bf16"),
+        (gated_update._gated_update_backward_kernel,
+         dict(update, NORM=3, HAS_NORM_BIAS=False, FEATURE=True, HAS_COPY_GRAD=True, STAGES=2), "*fp16"),
         (reset_product._reset_product_forward_kernel, tile, "*bf16"),
         (reset_product._reset_product_backward_kernel, tile, "*fp16"),
         (bias_activation._bias_activation_forward_kernel, dict(ACT=4, BATCH_FIRST=True, **drop, **tile), "*bf16"),

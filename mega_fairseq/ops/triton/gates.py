@@ -40,6 +40,7 @@ BACKWARD_ROW_PROGRAMS = 64  # row programs of a backward launch (each loops over
 # warps of a backward program: with 4, a 64 x 128 tile takes 255 registers a thread and spills 2 KB
 # (ptxas -v, sm_90a, the Mega gates); with 8, 8 bytes, yet 8 warps ran slower on an H200 (tune_kernels.py).
 BACKWARD_NUM_WARPS = 4
+BACKWARD_STAGES = 1  # software-pipeline stages of the backward's row loops (1: none)
 VALUE_DROPOUT_SITE = 0
 
 if triton is not None:
@@ -129,7 +130,7 @@ if triton is not None:
         grad_base_ptr, grad_values_ptr, partials_ptr,
         rows_total, row_programs, batch, length, D, Z, H, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
     ):
         """Partials row (one per row program): [bias of base (E) | bias of values (H) |
         gamma[0], gamma[1], beta[0], beta[1] (Z each)]."""
@@ -145,8 +146,8 @@ if triton is not None:
         bias_sum = tl.zeros((BLOCK_C,), tl.float32)
         if block < blocks_d:  # update gate
             cols += block * BLOCK_C
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 x, at, mask = _load_base(base_ptr, base_bias_ptr, rows, cols, rows_total, D, 0, E)
                 offsets, _ = _tile(rows, cols, rows_total, D)
@@ -154,7 +155,6 @@ if triton is not None:
                 grad = _load(grad_u_ptr, offsets, mask) * s * (1.0 - s)
                 tl.store(grad_base_ptr + at, grad.to(grad_base_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + cols, bias_sum, mask=cols < D)
         elif block < blocks_d + blocks_z:  # queries and keys
             cols += (block - blocks_d) * BLOCK_C
@@ -165,8 +165,8 @@ if triton is not None:
             sum_kz = tl.zeros((BLOCK_C,), tl.float32)
             sum_q = tl.zeros((BLOCK_C,), tl.float32)
             sum_k = tl.zeros((BLOCK_C,), tl.float32)
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 x, at, mask = _load_base(base_ptr, base_bias_ptr, rows, cols, rows_total, Z, D, E)
                 offsets, _ = _tile(_batch_first_rows(rows, batch, length), cols, rows_total, Z)
@@ -181,7 +181,6 @@ if triton is not None:
                 sum_kz += tl.sum(grad_k * z, axis=0)
                 sum_q += tl.sum(grad_q, axis=0)
                 sum_k += tl.sum(grad_k, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + D + cols, bias_sum, mask=col_mask)
             tl.store(partials_ptr + E + H + cols, sum_qz, mask=col_mask)
             tl.store(partials_ptr + E + H + Z + cols, sum_kz, mask=col_mask)
@@ -189,32 +188,30 @@ if triton is not None:
             tl.store(partials_ptr + E + H + 3 * Z + cols, sum_k, mask=col_mask)
         elif block < blocks_d + blocks_z + blocks_h:  # reset gate
             cols += (block - blocks_d - blocks_z) * BLOCK_C
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 x, at, mask = _load_base(base_ptr, base_bias_ptr, rows, cols, rows_total, H, D + Z, E)
                 offsets, _ = _tile(rows, cols, rows_total, H)
                 grad = _load(grad_r_ptr, offsets, mask) * activation_grad(x, 1)
                 tl.store(grad_base_ptr + at, grad.to(grad_base_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + D + Z + cols, bias_sum, mask=cols < H)
         elif block < 2 * blocks_d + blocks_z + blocks_h:  # hx
             cols += (block - blocks_d - blocks_z - blocks_h) * BLOCK_C
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 offsets, mask = _tile(rows, cols, rows_total, D)
                 grad = _load(grad_hx_ptr, offsets, mask)
                 at = rows[:, None].to(tl.int64) * E + D + Z + H + cols[None, :]
                 tl.store(grad_base_ptr + at, grad.to(grad_base_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + D + Z + H + cols, bias_sum, mask=cols < D)
         else:  # values
             cols += (block - 2 * blocks_d - blocks_z - blocks_h) * BLOCK_C
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 x, at, mask = _load_base(values_ptr, value_bias_ptr, rows, cols, rows_total, H, 0, H)
                 offsets, _ = _tile(_batch_first_rows(rows, batch, length), cols, rows_total, H)
@@ -223,7 +220,6 @@ if triton is not None:
                     grad = grad * dropout_scale(seed_ptr, 0, rows, cols, H, batch, p, FEATURE)
                 tl.store(grad_values_ptr + at, grad.to(grad_values_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + E + cols, bias_sum, mask=cols < H)
 
     @triton.jit(do_not_specialize=["rows_total", "batch", "length"])
@@ -258,7 +254,7 @@ if triton is not None:
     def _cross_gates_backward_kernel(
         base_ptr, bias_ptr, grad_u_ptr, grad_r_ptr, grad_q_ptr, grad_base_ptr, partials_ptr,
         rows_total, row_programs, batch, length, D, Z,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
     ):
         """Partials row (one per row program): the bias gradient (2D + Z)."""
         row_program = tl.program_id(0)
@@ -272,8 +268,8 @@ if triton is not None:
             reset = block >= blocks_d
             cols += (block - blocks_d * reset.to(tl.int32)) * BLOCK_C
             first = D * reset.to(tl.int32)
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 x, at, mask = _load_base(base_ptr, bias_ptr, rows, cols, rows_total, D, first, E)
                 offsets, _ = _tile(rows, cols, rows_total, D)
@@ -284,12 +280,11 @@ if triton is not None:
                     grad = _load(grad_u_ptr, offsets, mask) * s * (1.0 - s)
                 tl.store(grad_base_ptr + at, grad.to(grad_base_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + first + cols, bias_sum, mask=cols < D)
         else:  # queries
             cols += (block - 2 * blocks_d) * BLOCK_C
-            start = row_program * BLOCK_R
-            while start < rows_total:
+            for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R,
+                                  num_stages=STAGES):
                 rows = start + tl.arange(0, BLOCK_R)
                 offsets, mask = _tile(_batch_first_rows(rows, batch, length), cols, rows_total, Z)
                 mask = mask & (rows[:, None] < rows_total)
@@ -297,7 +292,6 @@ if triton is not None:
                 at = rows[:, None].to(tl.int64) * E + 2 * D + cols[None, :]
                 tl.store(grad_base_ptr + at, grad.to(grad_base_ptr.dtype.element_ty), mask=mask)
                 bias_sum += tl.sum(grad, axis=0)
-                start += row_programs * BLOCK_R
             tl.store(partials_ptr + 2 * D + cols, bias_sum, mask=cols < Z)
 
 
@@ -354,7 +348,7 @@ def mega_gates_backward(base: Tensor, base_bias: Tensor, values: Tensor, value_b
         base, base_bias, values, value_bias, gamma, grad_u, grad_r, grad_hx, grad_q, grad_k, grad_v,
         grad_base, grad_values, partials, rows, row_programs, batch, length, dim, z_dim, hidden, seed, p,
         ACT=activation, HAS_DROPOUT=p > 0.0, FEATURE=feature, BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C,
-        num_warps=BACKWARD_NUM_WARPS)
+        STAGES=BACKWARD_STAGES, num_warps=BACKWARD_NUM_WARPS)
     return grad_base, grad_values, column_sums(partials, param_dtype)
 
 
@@ -387,5 +381,5 @@ def cross_gates_backward(base: Tensor, bias: Tensor, grad_u: Tensor, grad_r: Ten
     _cross_gates_backward_kernel[grid](base, bias, grad_u, grad_r, grad_q, grad_base, partials,
                                        rows, row_programs, batch, length, dim, z_dim,
                                        BLOCK_R=BACKWARD_BLOCK_R, BLOCK_C=BACKWARD_BLOCK_C,
-                                       num_warps=BACKWARD_NUM_WARPS)
+                                       STAGES=BACKWARD_STAGES, num_warps=BACKWARD_NUM_WARPS)
     return grad_base, column_sums(partials, param_dtype)
