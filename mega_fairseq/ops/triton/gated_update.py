@@ -33,12 +33,12 @@ except ImportError:  # CPU-only installs: the PyTorch paths are used
 
 NORM_CODES = {"none": 0, "layernorm": 1, "rmsnorm": 2, "scalenorm": 3}
 MAX_FUSED_NORM_DIM = 8192  # widest row one program normalizes
-TILE_ELEMENTS = 4096  # rows per program = TILE_ELEMENTS / next_power_of_2(D), at most MAX_ROWS (tune_kernels.py)
+TILE_ELEMENTS = 2048  # rows per program = TILE_ELEMENTS / next_power_of_2(D), at most MAX_ROWS (tune_kernels.py)
 MAX_ROWS = 32
 BACKWARD_TILE_ELEMENTS = 4096  # the same for a backward program's tiles
 BACKWARD_PROGRAMS = 512  # programs of a backward launch (each loops over its row tiles): ~4 per SM
 BACKWARD_WARPS = 4  # warps of a backward program (rows narrower than 4,096)
-BACKWARD_STAGES = 1  # software-pipeline stages of the backward's row loop (1: none)
+BACKWARD_STAGES = 2  # software-pipeline stages of the backward's row loop (1: none)
 UPDATE_DROPOUT_SITE = 1
 
 if triton is not None:

@@ -40,7 +40,7 @@ BACKWARD_ROW_PROGRAMS = 64  # row programs of a backward launch (each loops over
 # warps of a backward program: with 4, a 64 x 128 tile takes 255 registers a thread and spills 2 KB
 # (ptxas -v, sm_90a, the Mega gates); with 8, 8 bytes, yet 8 warps ran slower on an H200 (tune_kernels.py).
 BACKWARD_NUM_WARPS = 4
-BACKWARD_STAGES = 1  # software-pipeline stages of the backward's row loops (1: none)
+BACKWARD_STAGES = 2  # software-pipeline stages of the backward's row loops (1: none)
 VALUE_DROPOUT_SITE = 0
 
 if triton is not None:
