@@ -148,7 +148,7 @@ def sweep_block(rows: int, lengths, repeats: int) -> None:
                                              BACKWARD_NUM_WARPS=[4, 8], BACKWARD_STAGES=[1, 2, 3]),
           lambda: gates_calls(rows)[1], repeats)
     sweep("bias_activation backward (FFN)", bias_activation, dict(BACKWARD_ROW_PROGRAMS=[64, 128, 256, 512, 1024],
-                                                                   **blocks),
+                                                                   BACKWARD_STAGES=[1, 2], **blocks),
           lambda: bias_activation_call(rows), repeats)
     for length in lengths:
         forward, backward = reset_product_calls(length, max(1, rows // length))

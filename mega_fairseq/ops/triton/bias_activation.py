@@ -23,6 +23,7 @@ except ImportError:  # CPU-only installs: the PyTorch paths are used
 
 BLOCK_R, BLOCK_C = 32, 64
 BACKWARD_ROW_PROGRAMS = 64
+BACKWARD_STAGES = 1  # software-pipeline stages of the backward's row loop (1: none)
 DROPOUT_SITE = 0
 
 if triton is not None:
@@ -57,15 +58,14 @@ if triton is not None:
     def _bias_activation_backward_kernel(
         grad_y_ptr, x_ptr, bias_ptr, grad_x_ptr, partials_ptr, rows_total, row_programs, batch, length, W, seed_ptr, p,
         ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, FEATURE: tl.constexpr, BATCH_FIRST: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
     ):
         """Partials row (one per row program): the bias gradient (W)."""
         row_program = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         bias = tl.load(bias_ptr + cols, mask=cols < W, other=0.0).to(tl.float32)
         bias_sum = tl.zeros((BLOCK_C,), tl.float32)
-        start = row_program * BLOCK_R
-        while start < rows_total:
+        for start in tl.range(row_program * BLOCK_R, rows_total, row_programs * BLOCK_R, num_stages=STAGES):
             rows = start + tl.arange(0, BLOCK_R)
             at, out, mask = _tile(rows, cols, rows_total, batch, length, W, BATCH_FIRST)
             x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
@@ -75,7 +75,6 @@ if triton is not None:
             grad = tl.where(mask, grad, 0.0)
             tl.store(grad_x_ptr + at, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
             bias_sum += tl.sum(grad, axis=0)
-            start += row_programs * BLOCK_R
         tl.store(partials_ptr + row_program.to(tl.int64) * W + cols, bias_sum, mask=cols < W)
 
 
@@ -103,5 +102,5 @@ def bias_activation_backward(grad_y: Tensor, x: Tensor, bias: Tensor, activation
     _bias_activation_backward_kernel[(row_programs, triton.cdiv(width, BLOCK_C))](
         grad_y, x, bias, grad_x, partials, rows, row_programs, batch, length, width, seed, p,
         ACT=activation, HAS_DROPOUT=p > 0.0, FEATURE=feature, BATCH_FIRST=batch_first,
-        BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
+        BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, STAGES=BACKWARD_STAGES, num_warps=4)
     return grad_x, column_sums(partials, param_dtype)
