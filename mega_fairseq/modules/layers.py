@@ -23,10 +23,9 @@ class MegaEncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: (L, B, D); padding_mask: (B, L) bool, True at pads. Returns (L, B, D)."""
-        if self.nffn is None:
-            return self.mega_layer(x, padding_mask)[0]
-        if not self.pass_copies:
-            return self.nffn(self.mega_layer(x, padding_mask)[0], padding_mask)
+        if self.nffn is None or not self.pass_copies:
+            x = self.mega_layer(x, padding_mask)[0]
+            return x if self.nffn is None else self.nffn(x, padding_mask)
         x, x_copy = self.mega_layer.forward_and_copy(x, padding_mask)
         return self.nffn(x, padding_mask, x_copy)
 
