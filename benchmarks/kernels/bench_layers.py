@@ -102,8 +102,12 @@ def copy_bandwidth_gbs(device, nbytes: int = 2 ** 30) -> float:
 
 
 def forward_backward(module, x, **kwargs):
+    """module(x) forward and the backward of its sum, as a callable. The module's input is a view of x: not
+    a leaf, as the embeddings' output in a model is, so that its gradient flows on (as into fairseq's
+    embedding backward) and reaches x.grad without a leaf's treatment in the module (layer graphs copy
+    leaves' gradients out of their memory pool)."""
     def run():
-        out = module(x, **kwargs)
+        out = module(x.view_as(x), **kwargs)
         out = out[0] if isinstance(out, tuple) else out
         out.float().sum().backward()
     return run

@@ -12,8 +12,8 @@ as eager): a graph is recorded per batch shape, all shapes share one memory pool
 one launch per graph instead of the host time of every kernel and autograd node. Batches repeat their
 shapes from the second epoch on (fairseq's batches are fixed), so the recording cost is paid once per
 shape (on several GPUs only if each GPU keeps its batches: ``--fix-batches-to-gpus``). The dropout seeds
-of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The gradients
-leave the graphs' memory pool as each backward replay returns them, so that they accumulate over several
+of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The parameters'
+gradients leave the graphs' memory pool as each backward replay returns them, so that they accumulate over several
 backward passes (``--update-freq``) like eager gradients.
 """
 from typing import List, Optional, Tuple
@@ -32,15 +32,16 @@ LAYER_GRAPHS_HELP = ("replay the training forward and backward of the encoder an
                      "on when training on a CUDA device without --compile-layers; off: eager")
 
 
-def copied_out_of_pool(outputs):
-    """The tensors of a backward replay's ``outputs`` (list) copied out of the graphs' memory pool, exactly
-    (a batched multiply by 1: a few launches for all of them); other entries kept.
+def copied_out_of_pool(outputs, positions):
+    """The tensors of a backward replay's ``outputs`` (list) at ``positions`` copied out of the graphs'
+    memory pool, exactly (a batched multiply by 1: a few launches for all of them); other entries kept.
 
-    A backward graph's outputs are the parameters' gradients, which autograd installs as ``.grad``. Left in
-    the pool, the next replay overwrites them: gradients accumulated over several backward passes
-    (fairseq's --update-freq) would read overwritten memory (torch's CUDA graph trees raise, or with
-    some access patterns sum stale values; pytorch/pytorch#169545)."""
-    positions = [i for i, output in enumerate(outputs) if isinstance(output, Tensor)]
+    The gradients of the graph's leaf inputs (the parameters) become their ``.grad``. Left in the pool, the
+    next replay overwrites them: gradients accumulated over several backward passes (fairseq's
+    --update-freq) would read overwritten memory (torch's CUDA graph trees raise, or with some access
+    patterns sum stale values; pytorch/pytorch#169545). The gradients of the other inputs (a stack's
+    input, the encoder's output) are consumed by the same backward pass and stay in the pool."""
+    positions = [i for i in positions if isinstance(outputs[i], Tensor)]
     if not positions:
         return outputs
     copies = torch._foreach_mul([outputs[i] for i in positions], 1)
@@ -50,9 +51,16 @@ def copied_out_of_pool(outputs):
     return outputs
 
 
-def record_per_shape(record):
-    """A ``cudagraphify_impl`` that records with ``record`` once per shape of a graph's inputs and copies
-    every backward replay's outputs (the gradients) out of the memory pool."""
+def leaf_positions(example_inputs) -> List[int]:
+    """Positions of a graph's inputs that are leaf tensors requiring a gradient (the parameters)."""
+    return [i for i, t in enumerate(example_inputs) if isinstance(t, Tensor) and t.is_leaf and t.requires_grad]
+
+
+def record_per_shape(record, leaves: List[int], num_inputs: int):
+    """A ``cudagraphify_impl`` that records with ``record`` once per shape of a graph's inputs and copies the
+    gradients of the leaves among its ``num_inputs`` inputs (positions ``leaves``) out of the memory pool
+    as each backward replay returns them: AOT autograd's backward has one output per input of the traced
+    graph, in order. A backward with another number of outputs has every output copied."""
     def per_shape(model, inputs, static_input_idxs, *args, **kwargs):
         recordings = {}
         is_backward = bool(kwargs.get("is_backward", False))
@@ -62,7 +70,9 @@ def record_per_shape(record):
             if key not in recordings:
                 recordings[key] = record(model, list(new_inputs), static_input_idxs, *args, **kwargs)
             outputs = recordings[key](new_inputs)
-            return copied_out_of_pool(outputs) if is_backward else outputs
+            if not is_backward:
+                return outputs
+            return copied_out_of_pool(outputs, leaves if len(outputs) == num_inputs else range(len(outputs)))
         return run
     return per_shape
 
@@ -74,14 +84,15 @@ def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
     only in a tensor) would replay a recording of another shape. The key here is every input's shape
     (the backward's "static" inputs, the saved activations, change shape with the batch too); all
     recordings stay in torch's CUDA graph trees (one memory pool), whose output lookups are replaced by
-    faster ones first (``graph_tree_lookups``). The gradients leave the pool as each backward replay
-    returns them (see ``copied_out_of_pool``)."""
+    faster ones first (``graph_tree_lookups``). The parameters' gradients leave the pool as each
+    backward replay returns them (see ``copied_out_of_pool``)."""
     from torch._dynamo.backends.registry import lookup_backend
     from torch._inductor import cudagraph_trees
 
     speed_up_graph_tree_lookups()
     record = cudagraph_trees.cudagraphify_impl
-    cudagraph_trees.cudagraphify_impl = record_per_shape(record)  # read once by the backend, for this graph only
+    per_shape = record_per_shape(record, leaf_positions(example_inputs), len(example_inputs))
+    cudagraph_trees.cudagraphify_impl = per_shape  # read once by the backend, for this graph only
     try:
         return lookup_backend("cudagraphs")(graph, example_inputs)
     finally:

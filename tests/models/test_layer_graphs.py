@@ -74,29 +74,74 @@ def test_compiled_stacks_match_eager_model(monkeypatch):
     dynamo.reset()
 
 
-def test_recordings_per_shape_and_backward_outputs_out_of_the_pool():
+def test_recordings_per_shape_and_leaf_gradients_out_of_the_pool():
     """record_per_shape with a fake recorder whose replays write into one buffer, as a CUDA graph's memory
-    pool does: one recording per shape of the inputs; a backward replay's gradients survive the next
-    replay (copied out, values exact), a forward replay's outputs are returned as they are."""
-    pool, recorded = torch.zeros(3), []
+    pool does: one recording per shape of the inputs; a backward replay's gradients of leaf inputs survive
+    the next replay (copied out, values exact), the other inputs' gradients and a forward replay's outputs
+    are returned as they are; a backward whose outputs do not match the inputs one to one has all copied."""
+    pool, recorded = torch.zeros(6), []
 
     def record(model, inputs, static_input_idxs, *args, **kwargs):
         recorded.append(tuple(inputs[0].shape))
 
         def replay(new_inputs):
-            pool[: new_inputs[0].numel()].copy_(new_inputs[0] / 3)
-            return [pool[: new_inputs[0].numel()], None]
+            size = new_inputs[0].numel()
+            pool[:size].copy_(new_inputs[0] / 3)
+            pool[3:3 + size].copy_(new_inputs[0] * 2)
+            return [pool[:size], pool[3:3 + size], None][:len(new_inputs)]
         return replay
 
-    backward = compile_module.record_per_shape(record)(None, [torch.ones(3)], [], is_backward=True)
-    first = backward([torch.ones(3)])
-    second = backward([torch.full((3,), 5.0)])
-    third = backward([torch.full((2,), 7.0)])
-    assert torch.equal(first[0], torch.ones(3) / 3) and first[1] is None
+    backward = compile_module.record_per_shape(record, [0], 3)(None, [torch.ones(3)], [], is_backward=True)
+    inputs = [torch.ones(3), None, None]
+    first = backward(inputs)
+    second = backward([torch.full((3,), 5.0), None, None])
+    third = backward([torch.full((2,), 7.0), None, None])
+    assert torch.equal(first[0], torch.ones(3) / 3) and first[2] is None
     assert torch.equal(second[0], torch.full((3,), 5.0) / 3) and torch.equal(third[0], torch.full((2,), 7.0) / 3)
+    assert third[1].data_ptr() == pool[3:].data_ptr(), "a non-leaf input's gradient stays in the pool"
     assert recorded == [(3,), (2,)]
-    forward = compile_module.record_per_shape(record)(None, [torch.ones(3)], [], is_backward=False)
-    assert forward([torch.ones(3)])[0].data_ptr() == pool.data_ptr()
+    unmatched = compile_module.record_per_shape(record, [0], 4)(None, [torch.ones(3)], [], is_backward=True)
+    outputs = unmatched([torch.ones(3), None, None])
+    assert all(output.data_ptr() not in (pool.data_ptr(), pool[3:].data_ptr()) for output in outputs[:2])
+    forward = compile_module.record_per_shape(record, [0], 3)(None, [torch.ones(3)], [], is_backward=False)
+    assert forward([torch.ones(3), None, None])[0].data_ptr() == pool.data_ptr()
+
+
+def test_leaf_positions_are_the_parameters_and_leaves_requiring_grad():
+    parameter, leaf = torch.nn.Parameter(torch.ones(2)), torch.ones(2, requires_grad=True)
+    inputs = [3, leaf * 2, parameter, torch.ones(2), leaf]
+    assert compile_module.leaf_positions(inputs) == [2, 4]
+
+
+def test_aot_backward_outputs_follow_the_traced_inputs():
+    """What record_per_shape relies on: AOT autograd's backward of a dynamo graph (parameters lifted to
+    inputs, dynamic shapes) has one output per input of the graph, in order, the gradient of each leaf
+    input at its position."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    seen = {}
+
+    def probing_backend(graph, example_inputs):
+        seen["inputs"] = list(example_inputs)
+
+        def backward_compiler(backward, inputs):
+            seen["outputs"] = [node.meta["val"] if node is not None else None
+                               for node in backward.graph.find_nodes(op="output")[0].args[0]]
+            return make_boxed_func(backward)
+        return aot_module_simplified(graph, example_inputs, fw_compiler=lambda g, _: make_boxed_func(g),
+                                     bw_compiler=backward_compiler)
+
+    dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.GELU(), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    x = torch.randn(6, 2, 4, requires_grad=True) * 2
+    torch._dynamo.mark_dynamic(x, 0)
+    torch.compile(model, backend=probing_backend)(x).sum().backward()
+    leaves = compile_module.leaf_positions(seen["inputs"])
+    assert len(seen["outputs"]) == len(seen["inputs"]) and len(leaves) == 6
+    for position in leaves:
+        assert tuple(seen["outputs"][position].shape) == tuple(seen["inputs"][position].shape)
+    dynamo.reset()
 
 
 GPU_FLAGS = ["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"]
