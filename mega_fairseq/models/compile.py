@@ -13,8 +13,8 @@ one launch per graph instead of the host time of every kernel and autograd node.
 shapes from the second epoch on (fairseq's batches are fixed), so the recording cost is paid once per
 shape (on several GPUs only if each GPU keeps its batches: ``--fix-batches-to-gpus``). The dropout seeds
 of the fused kernels are device tensors drawn inside the graph, so each replay drops anew. The parameters'
-gradients leave the graphs' memory pool as each backward replay returns them, so that they accumulate over several
-backward passes (``--update-freq``) like eager gradients.
+gradients leave the graphs' memory pool as each backward replay returns them, so that they accumulate over
+several backward passes (``--update-freq``) like eager gradients.
 """
 from typing import List, Optional, Tuple
 

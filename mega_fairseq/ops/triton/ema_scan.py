@@ -78,8 +78,9 @@ MAX_REGISTERS_BACKWARD = 0
 # over float32 x 0.41 -> 0.37 ms; the forward scan was slower with them (0.20 -> 0.35 ms) and keeps
 # its loads of single rows.
 STAGES = 3
-# warps over all chunks of the forward scan: at 32k tokens 4,096 (time chunks of 128) took the layer's EMA
-# kernels 0.751 -> 0.741 ms at L 4k and 0.738 -> 0.730 ms at 1k against 8,192 (H200, benchmarks/RESULTS.md)
+# warps over all chunks of a scan: at 32k tokens 4,096 (forward time chunks of 128; the backward's stay
+# 256) took the layer's EMA kernels 0.751 -> 0.741 ms at L 4k and 0.738 -> 0.730 ms at 1k against 8,192
+# (H200, benchmarks/RESULTS.md)
 TARGET_WARPS = 4096
 MIN_CHUNK = 64  # the forward's shortest time chunk
 MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
