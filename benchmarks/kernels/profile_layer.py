@@ -102,7 +102,13 @@ def parse_setting(text: str) -> list:
             raise SystemExit(f"--settings: no kernel module 'mega_fairseq.ops.triton.{module_name}' ({item!r})")
         if not name or not hasattr(module, name) or not value:
             raise SystemExit(f"--settings: '{item}' is not MODULE.CONSTANT=VALUE of a constant in {module.__name__}")
-        assignments.append((module, name, type(getattr(module, name))(value)))
+        current = getattr(module, name)
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--settings: '{item}' sets a flag: give True or False")
+            assignments.append((module, name, value.lower() in ("true", "1")))
+        else:
+            assignments.append((module, name, type(current)(value)))
     return assignments
 
 

@@ -34,6 +34,8 @@ LAYER_CASES = {  # name: (length, batch, dim, ndim, bidirectional, truncation, p
     "long_causal_truncated_padded": (37, 2, 3, 8, False, 11, True, True),
     "long_bidirectional_truncated_padded": (21, 3, 33, 2, True, 5, True, True),
     "many_chunks_bidirectional_truncated_padded": (150, 2, 5, 4, True, 40, True, True),
+    "several_chunks_causal_padded": (37, 2, 3, 8, False, None, True, True),
+    "many_chunks_bidirectional_padded": (70, 2, 5, 4, True, None, True, True),
 }
 
 

@@ -92,11 +92,13 @@ def interpreted():
 @pytest.mark.parametrize("case", ["short_causal", "short_bidirectional_truncated_padded",
                                   "short_truncation_not_below_length", "long_causal_truncated_padded",
                                   "long_bidirectional_truncated_padded",
-                                  "many_chunks_bidirectional_truncated_padded"])
+                                  "many_chunks_bidirectional_truncated_padded", "several_chunks_causal_padded",
+                                  "many_chunks_bidirectional_padded"])
 def test_interpreted_layer_matches_float64_lag_sum(interpreted, case):
     """Output, dx and the five parameter gradients in float32 against the float64 direct sum over lags:
-    one chunk, several and many, causal and bidirectional, truncated (K < L and K >= L), padded, row and
-    channel blocks with masked tails."""
+    one chunk, several and many, causal and bidirectional, truncated (K < L and K >= L) or not (the
+    bidirectional forward's chunk states of both directions from one pass), padded, row and channel
+    blocks with masked tails."""
     errors = interpreted[case]
     assert set(errors) == {"y", "dx", "dalpha", "ddelta", "dbeta", "dgamma", "domega"}
     for name, error in errors.items():
@@ -332,6 +334,8 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
                                         STORE_FINAL=True, STORE_Y=False, STORE_X=False)),
         (kernels._chunk_states_kernel, ["*bf16", "*i1", "*fp32", "*bf16"] + params + ["*fp32"] + ints
          + ["fp32", "i32", "i32"], dict(scan, GRAD=True, STAGES=3)),
+        (kernels._joint_chunk_states_kernel, ["*fp32", "*i1"] + ["*fp32"] * 5 + ["i32"] * 5,
+         dict(N=16, ROWS=4, BD=32, HAS_MASK=True, STAGES=3)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, HAS_H0=False, GRAD=True)),
         (kernels._chunk_prefix_kernel, ["*fp32"] * 6 + ["i32"] * 6, dict(shape, DIRS=1, HAS_H0=True, GRAD=False)),
         *((kernels._ema_backward_kernel, ["*bf16", "*bf16", "*i1", "*bf16"] + params
@@ -352,5 +356,5 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
             compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned),
                                       target=GPUTarget("cuda", 90, 32), options=options)
             assert compiled.asm["cubin"], (kernel.fn.__name__, cap)
-            if kernel is kernels._chunk_states_kernel or constants.get("TILED"):  # tiles loaded by a pipeline
+            if constants.get("STAGES", 1) > 1 and constants.get("TILED", True):  # tiles loaded by a pipeline
                 assert "cp.async" in compiled.asm["ptx"], kernel.fn.__name__

@@ -331,6 +331,42 @@ def _chunk_states_kernel(
         tl.store(states_ptr + at, s, mask=tile_ok)
 
 
+@triton.jit(do_not_specialize=["L", "B", "TC", "num_chunks"])
+def _joint_chunk_states_kernel(
+    x_ptr, mask_ptr, alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, states_ptr, L, B, D, TC, num_chunks,
+    N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, HAS_MASK: tl.constexpr, STAGES: tl.constexpr,
+):
+    """The forward chunk states of both directions of an untruncated bidirectional layer from one pass
+    over the chunk in time order (grid axis 2 = chunk), the values _chunk_states_kernel stores one
+    direction a program: direction 0's s0 = sum_t q0^(end - t) x[t] by its recurrence; direction 1's
+    s1 = sum_t q1^(t - start) x[t] by groups of 8 steps from t8: q1^(t8 - start) times the group's own
+    sum, which its recurrence takes backward through the group's inputs (in registers)."""
+    b, d, ok = _columns(B, D, ROWS, BD)
+    chunk = tl.program_id(2)
+    start = chunk * TC
+    span = (tl.minimum(TC, L - start) + 7) // 8 * 8
+    q0 = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, 0, D, 1.0, 0, N)[0]
+    q1 = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, 1, D, 1.0, 0, N)[0]
+    q1_squared = q1 * q1
+    q1_eighth = q1_squared * q1_squared
+    q1_eighth *= q1_eighth
+    s0 = tl.zeros((N, ROWS * BD), tl.float32)
+    s1 = tl.zeros((N, ROWS * BD), tl.float32)
+    power = tl.full((N, ROWS * BD), 1.0, tl.float32)  # q1^(t8 - start)
+    for k in tl.range(0, span, 8, num_stages=STAGES):
+        xs, pads, _, _ = _scan_inputs8(x_ptr, mask_ptr, start + k, 1, 0, b, d, ok, L, B, D, HAS_MASK, False,
+                                       TILED=True)
+        group = tl.zeros((N, ROWS * BD), tl.float32)
+        for i in tl.static_range(8):
+            s0 = q0 * s0 + _signal(xs[i], pads[i], HAS_MASK)
+            group = q1 * group + _signal(xs[7 - i], pads[7 - i], HAS_MASK)
+        s1 += power * group
+        power *= q1_eighth
+    tile_ok = ok & (tl.arange(0, N)[:, None] < N)
+    tl.store(states_ptr + _state_offsets(b, d, chunk, 0, num_chunks, D, 2, N), s0, mask=tile_ok)
+    tl.store(states_ptr + _state_offsets(b, d, chunk, 1, num_chunks, D, 2, N), s1, mask=tile_ok)
+
+
 @triton.jit
 def _scan_chunk(i, direction, num_chunks, REVERSE: tl.constexpr):
     """The chunk at position i of a direction's scan order (direction 1 starts at the last chunk);

@@ -82,6 +82,9 @@ STAGES = 3
 # 256) took the layer's EMA kernels 0.751 -> 0.741 ms at L 4k and 0.738 -> 0.730 ms at 1k against 8,192
 # (H200, benchmarks/RESULTS.md)
 TARGET_WARPS = 4096
+# an untruncated bidirectional layer's forward chunk states from one pass over x for both directions
+# (_joint_chunk_states_kernel) instead of a program per direction (_chunk_states_kernel)
+JOINT_CHUNK_STATES = True
 MIN_CHUNK = 64  # the forward's shortest time chunk
 MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
 FINALIZE_BLOCK, FINALIZE_ROWS = 128, 16  # tile of the partial-sum reduction
@@ -136,9 +139,14 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
     scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **_register_cap(MAX_REGISTERS_FORWARD))
     if num_chunks > 1:
         states = torch.empty(batch, num_chunks, dirs, n_dim, dim, device=x.device, dtype=torch.float32)
-        kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
-            x, mask_arg, x, x, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks, 0,
-            GRAD=False, STAGES=STAGES, **scan)
+        if dirs == 2 and not truncated and JOINT_CHUNK_STATES:
+            kernels._joint_chunk_states_kernel[grid](
+                x, mask_arg, *params, states, length, batch, dim, chunk, num_chunks, N=n_dim, ROWS=rows, BD=BD,
+                HAS_MASK=mask is not None, STAGES=STAGES, num_warps=rows, **_register_cap(MAX_REGISTERS_FORWARD))
+        else:
+            kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
+                x, mask_arg, x, x, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks, 0,
+                GRAD=False, STAGES=STAGES, **scan)
         kernels._chunk_prefix_kernel[grid[:2] + (dirs,)](
             states, *params, x if h0 is None else h0, length, batch, dim, chunk, num_chunks, 0,
             HAS_H0=h0 is not None, GRAD=False, **shape)
