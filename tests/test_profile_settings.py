@@ -33,3 +33,10 @@ def test_each_setting_starts_from_the_defaults(monkeypatch, capsys):
 def test_a_setting_that_names_no_constant_is_refused():
     with pytest.raises(SystemExit, match="not MODULE.CONSTANT=VALUE"):
         profile_layer.parse_setting("ema_scan.NO_SUCH_CONSTANT=3")
+
+
+def test_a_flag_is_parsed_as_true_or_false():
+    assert [value for _, _, value in profile_layer.parse_setting("ema_scan.JOINT_CHUNK_STATES=False")] == [False]
+    assert [value for _, _, value in profile_layer.parse_setting("ema_scan.JOINT_CHUNK_STATES=1")] == [True]
+    with pytest.raises(SystemExit, match="sets a flag: give True or False"):
+        profile_layer.parse_setting("ema_scan.JOINT_CHUNK_STATES=maybe")
