@@ -231,7 +231,7 @@ def _ema_forward_kernel(
     n = tl.arange(0, N)
     tile_ok = ok & (n[:, None] < N)
     omega = tl.load(omega_ptr + d, mask=ok, other=0.0).to(tl.float32)
-    for index in range(DIRS):
+    for index in tl.static_range(DIRS):  # unrolled: a pass compiles without the work it masks off
         direction = DIRS - 1 - index
         step = 1 - 2 * direction
         last = direction == 0  # the pass that writes the layer output
