@@ -473,7 +473,7 @@ def _ema_backward_kernel(
     width = 2 * DIRS * N * D + D
     partial_row = partial_ptr + (tl.program_id(0) * num_chunks + chunk).to(tl.int64) * width
     tile_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    for direction in range(DIRS):
+    for direction in tl.static_range(DIRS):  # unrolled: a pass compiles without the work it masks off
         step = 1 - 2 * direction
         first_pass = direction == 0  # writes dx from scratch and sums omega's gradient
         q, a, c, q_cut, dq_cut = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
