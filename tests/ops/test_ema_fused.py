@@ -328,10 +328,12 @@ def test_kernels_compile_for_h100_with_half_precision_inputs():
     ints = ["i32"] * 5
     cases = [
         (kernels._ema_forward_kernel, ["*fp32", "*i1"] + params + ["*fp32", "*fp32", "*fp32", "*bf16", "*bf16"]
-         + ints + ["fp32"] + ints, dict(scan, STATE_IN=True, STORE_FINAL=False, STORE_Y=True, STORE_X=True)),
+         + ints + ["fp32"] + ints, dict(scan, STATE_IN=True, STORE_FINAL=False, STORE_Y=True, STORE_X=True,
+                                   SCALED_STATE=False)),
         (kernels._ema_forward_kernel, ["*fp16", "*i1"] + ["*fp16"] * 5 + ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16"]
          + ints + ["fp32"] + ints, dict(scan, DIRS=1, TRUNCATED=False, HAS_MASK=False, STATE_IN=True,
-                                        STORE_FINAL=True, STORE_Y=False, STORE_X=False)),
+                                        STORE_FINAL=True, STORE_Y=False, STORE_X=False,
+                                        SCALED_STATE=True)),
         (kernels._chunk_states_kernel, ["*bf16", "*i1", "*fp32", "*bf16"] + params + ["*fp32"] + ints
          + ["fp32", "i32", "i32"], dict(scan, GRAD=True, STAGES=3)),
         (kernels._joint_chunk_states_kernel, ["*fp32", "*i1"] + ["*fp32"] * 5 + ["i32"] * 5,

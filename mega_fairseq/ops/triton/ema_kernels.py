@@ -218,11 +218,13 @@ def _ema_forward_kernel(
     state_stride_d,
     N: tl.constexpr, ROWS: tl.constexpr, BD: tl.constexpr, DIRS: tl.constexpr, TRUNCATED: tl.constexpr,
     HAS_MASK: tl.constexpr, STATE_IN: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_Y: tl.constexpr,
-    STORE_X: tl.constexpr,
+    STORE_X: tl.constexpr, SCALED_STATE: tl.constexpr,
 ):
-    """One chunk of every direction from its incoming (scaled) state h, then the layer output:
+    """One chunk of every direction from its incoming state, then the layer output:
     h[t] = q h[t-1] + a (x[t] - q^K x[t-K]), y = sum_n c h over the directions, out = silu(y + omega x)
-    (in out's dtype). Direction 1 runs first and leaves its part of y in y (x's dtype), which STORE_Y
+    (in out's dtype). The scan carries h / a, s[t] = q s[t-1] + x[t] - q^K x[t-K], and weighs it by a c
+    at the output (a multiply less a step); SCALED_STATE: the incoming state is h itself (a carried
+    state), and the scan carries h. Direction 1 runs first and leaves its part of y in y (x's dtype), which STORE_Y
     overwrites with the whole EMA. STORE_X: x also goes to x_copy in its dtype (the projections'
     input under autocast). STORE_FINAL (causal): the last state goes to final (B, D, N)."""
     b, d, ok = _columns(B, D, ROWS, BD)
@@ -237,7 +239,8 @@ def _ema_forward_kernel(
         last = direction == 0  # the pass that writes the layer output
         q, a, c, q_cut, _ = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, direction, D, scale,
                                           cut, N)
-        a_cut = a * q_cut
+        if not SCALED_STATE:
+            c = a * c
         h = tl.zeros((N, ROWS * BD), tl.float32)
         if STATE_IN:
             at = b.to(tl.int64) * state_stride_b + chunk * state_stride_chunk + direction * state_stride_dir \
@@ -253,9 +256,12 @@ def _ema_forward_kernel(
                 earlier = _load8(y_ptr, t0, step, b, d, ok & last, L, B, D)
             for i in tl.static_range(8):
                 t = t0 + step * i
-                h_next = q * h + a * _signal(xs[i], pads[i], HAS_MASK)
+                signal = _signal(xs[i], pads[i], HAS_MASK)
                 if TRUNCATED:
-                    h_next -= a_cut * _signal(xks[i], pks[i], HAS_MASK)
+                    signal -= q_cut * _signal(xks[i], pks[i], HAS_MASK)
+                if SCALED_STATE:
+                    signal *= a
+                h_next = q * h + signal
                 if STORE_FINAL:
                     h_next = tl.where(t < L, h_next, h)
                 h = h_next
@@ -273,9 +279,9 @@ def _ema_forward_kernel(
             k += 8
         if DIRS == 2:
             tl.debug_barrier()
-        if STORE_FINAL:
+        if STORE_FINAL:  # as the scaled h
             at = b.to(tl.int64) * (D * N) + d * N + n[:, None]
-            tl.store(final_ptr + at, h, mask=tile_ok & last & (start + TC >= L))
+            tl.store(final_ptr + at, h if SCALED_STATE else a * h, mask=tile_ok & last & (start + TC >= L))
 
 
 # ------------------------------------------------------------------ chunk states (long sequences)
@@ -403,8 +409,8 @@ def _chunk_prefix_kernel(
     GRAD: tl.constexpr,
 ):
     """Turns the chunks' own states into incoming states, in place (grid axis 2 = direction): a chunk
-    of length m maps a state S to q^m S + its own. Forward, in scan order: the scaled h = a S
-    (+ q^t h0, h0 (B, D, N) carried into direction 0). GRAD, in the adjoint's order: nu and its
+    of length m maps a state S to q^m S + its own. Forward, in scan order: S (the forward scan weighs it
+    by a), or with a carried h0 (B, D, N) (into direction 0) the scaled h = a S + q^t h0. GRAD, in the adjoint's order: nu and its
     q-derivative w, which a chunk maps as w -> q^m w + m q^(m-1) nu + its own. The scan is sequential
     over chunks: the own states of 4 chunks are loaded together, so that the chain waits on memory
     once per 4 chunks."""
@@ -435,11 +441,11 @@ def _chunk_prefix_kernel(
                 tl.store(states_ptr + at, state, mask=store_ok)
                 tl.store(states_ptr + plane + at, state_dq, mask=store_ok)
                 state_dq = decay * state_dq + steps * tl.exp2((steps - 1.0) * log_q) * state + own_ws[j]
-            else:
-                h = a * state
-                if HAS_H0:
-                    h += tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
+            elif HAS_H0:
+                h = a * state + tl.exp2((chunk * TC).to(tl.float32) * log_q) * h0
                 tl.store(states_ptr + at, h, mask=store_ok)
+            else:
+                tl.store(states_ptr + at, state, mask=store_ok)
             state = decay * state + owns[j]
         i += 4
 

@@ -159,7 +159,7 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
         x, mask_arg, *params, omega, states, x if final is None else final, x if y is None else y, out,
         x if x_copy is None else x_copy, length, batch, dim, chunk, cut, scale, *strides,
         STATE_IN=num_chunks > 1 or h0 is not None, STORE_FINAL=final is not None, STORE_Y=keep_y,
-        STORE_X=x_copy is not None, **scan)
+        STORE_X=x_copy is not None, SCALED_STATE=h0 is not None, **scan)
     return out, y if keep_y else None, x_copy
 
 
