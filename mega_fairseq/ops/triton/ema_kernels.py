@@ -57,9 +57,17 @@ def _state_offsets(b, d, chunk, direction, num_chunks, D, DIRS: tl.constexpr, N:
 
 
 @triton.jit
+def _offsets(t, b, d, B, D):
+    """Offsets of a (L, B, D) tensor's elements at time t (a scalar, or times (8, 1)) for every column,
+    int64: t B D, the same for every column (a scalar's in uniform registers), + b D + d, the same at
+    every time (computed once)."""
+    return t.to(tl.int64) * B * D + (b.to(tl.int64) * D + d)
+
+
+@triton.jit
 def _load(ptr, t, b, d, ok, L, B, D):
     """A (L, B, D) tensor at time t for every column, in its dtype (0 outside the sequence)."""
-    return tl.load(ptr + (t.to(tl.int64) * B + b) * D + d, mask=ok & (t >= 0) & (t < L), other=0.0)
+    return tl.load(ptr + _offsets(t, b, d, B, D), mask=ok & (t >= 0) & (t < L), other=0.0)
 
 
 @triton.jit
@@ -68,7 +76,7 @@ def _load8(ptr, t, step, b, d, ok, L, B, D, TILED: tl.constexpr = False):
     into its rows (a loop over groups can prefetch it, see the module docstring)."""
     if TILED:
         at = t + step * tl.arange(0, 8)[:, None]
-        rows = _rows8(tl.load(ptr + (at.to(tl.int64) * B + b) * D + d, mask=ok & (at >= 0) & (at < L), other=0.0))
+        rows = _rows8(tl.load(ptr + _offsets(at, b, d, B, D), mask=ok & (at >= 0) & (at < L), other=0.0))
     else:
         rows = (_load(ptr, t, b, d, ok, L, B, D), _load(ptr, t + step, b, d, ok, L, B, D),
                 _load(ptr, t + 2 * step, b, d, ok, L, B, D), _load(ptr, t + 3 * step, b, d, ok, L, B, D),
@@ -183,7 +191,7 @@ def _signal(x, pad, HAS_MASK: tl.constexpr):
 
 @triton.jit
 def _store(ptr, t, value, b, d, ok, L, B, D):
-    tl.store(ptr + (t.to(tl.int64) * B + b) * D + d, value.to(ptr.dtype.element_ty), mask=ok & (t >= 0) & (t < L))
+    tl.store(ptr + _offsets(t, b, d, B, D), value.to(ptr.dtype.element_ty), mask=ok & (t >= 0) & (t < L))
 
 
 @triton.jit
