@@ -64,11 +64,13 @@ BD = 32  # channels per batch row of a program (one warp)
 MAX_ROWS = 1
 MAX_ROWS_BACKWARD_HALF = 4
 # registers a thread of the scan kernels may use (Triton's maxnreg; 0: the compiler's choice): of the
-# forward pass's launches, of the backward's chunk states, of the backward scan. Left to ptxas, the
-# bidirectional forward (with the EMA kept for the backward) takes 250 and the backward 255 with spills
-# (sm_90a, ptxas -v), so that an SM holds 8 one-warp programs. In the Mega layer at 32k tokens (H200,
-# profiler kernel times, benchmarks/RESULTS.md), a cap of 168 made the forward scan 0.226 -> 0.195 ms
-# and 208 the backward's chunk states about 0.03 ms faster; capping the backward scan made it slower.
+# forward pass's launches, of the backward's chunk states, of the backward scan. Chosen when, left to
+# ptxas, the bidirectional forward (with the EMA kept for the backward) took 250 and the backward 255
+# with spills (sm_90a, ptxas -v): in the Mega layer at 32k tokens (H200, profiler kernel times,
+# benchmarks/RESULTS.md), a cap of 168 made the forward scan 0.226 -> 0.195 ms and 208 the backward's
+# chunk states about 0.03 ms faster; capping the backward scan made it slower. Since dc1f8a1 (direction
+# loops unrolled, unscaled forward state, scalar time offsets) the forward takes 126 left to ptxas and
+# the backward 255 without spills: the caps are to be swept again on a GPU.
 MAX_REGISTERS_FORWARD = 168
 MAX_REGISTERS_BACKWARD_STATES = 208
 MAX_REGISTERS_BACKWARD = 0
@@ -83,7 +85,8 @@ STAGES = 3
 # (H200, benchmarks/RESULTS.md)
 TARGET_WARPS = 4096
 # an untruncated bidirectional layer's forward chunk states from one pass over x for both directions
-# (_joint_chunk_states_kernel) instead of a program per direction (_chunk_states_kernel)
+# (_joint_chunk_states_kernel, half the reads, 128-160 registers) instead of a program per direction
+# (_chunk_states_kernel, 64-87 registers); not yet timed against each other on a GPU
 JOINT_CHUNK_STATES = True
 MIN_CHUNK = 64  # the forward's shortest time chunk
 MIN_BACKWARD_CHUNK = 256  # longer in the backward: its partial sums (2 * DIRS * N floats a column) stay small
