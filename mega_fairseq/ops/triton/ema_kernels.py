@@ -232,9 +232,10 @@ def _ema_forward_kernel(
     h[t] = q h[t-1] + a (x[t] - q^K x[t-K]), y = sum_n c h over the directions, out = silu(y + omega x)
     (in out's dtype). The scan carries h / a, s[t] = q s[t-1] + x[t] - q^K x[t-K], and weighs it by a c
     at the output (a multiply less a step); SCALED_STATE: the incoming state is h itself (a carried
-    state), and the scan carries h. Direction 1 runs first and leaves its part of y in y (x's dtype), which STORE_Y
-    overwrites with the whole EMA. STORE_X: x also goes to x_copy in its dtype (the projections'
-    input under autocast). STORE_FINAL (causal): the last state goes to final (B, D, N)."""
+    state), and the scan carries h. Direction 1 runs first and leaves its part of y in y (x's dtype),
+    which STORE_Y overwrites with the whole EMA. STORE_X: x also goes to x_copy in its dtype (the
+    projections' input under autocast). STORE_FINAL (causal): the last state goes to final (B, D, N),
+    scaled."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2)
     start, span = _chunk_span(TC, L)
@@ -287,7 +288,7 @@ def _ema_forward_kernel(
             k += 8
         if DIRS == 2:
             tl.debug_barrier()
-        if STORE_FINAL:  # as the scaled h
+        if STORE_FINAL:
             at = b.to(tl.int64) * (D * N) + d * N + n[:, None]
             tl.store(final_ptr + at, h if SCALED_STATE else a * h, mask=tile_ok & last & (start + TC >= L))
 
@@ -418,10 +419,10 @@ def _chunk_prefix_kernel(
 ):
     """Turns the chunks' own states into incoming states, in place (grid axis 2 = direction): a chunk
     of length m maps a state S to q^m S + its own. Forward, in scan order: S (the forward scan weighs it
-    by a), or with a carried h0 (B, D, N) (into direction 0) the scaled h = a S + q^t h0. GRAD, in the adjoint's order: nu and its
-    q-derivative w, which a chunk maps as w -> q^m w + m q^(m-1) nu + its own. The scan is sequential
-    over chunks: the own states of 4 chunks are loaded together, so that the chain waits on memory
-    once per 4 chunks."""
+    by a), or with a carried h0 (B, D, N) (into direction 0) the scaled h = a S + q^t h0. GRAD, in the
+    adjoint's order: nu and its q-derivative w, which a chunk maps as w -> q^m w + m q^(m-1) nu + its own.
+    The scan is sequential over chunks: the own states of 4 chunks are loaded together, so that the chain
+    waits on memory once per 4 chunks."""
     b, d, ok = _columns(B, D, ROWS, BD)
     direction = tl.program_id(2)
     n = tl.arange(0, N)
