@@ -40,23 +40,23 @@ class NormalizedFeedForward(nn.Module):
         if use_fused_block(self.block_impl, x):
             return self._fused_forward(x, padding_mask, x_copy)
         residual = x
-        if self.prenorm:
-            x = self.norm(x, padding_mask)
-        elif x_copy is not None:
-            x = x_copy
+        x = self._fc1_input(x, padding_mask, x_copy)
         x = self.dropout(self.fc2(self.hidden_dropout(self.activation(self.fc1(x)))))
         x = x + residual
         if not self.prenorm:
             x = self.norm(x, padding_mask)
         return x
 
+    def _fc1_input(self, x: Tensor, padding_mask: Optional[Tensor], x_copy: Optional[Tensor]) -> Tensor:
+        """What fc1 reads: the normalized x (prenorm), else x as the sub-layer before copied it, or x."""
+        if self.prenorm:
+            return self.norm(x, padding_mask)
+        return x if x_copy is None else x_copy
+
     def _fused_forward(self, x: Tensor, padding_mask: Optional[Tensor], x_copy: Optional[Tensor]) -> Tensor:
         """forward through the fused kernels (projections without their biases)."""
         residual = x
-        if self.prenorm:
-            x = self.norm(x, padding_mask)
-        elif x_copy is not None:
-            x = x_copy
+        x = self._fc1_input(x, padding_mask, x_copy)
         seed = dropout_seed(x.device, self.hidden_dropout, self.dropout)
         hidden = bias_activation(F.linear(x, self.fc1.weight), self.fc1.bias, activation=self.activation_name,
                                  dropout=dropout_p(self.hidden_dropout), feature_dropout=self.hidden_dropout.feature,

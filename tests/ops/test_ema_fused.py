@@ -93,12 +93,13 @@ def interpreted():
                                   "short_truncation_not_below_length", "long_causal_truncated_padded",
                                   "long_bidirectional_truncated_padded",
                                   "many_chunks_bidirectional_truncated_padded", "several_chunks_causal_padded",
-                                  "many_chunks_bidirectional_padded"])
+                                  "many_chunks_bidirectional_padded", "many_chunks_bidirectional_padded_per_direction"])
 def test_interpreted_layer_matches_float64_lag_sum(interpreted, case):
     """Output, dx and the five parameter gradients in float32 against the float64 direct sum over lags:
     one chunk, several and many, causal and bidirectional, truncated (K < L and K >= L) or not (the
-    bidirectional forward's chunk states of both directions from one pass), padded, row and channel
-    blocks with masked tails."""
+    bidirectional forward's chunk states of both directions from one pass, or with
+    ema_scan.JOINT_CHUNK_STATES off one direction a program), padded, row and channel blocks with
+    masked tails."""
     errors = interpreted[case]
     assert set(errors) == {"y", "dx", "dalpha", "ddelta", "dbeta", "dgamma", "domega"}
     for name, error in errors.items():
@@ -130,6 +131,7 @@ def test_interpreted_gradient_of_the_copy_alone(interpreted):
     exactly, the parameters' zero."""
     errors = interpreted["copy_gradient_alone"]
     assert all(errors[name] == 0.0 for name in errors), errors
+
 
 def test_interpreted_custom_ops_compile_without_graph_break(interpreted):
     """fullgraph=True, dynamic=True (aot_eager): the same outputs and gradients as eager at two lengths

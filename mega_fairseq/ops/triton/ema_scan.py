@@ -139,13 +139,14 @@ def _forward(x: Tensor, mask: Optional[Tensor], alpha: Tensor, delta: Tensor, be
     mask_arg = x if mask is None else mask
     params = (alpha, delta, beta, gamma)
     shape = dict(N=n_dim, ROWS=rows, BD=BD, DIRS=dirs, num_warps=rows)
-    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **_register_cap(MAX_REGISTERS_FORWARD))
+    cap = _register_cap(MAX_REGISTERS_FORWARD)
+    scan = dict(shape, TRUNCATED=truncated, HAS_MASK=mask is not None, **cap)
     if num_chunks > 1:
         states = torch.empty(batch, num_chunks, dirs, n_dim, dim, device=x.device, dtype=torch.float32)
         if dirs == 2 and not truncated and JOINT_CHUNK_STATES:
             kernels._joint_chunk_states_kernel[grid](
                 x, mask_arg, *params, states, length, batch, dim, chunk, num_chunks, N=n_dim, ROWS=rows, BD=BD,
-                HAS_MASK=mask is not None, STAGES=STAGES, num_warps=rows, **_register_cap(MAX_REGISTERS_FORWARD))
+                HAS_MASK=mask is not None, STAGES=STAGES, num_warps=rows, **cap)
         else:
             kernels._chunk_states_kernel[grid[:2] + (num_chunks * dirs,)](
                 x, mask_arg, x, x, *params, omega, states, length, batch, dim, chunk, cut, scale, num_chunks, 0,
