@@ -296,9 +296,11 @@ def check_decoder_steps(length=21, batch=2, seed=9):
 def main():
     results = {name: check_layer(*case) for name, case in LAYER_CASES.items()}
     joint, ema_scan.JOINT_CHUNK_STATES = ema_scan.JOINT_CHUNK_STATES, False
-    results["many_chunks_bidirectional_padded_per_direction"] = check_layer(
-        *LAYER_CASES["many_chunks_bidirectional_padded"])
-    ema_scan.JOINT_CHUNK_STATES = joint
+    try:
+        results["many_chunks_bidirectional_padded_per_direction"] = check_layer(
+            *LAYER_CASES["many_chunks_bidirectional_padded"])
+    finally:
+        ema_scan.JOINT_CHUNK_STATES = joint
     results["copy_short_causal"] = check_layer_with_copy(13, 2, 5, 4, False, None, False, False)
     results["copy_long_bidirectional_truncated_padded"] = check_layer_with_copy(21, 3, 33, 2, True, 5, True, True)
     results["copy_gradient_alone"] = check_copy_gradient_alone()

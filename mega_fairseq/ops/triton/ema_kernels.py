@@ -358,8 +358,7 @@ def _joint_chunk_states_kernel(
     sum, which its recurrence takes backward through the group's inputs (in registers)."""
     b, d, ok = _columns(B, D, ROWS, BD)
     chunk = tl.program_id(2)
-    start = chunk * TC
-    span = (tl.minimum(TC, L - start) + 7) // 8 * 8
+    start, span = _chunk_span(TC, L)
     q0 = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, 0, D, 1.0, 0, N)[0]
     q1 = _coefficients(alpha_ptr, delta_ptr, beta_ptr, gamma_ptr, d, ok, 1, D, 1.0, 0, N)[0]
     q1_squared = q1 * q1
