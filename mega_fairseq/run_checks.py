@@ -10,7 +10,8 @@ obscurely or slowly.
 
 Layer graphs on several GPUs (see ``default_ddp_backend`` and ``fixed_batches_advice``): fairseq's default
 ``--ddp-backend`` becomes ``legacy_ddp`` (torch's DDP splits the graphs; an explicit ``c10d`` is kept), and
-training without ``--fix-batches-to-gpus`` (or ``--grouped-shuffling``) is advised to add it. Both logged.
+training without ``--fix-batches-to-gpus`` is advised to add it (``--grouped-shuffling`` keeps the batches too, but
+rebuilds fairseq's batch iterator every epoch unless ``--update-epoch-batch-itr False``). Both logged.
 """
 import functools
 import importlib.util
@@ -59,20 +60,29 @@ def _gpus_on_graphs(cfg, model, device: torch.device) -> int:
 
 
 def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
-    """Advice to add --fix-batches-to-gpus when ``model`` trains on layer graphs on several GPUs whose
-    batches move between them every epoch (fairseq's default); None otherwise. Each GPU records a CUDA graph
-    per batch shape it meets; with the batches dealt anew every epoch it keeps meeting shapes it has not
-    recorded for many epochs, and every other GPU waits for it."""
+    """Advice when ``model`` trains on layer graphs on several GPUs and fairseq would change each GPU's batches
+    or data loader every epoch; None otherwise. Each GPU records a CUDA graph per batch shape it meets: with
+    the batches dealt anew every epoch (fairseq's default) it keeps meeting shapes it has not recorded for many
+    epochs, and every other GPU waits for it; --fix-batches-to-gpus keeps them. ``--update-epoch-batch-itr``
+    (on with ``--grouped-shuffling``) rebuilds the epoch's iterator, and with it new data-loader workers that
+    start afresh in every GPU's process (importing torch and fairseq) every epoch."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
-    batches_kept = getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False)
-    if not gpus or batches_kept:
+    if not gpus:
         return None
-    return (f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus (or --grouped-shuffling) so that each GPU "
-            f"keeps its batches every epoch and records its graphs in the first two; without it the batches "
-            f"move between the GPUs each epoch and the GPUs keep recording graphs for new batch shapes for many "
-            f"epochs (2 GPUs on Multi30k: 0.16x the words/s of one GPU with --update-freq 2 over updates 130-260)")
+    if getattr(dataset, "update_epoch_batch_itr", False):
+        cause = " (on with --grouped-shuffling)" if getattr(dataset, "grouped_shuffling", False) else ""
+        return (f"layer graphs on {gpus} GPUs: add --update-epoch-batch-itr False (or use --fix-batches-to-gpus "
+                f"instead of --grouped-shuffling); --update-epoch-batch-itr{cause} rebuilds the batch iterator "
+                f"every epoch, so each GPU's process starts new data-loader workers every epoch (2 GPUs on "
+                f"Multi30k with --grouped-shuffling: ~18 s an epoch, 0.40x the words/s of --fix-batches-to-gpus)")
+    if getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False):
+        return None
+    return (f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus so that each GPU keeps its batches every "
+            f"epoch and records its graphs in the first two; without it the batches move between the GPUs each "
+            f"epoch and the GPUs keep recording graphs for new batch shapes for many epochs (2 GPUs on Multi30k: "
+            f"0.16x the words/s of one GPU with --update-freq 2 over updates 130-260)")
 
 
 def default_ddp_backend(cfg, model, device: torch.device) -> Optional[str]:

@@ -3,7 +3,8 @@ the option: fairseq-train's precision flags and a forced fused EMA (before the f
 crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
 model's positions (instead of scoring part of the split), and a distributed run's process group
 is ended after success. Layer graphs on several GPUs whose batches move between them are advised to
-keep them (--fix-batches-to-gpus), and train with legacy_ddp unless c10d is asked for."""
+keep them (--fix-batches-to-gpus), those whose batch iterator is rebuilt every epoch to keep it
+(--update-epoch-batch-itr False), and train with legacy_ddp unless c10d is asked for."""
 import re
 from types import SimpleNamespace
 
@@ -88,24 +89,52 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
             torch.distributed.destroy_process_group()
 
 
+FIX_BATCHES = "add --fix-batches-to-gpus"
+KEEP_ITERATOR = r"add --update-epoch-batch-itr False .*; --update-epoch-batch-itr rebuilds the batch iterator"
+KEEP_GROUPED_ITERATOR = (r"add --update-epoch-batch-itr False .*; "
+                         r"--update-epoch-batch-itr \(on with --grouped-shuffling\) rebuilds the batch iterator")
+
+
 @pytest.mark.parametrize("gpus, options, device, layer_graphs, advised", [
-    (2, {}, "cuda", "auto", True), (8, {}, "cuda", "auto", True),
-    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", False), (2, {"grouped_shuffling": True}, "cuda", "auto", False),
-    (1, {}, "cuda", "auto", False), (2, {}, "cpu", "auto", False), (2, {}, "cuda", "off", False),
+    (2, {}, "cuda", "auto", FIX_BATCHES), (8, {}, "cuda", "auto", FIX_BATCHES),
+    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", None),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": False}, "cuda", "auto", None),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_GROUPED_ITERATOR),
+    (2, {"fix_batches_to_gpus": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "off", None),
+    (1, {}, "cuda", "auto", None), (2, {}, "cpu", "auto", None), (2, {}, "cuda", "off", None),
 ])
 def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, options, device, layer_graphs, advised):
-    """Both forms of fairseq's options: its config's groups and a flat Namespace."""
+    """Fixed batches advised where fairseq deals them anew every epoch, a kept batch iterator where it rebuilds
+    it every epoch (--update-epoch-batch-itr, on with --grouped-shuffling); both forms of fairseq's options:
+    its config's groups and a flat Namespace."""
     model = build_model(["--layer-graphs", layer_graphs])
-    distributed = {"distributed_world_size": gpus, "distributed_rank": options.get("distributed_rank", 0),
+    distributed = {"distributed_world_size": gpus, "distributed_rank": 0,
                    "fix_batches_to_gpus": options.get("fix_batches_to_gpus", False)}
-    grouped = options.get("grouped_shuffling", False)
+    dataset = {"grouped_shuffling": options.get("grouped_shuffling", False),
+               "update_epoch_batch_itr": options.get("update_epoch_batch_itr", False)}
     grouped_cfg = SimpleNamespace(distributed_training=SimpleNamespace(**distributed),
-                                  dataset=SimpleNamespace(grouped_shuffling=grouped))
-    flat_cfg = SimpleNamespace(**distributed, grouped_shuffling=grouped)
+                                  dataset=SimpleNamespace(**dataset))
+    flat_cfg = SimpleNamespace(**distributed, **dataset)
     for cfg in (grouped_cfg, flat_cfg):
         advice = fixed_batches_advice(cfg, model, torch.device(device))
+        if advised is None:
+            assert advice is None
+        else:
+            assert re.match(f"layer graphs on {gpus} GPUs: ({advised})", advice), advice
+
+
+def test_grouped_shuffling_is_advised_to_keep_fairseqs_batch_iterator():
+    """On fairseq's own config: --grouped-shuffling turns --update-epoch-batch-itr on, and the advice names
+    both; --update-epoch-batch-itr False keeps the iterator and silences it."""
+    common = ["/nonexistent", "--user-dir", USER_DIR, "--arch", "mega_wmt_en_de", *TINY,
+              "--distributed-world-size", "2", "--grouped-shuffling"]
+    for extra, advised in (([], True), (["--update-epoch-batch-itr", "False"], False)):
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
+                                                                         common + extra))
+        advice = fixed_batches_advice(cfg, build_model(), torch.device("cuda"))
         if advised:
-            assert advice.startswith(f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus")
+            assert "--update-epoch-batch-itr (on with --grouped-shuffling) rebuilds the batch iterator" in advice
         else:
             assert advice is None
 
