@@ -8,10 +8,10 @@ obscurely or slowly.
 * ``--ema-impl triton`` where the fused scan cannot run (no GPU, ``--cpu``, no triton, an EMA
   n-dim that is not a power of two) would fail only at the first training step.
 
-Layer graphs on several GPUs (see ``default_ddp_backend`` and ``fixed_batches_advice``): fairseq's default
+Layer graphs on several GPUs (see ``default_ddp_backend`` and ``default_fixed_batches``): fairseq's default
 ``--ddp-backend`` becomes ``legacy_ddp`` (torch's DDP splits the graphs; an explicit ``c10d`` is kept), and
-training without ``--fix-batches-to-gpus`` is advised to add it (``--grouped-shuffling`` keeps the batches too, but
-rebuilds fairseq's batch iterator every epoch unless ``--update-epoch-batch-itr False``). Both logged.
+``--fix-batches-to-gpus`` is set unless ``--grouped-shuffling`` keeps the batches (which rebuilds fairseq's batch
+iterator every epoch unless ``--update-epoch-batch-itr False``: advised). All logged.
 """
 import functools
 import importlib.util
@@ -26,8 +26,8 @@ from .patching import patch_once
 
 def check_run_options(cfg, model) -> None:
     """Refuse precision flags and a forced fused EMA that cannot work on the device fairseq's
-    trainer moves the model to; for layer graphs on several GPUs set the DDP backend and advise fixed
-    batches (logged by the first rank). ``cfg``: fairseq's config, or a Namespace of all options."""
+    trainer moves the model to; for layer graphs on several GPUs set the DDP backend and fixed batches
+    (logged by the first rank). ``cfg``: fairseq's config, or a Namespace of all options."""
     common = cfg.common if hasattr(cfg, "common") else cfg
     device = torch.device("cuda" if torch.cuda.is_available() and not common.cpu else "cpu")
     if (common.bf16 or common.memory_efficient_bf16) and importlib.util.find_spec("torch_xla") is None:
@@ -45,7 +45,7 @@ def check_run_options(cfg, model) -> None:
                                       f"use --ema-impl fft or auto")
     distributed = getattr(cfg, "distributed_training", cfg)
     first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
-    for message in (default_ddp_backend(cfg, model, device), fixed_batches_advice(cfg, model, device)):
+    for message in (default_ddp_backend(cfg, model, device), default_fixed_batches(cfg, model, device)):
         if message is not None and first_rank:  # one message a run
             logging.getLogger(__name__).warning(message)
 
@@ -59,13 +59,14 @@ def _gpus_on_graphs(cfg, model, device: torch.device) -> int:
     return gpus if device.type == "cuda" and gpus > 1 and on_graphs else 0
 
 
-def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
-    """Advice when ``model`` trains on layer graphs on several GPUs and fairseq would change each GPU's batches
-    or data loader every epoch; None otherwise. Each GPU records a CUDA graph per batch shape it meets: with
-    the batches dealt anew every epoch (fairseq's default) it keeps meeting shapes it has not recorded for many
-    epochs, and every other GPU waits for it; --fix-batches-to-gpus keeps them. ``--update-epoch-batch-itr``
-    (on with ``--grouped-shuffling``) rebuilds the epoch's iterator, and with it new data-loader workers that
-    start afresh in every GPU's process (importing torch and fairseq) every epoch."""
+def default_fixed_batches(cfg, model, device: torch.device) -> Optional[str]:
+    """When ``model`` trains on layer graphs on several GPUs: ``--fix-batches-to-gpus`` set in ``cfg`` (on every
+    rank) unless ``--grouped-shuffling`` keeps the batches, with a message; advice where fairseq would rebuild
+    the batch iterator every epoch. None otherwise. Each GPU records a CUDA graph per batch shape it meets:
+    with the batches dealt anew every epoch (fairseq's default) it keeps meeting shapes it has not recorded for
+    many epochs, and every other GPU waits for it. ``--update-epoch-batch-itr`` (on with
+    ``--grouped-shuffling``) rebuilds the epoch's iterator, and with it new data-loader workers that start
+    afresh in every GPU's process (importing torch and fairseq) every epoch."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
@@ -79,10 +80,12 @@ def fixed_batches_advice(cfg, model, device: torch.device) -> Optional[str]:
                 f"Multi30k with --grouped-shuffling: ~18 s an epoch, 0.40x the words/s of --fix-batches-to-gpus)")
     if getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False):
         return None
-    return (f"layer graphs on {gpus} GPUs: add --fix-batches-to-gpus so that each GPU keeps its batches every "
-            f"epoch and records its graphs in the first two; without it the batches move between the GPUs each "
-            f"epoch and the GPUs keep recording graphs for new batch shapes for many epochs (2 GPUs on Multi30k: "
-            f"0.16x the words/s of one GPU with --update-freq 2 over updates 130-260)")
+    distributed.fix_batches_to_gpus = True
+    return (f"layer graphs on {gpus} GPUs: --fix-batches-to-gpus set, so that each GPU keeps its batches every "
+            f"epoch and records its graphs in the first two; with fairseq's default the batches move between the "
+            f"GPUs each epoch and the GPUs keep recording graphs for new batch shapes for many epochs (2 GPUs on "
+            f"Multi30k: 0.16x the words/s of one GPU with --update-freq 2 over updates 130-260); "
+            f"--layer-graphs off keeps fairseq's dealing")
 
 
 def default_ddp_backend(cfg, model, device: torch.device) -> Optional[str]:

@@ -2,9 +2,9 @@
 the option: fairseq-train's precision flags and a forced fused EMA (before the first step, no
 crash.pt), different encoder/decoder widths (at build), fairseq-eval-lm blocks longer than the
 model's positions (instead of scoring part of the split), and a distributed run's process group
-is ended after success. Layer graphs on several GPUs whose batches move between them are advised to
-keep them (--fix-batches-to-gpus), those whose batch iterator is rebuilt every epoch to keep it
-(--update-epoch-batch-itr False), and train with legacy_ddp unless c10d is asked for."""
+is ended after success. Layer graphs on several GPUs keep their batches (--fix-batches-to-gpus set
+unless --grouped-shuffling keeps them), are advised to keep a batch iterator that fairseq would rebuild
+every epoch (--update-epoch-batch-itr False), and train with legacy_ddp unless c10d is asked for."""
 import re
 from types import SimpleNamespace
 
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from fairseq_helpers import TINY, USER_DIR, build_model, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
-from mega_fairseq.run_checks import default_ddp_backend, fixed_batches_advice
+from mega_fairseq.run_checks import default_ddp_backend, default_fixed_batches
 from toy_corpus import binarize
 
 
@@ -89,54 +89,61 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
             torch.distributed.destroy_process_group()
 
 
-FIX_BATCHES = "add --fix-batches-to-gpus"
+FIX_BATCHES = "--fix-batches-to-gpus set, so that each GPU keeps its batches"
 KEEP_ITERATOR = r"add --update-epoch-batch-itr False .*; --update-epoch-batch-itr rebuilds the batch iterator"
 KEEP_GROUPED_ITERATOR = (r"add --update-epoch-batch-itr False .*; "
                          r"--update-epoch-batch-itr \(on with --grouped-shuffling\) rebuilds the batch iterator")
 
 
-@pytest.mark.parametrize("gpus, options, device, layer_graphs, advised", [
-    (2, {}, "cuda", "auto", FIX_BATCHES), (8, {}, "cuda", "auto", FIX_BATCHES),
-    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", None),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": False}, "cuda", "auto", None),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_GROUPED_ITERATOR),
-    (2, {"fix_batches_to_gpus": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "off", None),
-    (1, {}, "cuda", "auto", None), (2, {}, "cpu", "auto", None), (2, {}, "cuda", "off", None),
+@pytest.mark.parametrize("gpus, options, device, layer_graphs, said, fixed", [
+    (2, {}, "cuda", "auto", FIX_BATCHES, True), (8, {}, "cuda", "auto", FIX_BATCHES, True),
+    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", None, True),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": False}, "cuda", "auto", None, False),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_GROUPED_ITERATOR, False),
+    (2, {"fix_batches_to_gpus": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR, True),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "off", None, False),
+    (1, {}, "cuda", "auto", None, False), (2, {}, "cpu", "auto", None, False), (2, {}, "cuda", "off", None, False),
 ])
-def test_layer_graphs_on_several_gpus_are_advised_to_keep_their_batches(gpus, options, device, layer_graphs, advised):
-    """Fixed batches advised where fairseq deals them anew every epoch, a kept batch iterator where it rebuilds
-    it every epoch (--update-epoch-batch-itr, on with --grouped-shuffling); both forms of fairseq's options:
-    its config's groups and a flat Namespace."""
+def test_layer_graphs_on_several_gpus_keep_their_batches(gpus, options, device, layer_graphs, said, fixed):
+    """--fix-batches-to-gpus set where fairseq would deal the batches anew every epoch (--grouped-shuffling
+    keeps them too), a kept batch iterator advised where fairseq rebuilds it every epoch
+    (--update-epoch-batch-itr, on with --grouped-shuffling); both forms of fairseq's options: its config's
+    groups and a flat Namespace."""
     model = build_model(["--layer-graphs", layer_graphs])
-    distributed = {"distributed_world_size": gpus, "distributed_rank": 0,
-                   "fix_batches_to_gpus": options.get("fix_batches_to_gpus", False)}
     dataset = {"grouped_shuffling": options.get("grouped_shuffling", False),
                "update_epoch_batch_itr": options.get("update_epoch_batch_itr", False)}
-    grouped_cfg = SimpleNamespace(distributed_training=SimpleNamespace(**distributed),
-                                  dataset=SimpleNamespace(**dataset))
-    flat_cfg = SimpleNamespace(**distributed, **dataset)
-    for cfg in (grouped_cfg, flat_cfg):
-        advice = fixed_batches_advice(cfg, model, torch.device(device))
-        if advised is None:
-            assert advice is None
+    for grouped in (True, False):
+        distributed = SimpleNamespace(distributed_world_size=gpus, distributed_rank=0,
+                                      fix_batches_to_gpus=options.get("fix_batches_to_gpus", False))
+        cfg = (SimpleNamespace(distributed_training=distributed, dataset=SimpleNamespace(**dataset)) if grouped
+               else SimpleNamespace(**vars(distributed), **dataset))
+        message = default_fixed_batches(cfg, model, torch.device(device))
+        assert getattr(cfg if not grouped else distributed, "fix_batches_to_gpus") == fixed
+        if said is None:
+            assert message is None
         else:
-            assert re.match(f"layer graphs on {gpus} GPUs: ({advised})", advice), advice
+            assert re.match(f"layer graphs on {gpus} GPUs: ({said})", message), message
 
 
-def test_grouped_shuffling_is_advised_to_keep_fairseqs_batch_iterator():
-    """On fairseq's own config: --grouped-shuffling turns --update-epoch-batch-itr on, and the advice names
+def test_fixed_batches_are_what_fairseq_train_deals_with():
+    """On fairseq's own config (omegaconf): the flag fairseq-train passes to each epoch's iterator is set
+    before the trainer is built; --grouped-shuffling turns --update-epoch-batch-itr on, and the advice names
     both; --update-epoch-batch-itr False keeps the iterator and silences it."""
     common = ["/nonexistent", "--user-dir", USER_DIR, "--arch", "mega_wmt_en_de", *TINY,
-              "--distributed-world-size", "2", "--grouped-shuffling"]
-    for extra, advised in (([], True), (["--update-epoch-batch-itr", "False"], False)):
+              "--distributed-world-size", "2"]
+    for extra, advised in (([], None), (["--grouped-shuffling"], True),
+                           (["--grouped-shuffling", "--update-epoch-batch-itr", "False"], False)):
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
                                                                          common + extra))
-        advice = fixed_batches_advice(cfg, build_model(), torch.device("cuda"))
+        assert not cfg.distributed_training.fix_batches_to_gpus
+        message = default_fixed_batches(cfg, build_model(), torch.device("cuda"))
+        assert cfg.distributed_training.fix_batches_to_gpus == (advised is None)
         if advised:
-            assert "--update-epoch-batch-itr (on with --grouped-shuffling) rebuilds the batch iterator" in advice
+            assert "--update-epoch-batch-itr (on with --grouped-shuffling) rebuilds the batch iterator" in message
+        elif advised is None:
+            assert message.startswith("layer graphs on 2 GPUs: --fix-batches-to-gpus set")
         else:
-            assert advice is None
+            assert message is None
 
 
 @pytest.mark.parametrize("gpus, backend, device, layer_graphs, expected, message", [
