@@ -1,4 +1,4 @@
-"""Run options checked, and one set, before fairseq-train builds its trainer, instead of failing late,
+"""Run options checked, and two set, before fairseq-train builds its trainer, instead of failing late,
 obscurely or slowly.
 
 * ``--bf16`` is fairseq's TPU option (it implies ``--tpu``); without torch_xla it fails with
@@ -8,10 +8,11 @@ obscurely or slowly.
 * ``--ema-impl triton`` where the fused scan cannot run (no GPU, ``--cpu``, no triton, an EMA
   n-dim that is not a power of two) would fail only at the first training step.
 
-Layer graphs on several GPUs (see ``default_ddp_backend`` and ``default_fixed_batches``): fairseq's default
-``--ddp-backend`` becomes ``legacy_ddp`` (torch's DDP splits the graphs; an explicit ``c10d`` is kept), and
-``--fix-batches-to-gpus`` is set unless ``--grouped-shuffling`` keeps the batches (which rebuilds fairseq's batch
-iterator every epoch unless ``--update-epoch-batch-itr False``: advised). All logged.
+Layer graphs on several GPUs (see ``default_ddp_backend``, ``default_fixed_batches`` and
+``kept_batch_iterator_advice``): fairseq's default ``--ddp-backend`` becomes ``legacy_ddp`` (torch's DDP splits
+the graphs; an explicit ``c10d`` is kept), ``--fix-batches-to-gpus`` is set unless ``--grouped-shuffling`` keeps
+the batches, and a batch iterator that fairseq would rebuild every epoch (``--update-epoch-batch-itr``, on with
+``--grouped-shuffling``) is advised to be kept. All logged.
 """
 import functools
 import importlib.util
@@ -45,7 +46,8 @@ def check_run_options(cfg, model) -> None:
                                       f"use --ema-impl fft or auto")
     distributed = getattr(cfg, "distributed_training", cfg)
     first_rank = (getattr(distributed, "distributed_rank", 0) or 0) == 0
-    for message in (default_ddp_backend(cfg, model, device), default_fixed_batches(cfg, model, device)):
+    for check in (default_ddp_backend, default_fixed_batches, kept_batch_iterator_advice):
+        message = check(cfg, model, device)
         if message is not None and first_rank:  # one message a run
             logging.getLogger(__name__).warning(message)
 
@@ -61,24 +63,13 @@ def _gpus_on_graphs(cfg, model, device: torch.device) -> int:
 
 def default_fixed_batches(cfg, model, device: torch.device) -> Optional[str]:
     """When ``model`` trains on layer graphs on several GPUs: ``--fix-batches-to-gpus`` set in ``cfg`` (on every
-    rank) unless ``--grouped-shuffling`` keeps the batches, with a message; advice where fairseq would rebuild
-    the batch iterator every epoch. None otherwise. Each GPU records a CUDA graph per batch shape it meets:
-    with the batches dealt anew every epoch (fairseq's default) it keeps meeting shapes it has not recorded for
-    many epochs, and every other GPU waits for it. ``--update-epoch-batch-itr`` (on with
-    ``--grouped-shuffling``) rebuilds the epoch's iterator, and with it new data-loader workers that start
-    afresh in every GPU's process (importing torch and fairseq) every epoch."""
+    rank) unless ``--grouped-shuffling`` keeps the batches, with a message. None otherwise. Each GPU records a
+    CUDA graph per batch shape it meets: with the batches dealt anew every epoch (fairseq's default) it keeps
+    meeting shapes it has not recorded for many epochs, and every other GPU waits for it."""
     distributed = getattr(cfg, "distributed_training", cfg)
     dataset = getattr(cfg, "dataset", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
-    if not gpus:
-        return None
-    if getattr(dataset, "update_epoch_batch_itr", False):
-        cause = " (on with --grouped-shuffling)" if getattr(dataset, "grouped_shuffling", False) else ""
-        return (f"layer graphs on {gpus} GPUs: add --update-epoch-batch-itr False (or use --fix-batches-to-gpus "
-                f"instead of --grouped-shuffling); --update-epoch-batch-itr{cause} rebuilds the batch iterator "
-                f"every epoch, so each GPU's process starts new data-loader workers every epoch (2 GPUs on "
-                f"Multi30k with --grouped-shuffling: ~18 s an epoch, 0.40x the words/s of --fix-batches-to-gpus)")
-    if getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False):
+    if not gpus or getattr(distributed, "fix_batches_to_gpus", False) or getattr(dataset, "grouped_shuffling", False):
         return None
     distributed.fix_batches_to_gpus = True
     return (f"layer graphs on {gpus} GPUs: --fix-batches-to-gpus set, so that each GPU keeps its batches every "
@@ -86,6 +77,22 @@ def default_fixed_batches(cfg, model, device: torch.device) -> Optional[str]:
             f"GPUs each epoch and the GPUs keep recording graphs for new batch shapes for many epochs (2 GPUs on "
             f"Multi30k: 0.16x the words/s of one GPU with --update-freq 2 over updates 130-260); "
             f"--layer-graphs off keeps fairseq's dealing")
+
+
+def kept_batch_iterator_advice(cfg, model, device: torch.device) -> Optional[str]:
+    """Advice to add --update-epoch-batch-itr False when ``model`` trains on layer graphs on several GPUs and
+    fairseq would rebuild the batch iterator every epoch (``--update-epoch-batch-itr``, on with
+    ``--grouped-shuffling``); None otherwise. A rebuilt iterator brings new data-loader workers, which start
+    afresh in every GPU's process (importing torch and fairseq) every epoch."""
+    dataset = getattr(cfg, "dataset", cfg)
+    gpus = _gpus_on_graphs(cfg, model, device)
+    if not gpus or not getattr(dataset, "update_epoch_batch_itr", False):
+        return None
+    cause = " (on with --grouped-shuffling)" if getattr(dataset, "grouped_shuffling", False) else ""
+    return (f"layer graphs on {gpus} GPUs: add --update-epoch-batch-itr False (or use --fix-batches-to-gpus "
+            f"instead of --grouped-shuffling); --update-epoch-batch-itr{cause} rebuilds the batch iterator every "
+            f"epoch, so each GPU's process starts new data-loader workers every epoch (2 GPUs on Multi30k with "
+            f"--grouped-shuffling: ~18 s an epoch, 0.40x the words/s of --fix-batches-to-gpus)")
 
 
 def default_ddp_backend(cfg, model, device: torch.device) -> Optional[str]:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from fairseq_helpers import TINY, USER_DIR, build_model, make_dictionary, parse_model_args
 from mega_fairseq.models.mega import MegaModel
 from mega_fairseq.modules import MegaConfigError
-from mega_fairseq.run_checks import default_ddp_backend, default_fixed_batches
+from mega_fairseq.run_checks import default_ddp_backend, default_fixed_batches, kept_batch_iterator_advice
 from toy_corpus import binarize
 
 
@@ -89,61 +89,86 @@ def test_a_successful_distributed_run_ends_its_process_group(tmp_path):
             torch.distributed.destroy_process_group()
 
 
-FIX_BATCHES = "--fix-batches-to-gpus set, so that each GPU keeps its batches"
 KEEP_ITERATOR = r"add --update-epoch-batch-itr False .*; --update-epoch-batch-itr rebuilds the batch iterator"
 KEEP_GROUPED_ITERATOR = (r"add --update-epoch-batch-itr False .*; "
                          r"--update-epoch-batch-itr \(on with --grouped-shuffling\) rebuilds the batch iterator")
 
 
-@pytest.mark.parametrize("gpus, options, device, layer_graphs, said, fixed", [
-    (2, {}, "cuda", "auto", FIX_BATCHES, True), (8, {}, "cuda", "auto", FIX_BATCHES, True),
-    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", None, True),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": False}, "cuda", "auto", None, False),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_GROUPED_ITERATOR, False),
-    (2, {"fix_batches_to_gpus": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR, True),
-    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "off", None, False),
-    (1, {}, "cuda", "auto", None, False), (2, {}, "cpu", "auto", None, False), (2, {}, "cuda", "off", None, False),
-])
-def test_layer_graphs_on_several_gpus_keep_their_batches(gpus, options, device, layer_graphs, said, fixed):
-    """--fix-batches-to-gpus set where fairseq would deal the batches anew every epoch (--grouped-shuffling
-    keeps them too), a kept batch iterator advised where fairseq rebuilds it every epoch
-    (--update-epoch-batch-itr, on with --grouped-shuffling); both forms of fairseq's options: its config's
-    groups and a flat Namespace."""
-    model = build_model(["--layer-graphs", layer_graphs])
-    dataset = {"grouped_shuffling": options.get("grouped_shuffling", False),
-               "update_epoch_batch_itr": options.get("update_epoch_batch_itr", False)}
+def both_forms(gpus, fix_batches_to_gpus=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+    """fairseq's options in both forms (its config's groups, a flat Namespace), each with its distributed group."""
+    dataset = {"grouped_shuffling": grouped_shuffling, "update_epoch_batch_itr": update_epoch_batch_itr}
     for grouped in (True, False):
         distributed = SimpleNamespace(distributed_world_size=gpus, distributed_rank=0,
-                                      fix_batches_to_gpus=options.get("fix_batches_to_gpus", False))
-        cfg = (SimpleNamespace(distributed_training=distributed, dataset=SimpleNamespace(**dataset)) if grouped
-               else SimpleNamespace(**vars(distributed), **dataset))
-        message = default_fixed_batches(cfg, model, torch.device(device))
-        assert getattr(cfg if not grouped else distributed, "fix_batches_to_gpus") == fixed
-        if said is None:
-            assert message is None
+                                      fix_batches_to_gpus=fix_batches_to_gpus)
+        if grouped:
+            yield SimpleNamespace(distributed_training=distributed, dataset=SimpleNamespace(**dataset)), distributed
         else:
-            assert re.match(f"layer graphs on {gpus} GPUs: ({said})", message), message
+            flat = SimpleNamespace(**vars(distributed), **dataset)
+            yield flat, flat
+
+
+@pytest.mark.parametrize("gpus, options, device, layer_graphs, fixed", [
+    (2, {}, "cuda", "auto", True), (8, {}, "cuda", "auto", True),
+    (2, {"update_epoch_batch_itr": True}, "cuda", "auto", True),
+    (2, {"fix_batches_to_gpus": True}, "cuda", "auto", False),
+    (2, {"grouped_shuffling": True}, "cuda", "auto", False),
+    (1, {}, "cuda", "auto", False), (2, {}, "cpu", "auto", False), (2, {}, "cuda", "off", False),
+])
+def test_layer_graphs_on_several_gpus_keep_their_batches(gpus, options, device, layer_graphs, fixed):
+    """--fix-batches-to-gpus set, with a message, where fairseq would deal the batches anew every epoch
+    (--grouped-shuffling keeps them too); everything else left alone, silently."""
+    model = build_model(["--layer-graphs", layer_graphs])
+    for cfg, distributed in both_forms(gpus, **options):
+        message = default_fixed_batches(cfg, model, torch.device(device))
+        assert distributed.fix_batches_to_gpus == (fixed or options.get("fix_batches_to_gpus", False))
+        if fixed:
+            assert message.startswith(f"layer graphs on {gpus} GPUs: --fix-batches-to-gpus set, so that each GPU")
+        else:
+            assert message is None
+
+
+@pytest.mark.parametrize("gpus, options, device, layer_graphs, advised", [
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_GROUPED_ITERATOR),
+    (2, {"fix_batches_to_gpus": True, "update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR),
+    (2, {"update_epoch_batch_itr": True}, "cuda", "auto", KEEP_ITERATOR),
+    (2, {"grouped_shuffling": True}, "cuda", "auto", None), (2, {}, "cuda", "auto", None),
+    (2, {"grouped_shuffling": True, "update_epoch_batch_itr": True}, "cuda", "off", None),
+    (1, {"update_epoch_batch_itr": True}, "cuda", "auto", None),
+    (2, {"update_epoch_batch_itr": True}, "cpu", "auto", None),
+])
+def test_layer_graphs_on_several_gpus_are_advised_to_keep_the_batch_iterator(gpus, options, device, layer_graphs,
+                                                                             advised):
+    """Advice where fairseq would rebuild the batch iterator every epoch (--update-epoch-batch-itr, on with
+    --grouped-shuffling); no option changed."""
+    model = build_model(["--layer-graphs", layer_graphs])
+    for cfg, distributed in both_forms(gpus, **options):
+        advice = kept_batch_iterator_advice(cfg, model, torch.device(device))
+        assert distributed.fix_batches_to_gpus == options.get("fix_batches_to_gpus", False)
+        if advised is None:
+            assert advice is None
+        else:
+            assert re.match(f"layer graphs on {gpus} GPUs: {advised}", advice), advice
 
 
 def test_fixed_batches_are_what_fairseq_train_deals_with():
     """On fairseq's own config (omegaconf): the flag fairseq-train passes to each epoch's iterator is set
-    before the trainer is built; --grouped-shuffling turns --update-epoch-batch-itr on, and the advice names
-    both; --update-epoch-batch-itr False keeps the iterator and silences it."""
+    before the trainer is built; --grouped-shuffling turns --update-epoch-batch-itr on, which is advised
+    against; --update-epoch-batch-itr False keeps the iterator and silences the advice."""
     common = ["/nonexistent", "--user-dir", USER_DIR, "--arch", "mega_wmt_en_de", *TINY,
               "--distributed-world-size", "2"]
-    for extra, advised in (([], None), (["--grouped-shuffling"], True),
-                           (["--grouped-shuffling", "--update-epoch-batch-itr", "False"], False)):
+    for extra, fixed, advised in (([], True, False), (["--grouped-shuffling"], False, True),
+                                  (["--grouped-shuffling", "--update-epoch-batch-itr", "False"], False, False)):
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
                                                                          common + extra))
         assert not cfg.distributed_training.fix_batches_to_gpus
-        message = default_fixed_batches(cfg, build_model(), torch.device("cuda"))
-        assert cfg.distributed_training.fix_batches_to_gpus == (advised is None)
+        model, cuda = build_model(), torch.device("cuda")
+        assert (default_fixed_batches(cfg, model, cuda) is not None) == fixed
+        assert cfg.distributed_training.fix_batches_to_gpus == fixed
+        advice = kept_batch_iterator_advice(cfg, model, cuda)
         if advised:
-            assert "--update-epoch-batch-itr (on with --grouped-shuffling) rebuilds the batch iterator" in message
-        elif advised is None:
-            assert message.startswith("layer graphs on 2 GPUs: --fix-batches-to-gpus set")
+            assert "--update-epoch-batch-itr (on with --grouped-shuffling) rebuilds the batch iterator" in advice
         else:
-            assert message is None
+            assert advice is None
 
 
 @pytest.mark.parametrize("gpus, backend, device, layer_graphs, expected, message", [
