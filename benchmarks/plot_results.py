@@ -70,7 +70,8 @@ def plot_e2e(results: dict, out: str) -> None:
 def plot_distributed(results: dict, out: str) -> None:
     figure, axis = plt.subplots(figsize=(7, 4))
     labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus_fixed": "two GPUs, --fix-batches-to-gpus",
-              "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew"}
+              "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew",
+              "two_gpus_default": "two GPUs, no dealing option"}
     scalings = results["scaling"]
     if not all(isinstance(ratios, dict) for ratios in scalings.values()):  # files of sessions 16-17: vs one_gpu only
         scalings = {"one_gpu": scalings}

@@ -24,9 +24,9 @@
 #                 grouped  --grouped-shuffling --update-epoch-batch-itr False: each GPU keeps its batches too,
 #                          and the GPUs' batches of an update are neighbours in length (without the second
 #                          flag fairseq rebuilds its iterator and data loader every epoch: 0.40x on 2 x H200)
-#                 (fairseq's own default, batches dealt anew every epoch, made every GPU keep meeting shapes
-#                 it had not recorded: 0.16x over 260 updates on 2 x H200; the plugin no longer trains so
-#                 with layer graphs)
+#                 default  no option: what fairseq-train does without one (the plugin sets --fix-batches-to-gpus
+#                          with layer graphs; fairseq's own default, batches dealt anew every epoch, made every
+#                          GPU keep meeting shapes it had not recorded: 0.16x over 260 updates on 2 x H200)
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
@@ -50,7 +50,8 @@ dealing_options() {  # the fairseq options of a BATCHES way
     case $1 in
         fixed) echo --fix-batches-to-gpus ;;
         grouped) echo --grouped-shuffling --update-epoch-batch-itr False ;;
-        *) echo "BATCHES: unknown way '$1'; choose from fixed, grouped" >&2; return 2 ;;
+        default) ;;
+        *) echo "BATCHES: unknown way '$1'; choose from fixed, grouped, default" >&2; return 2 ;;
     esac
 }
 for batches in ${BATCHES:-fixed}; do dealing_options "$batches" > /dev/null; done
