@@ -19,7 +19,11 @@ keeps the same batches every epoch and shuffles their order, as fairseq does for
 and ``--grouped-shuffling`` deals the leftover batches after the shuffled groups (the GPUs without one
 take fairseq's empty dummy batch); otherwise the batches are fairseq's. Layer graphs need a GPU to keep
 its batches: a GPU records a graph per batch shape it meets, and one whose batches change every epoch
-keeps meeting new shapes for many epochs.
+keeps meeting new shapes for many epochs. A third bug, for every dataset: a run resumed from a checkpoint
+saved mid-epoch rebuilt that epoch's batches without ``--fix-batches-to-gpus`` (the iterator's state does not
+hold it), so the rest of the epoch came from another order (batches trained twice, others skipped) and,
+the data loader being reused, every later epoch was dealt anew. The state now holds the flag, and the
+resumed epoch's batches follow it.
 
 ``end_process_group_after_success``: fairseq never destroys the process group of a distributed
 run, so a successful multi-GPU run ends with PyTorch's "destroy_process_group() was not called"
@@ -115,7 +119,40 @@ def _batches_dealt_to_gpus(ordered_batches):
     return wrapper
 
 
+def _state_with_dealing(state_dict):
+    @functools.wraps(state_dict)
+    def wrapper(self):
+        sampler = getattr(self, "epoch_batch_sampler", None)
+        return {**state_dict(self), "fix_batches_to_gpus": bool(sampler and sampler.fix_batches_to_gpus)}
+
+    return wrapper
+
+
+def _resumed_with_dealing(load_state_dict):
+    @functools.wraps(load_state_dict)
+    def wrapper(self, state_dict):
+        self.resumed_fix_batches_to_gpus = state_dict.get("fix_batches_to_gpus", False)
+        try:
+            load_state_dict(self, state_dict)
+        finally:
+            del self.resumed_fix_batches_to_gpus
+
+    return wrapper
+
+
+def _iterator_dealt_as_resumed(get_iterator_for_epoch):
+    @functools.wraps(get_iterator_for_epoch)
+    def wrapper(self, epoch, shuffle, fix_batches_to_gpus=False, offset=0):
+        fix_batches_to_gpus = fix_batches_to_gpus or getattr(self, "resumed_fix_batches_to_gpus", False)
+        return get_iterator_for_epoch(self, epoch, shuffle, fix_batches_to_gpus=fix_batches_to_gpus, offset=offset)
+
+    return wrapper
+
+
 def deal_batches_to_gpus() -> None:
-    """Patch ``EpochBatchIterator.ordered_batches`` once: --fix-batches-to-gpus holds and --grouped-shuffling
-    keeps every batch for datasets that do not prefetch."""
+    """Patch ``EpochBatchIterator`` once: --fix-batches-to-gpus holds and --grouped-shuffling keeps every batch
+    for datasets that do not prefetch, and a run resumed mid-epoch deals its batches as the saved run did."""
     patch_once(iterators.EpochBatchIterator, "ordered_batches", _batches_dealt_to_gpus)
+    patch_once(iterators.EpochBatchIterator, "state_dict", _state_with_dealing)
+    patch_once(iterators.EpochBatchIterator, "load_state_dict", _resumed_with_dealing)
+    patch_once(iterators.EpochBatchIterator, "_get_iterator_for_epoch", _iterator_dealt_as_resumed)

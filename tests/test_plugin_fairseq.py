@@ -1,5 +1,6 @@
 """The fairseq-facing pieces besides the model: scheduler, checkpoint allow-list, batching fixes, imports."""
 import argparse
+import itertools
 import subprocess
 import sys
 
@@ -153,6 +154,28 @@ def test_grouped_shuffling_trains_on_every_batch(batches, gpus):
         assert len(epochs[0]) == -(-batches // gpus)  # as many updates on every GPU
         assert epochs[0][groups:] == ([(2 * (groups * gpus + shard), 2 * (groups * gpus + shard) + 1)]
                                       if shard < batches % gpus else [()])
+
+
+@pytest.mark.parametrize("fix_batches_to_gpus", [True, False])
+def test_a_resumed_epoch_deals_its_batches_as_before(fix_batches_to_gpus):
+    """A run resumed from a checkpoint saved mid-epoch gets the rest of that epoch and the next epochs as the
+    interrupted run would have, on each GPU. fairseq rebuilt the resumed epoch's batches without
+    --fix-batches-to-gpus (its iterator state does not hold the flag), dealing the rest of the epoch from
+    another order (batches trained twice, others skipped) and every later epoch anew."""
+    for shard in (0, 1):
+        iterator = numbers_iterator(shard, 2)
+        epoch = iterator.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus)
+        done = list(itertools.islice(epoch, 7))
+        state = iterator.state_dict()
+        rest = list(epoch)
+        following = [list(iterator.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus))
+                     for _ in range(2)]
+        resumed = numbers_iterator(shard, 2)
+        resumed.load_state_dict(state)
+        assert list(resumed.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus)) == rest
+        assert sorted(done + rest) == sorted(batches_per_epoch(shard, 2, fix_batches_to_gpus, epochs=1)[0])
+        assert [list(resumed.next_epoch_itr(shuffle=True, fix_batches_to_gpus=fix_batches_to_gpus))
+                for _ in range(2)] == following
 
 
 def test_unfixed_batches_move_between_gpus():
