@@ -123,7 +123,8 @@ def _state_with_dealing(state_dict):
     @functools.wraps(state_dict)
     def wrapper(self):
         sampler = getattr(self, "epoch_batch_sampler", None)
-        return {**state_dict(self), "fix_batches_to_gpus": bool(sampler and sampler.fix_batches_to_gpus)}
+        fixed = sampler is not None and bool(sampler.fix_batches_to_gpus)  # a sampler's truth is its length
+        return {**state_dict(self), "fix_batches_to_gpus": fixed}
 
     return wrapper
 
