@@ -27,6 +27,7 @@ if fairseq is not None:
     fairseq_fixes.keep_last_batch()
     fairseq_fixes.restore_numpy_compat()
     fairseq_fixes.end_process_group_after_success()
+    fairseq_fixes.fork_data_loader_workers()
     fairseq_fixes.deal_batches_to_gpus()
     run_checks.check_options_before_training()
     batched_copies.batch_fp16_optimizer_copies()

@@ -82,17 +82,19 @@ def default_fixed_batches(cfg, model, device: torch.device) -> Optional[str]:
 def kept_batch_iterator_advice(cfg, model, device: torch.device) -> Optional[str]:
     """Advice to add --update-epoch-batch-itr False when ``model`` trains on layer graphs on several GPUs and
     fairseq would rebuild the batch iterator every epoch (``--update-epoch-batch-itr``, on with
-    ``--grouped-shuffling``); None otherwise. A rebuilt iterator brings new data-loader workers, which start
-    afresh in every GPU's process (importing torch and fairseq) every epoch."""
+    ``--grouped-shuffling``); None otherwise. A rebuilt iterator brings new data-loader workers in every
+    GPU's process every epoch (forked since fairseq_fixes.fork_data_loader_workers; measured when they
+    started as fresh interpreters importing torch and fairseq)."""
     dataset = getattr(cfg, "dataset", cfg)
     gpus = _gpus_on_graphs(cfg, model, device)
     if not gpus or not getattr(dataset, "update_epoch_batch_itr", False):
         return None
     cause = " (on with --grouped-shuffling)" if getattr(dataset, "grouped_shuffling", False) else ""
     return (f"layer graphs on {gpus} GPUs: add --update-epoch-batch-itr False (or use --fix-batches-to-gpus "
-            f"instead of --grouped-shuffling); --update-epoch-batch-itr{cause} rebuilds the batch iterator every "
-            f"epoch, so each GPU's process starts new data-loader workers every epoch (2 GPUs on Multi30k with "
-            f"--grouped-shuffling: ~18 s an epoch, 0.40x the words/s of --fix-batches-to-gpus)")
+            f"instead of --grouped-shuffling); --update-epoch-batch-itr{cause} rebuilds the batch iterator and "
+            f"its data loader every epoch, so each GPU's process starts new data-loader workers every epoch (2 GPUs "
+            f"on Multi30k with --grouped-shuffling, workers started as fresh interpreters: ~18 s an epoch, 0.40x "
+            f"the words/s of --fix-batches-to-gpus)")
 
 
 def default_ddp_backend(cfg, model, device: torch.device) -> Optional[str]:

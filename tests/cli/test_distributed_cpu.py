@@ -4,8 +4,10 @@ fairseq's own launchers need CUDA (torchrun's init divides by the GPU count, and
 wrapper passes device_ids), so the two ranks are started by hand with
 ``--distributed-init-method tcp://... --distributed-rank R --distributed-no-spawn`` and
 ``--ddp-backend legacy_ddp``. Two workers with batch b must follow the same loss curve as one
-worker with batch b and ``--update-freq 2`` (dropout off, so the runs are deterministic).
+worker with batch b and ``--update-freq 2`` (dropout off, so the runs are deterministic). The processes
+fairseq's own launcher spawns fork their data-loader workers, as a single process does.
 """
+import json
 import os
 import re
 import subprocess
@@ -13,8 +15,11 @@ import sys
 
 import pytest
 import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.distributed import utils as distributed_utils
 
-from fairseq_helpers import USER_DIR, free_port
+from fairseq_helpers import USER_DIR, free_port, report_data_loader_workers
 from toy_corpus import binarize
 
 
@@ -92,3 +97,15 @@ def test_checkpoint_of_a_two_worker_run_resumes_on_one_worker(data, two_workers,
     assert sorted(resumed) == [5, 6]
     for update, (_, _, lr) in resumed.items():
         assert lr == pytest.approx(0.002 * (20 - update) / 18, rel=1e-5)
+
+
+def test_spawned_processes_fork_their_data_loader_workers(tmp_path, monkeypatch):
+    """fairseq's launcher spawns one process per GPU, where Python's start method is 'spawn': their data-loader
+    workers would be fresh interpreters importing torch and fairseq. One process stands in for a GPU here."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), [
+        "/nonexistent", "--user-dir", USER_DIR, "--arch", "mega_wmt_en_de", "--cpu", "--distributed-world-size", "1",
+        "--distributed-backend", "gloo", "--distributed-init-method", f"file://{tmp_path / 'store'}"]))
+    report = tmp_path / "report.json"
+    distributed_utils.call_main(cfg, report_data_loader_workers, report=str(report))
+    assert json.loads(report.read_text()) == {"start_method": "fork", "forked": [1, 1, 1, 1]}

@@ -1,5 +1,7 @@
 """Building Mega translation models and language models through fairseq's own option parsing, and their
 inputs, for the model-level tests."""
+import json
+import multiprocessing
 import os
 import random
 import socket
@@ -120,3 +122,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PARENT_MARKS = []  # set in a process at run time: a worker forked from it sees them, a fresh interpreter does not
+
+
+class ForkedWorkerProbe(torch.utils.data.Dataset):
+    """Item i is 1 where the data-loader worker reading it was forked from the process that set PARENT_MARKS."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return int(bool(PARENT_MARKS))
+
+
+def report_data_loader_workers(cfg, report):
+    """A fairseq main for ``call_main``: writes to ``report`` the process's multiprocessing start method and, per
+    item of a 2-worker data loader, whether its worker was forked from this process."""
+    PARENT_MARKS.append(os.getpid())
+    forked = [int(item) for item in torch.utils.data.DataLoader(ForkedWorkerProbe(), batch_size=1, num_workers=2)]
+    with open(report, "w") as file:
+        json.dump({"start_method": multiprocessing.get_start_method(), "forked": forked}, file)
