@@ -83,18 +83,24 @@ def _main_then_end_process_group(main, cfg, **kwargs):
     return result
 
 
-def _ending_process_group(call_main):
-    @functools.wraps(call_main)
-    def wrapper(cfg, main, **kwargs):
-        # a partial of a module-level function: spawned workers unpickle it by name
-        return call_main(cfg, functools.partial(_main_then_end_process_group, main), **kwargs)
+def _calling_main_through(rank_main):
+    """A wrap of fairseq's ``call_main`` that runs ``rank_main(main, cfg, **kwargs)`` in place of ``main``, in
+    every process (named after ``rank_main`` for ``patch_once``)."""
+    def wrap(call_main):
+        @functools.wraps(call_main)
+        def wrapper(cfg, main, **kwargs):
+            # a partial of a module-level function: spawned processes unpickle it by name
+            return call_main(cfg, functools.partial(rank_main, main), **kwargs)
 
-    return wrapper
+        return wrapper
+
+    wrap.__name__ = rank_main.__name__
+    return wrap
 
 
 def end_process_group_after_success() -> None:
     """Patch ``fairseq.distributed.utils.call_main`` once so that a successful run ends its process group."""
-    patch_once(distributed_utils, "call_main", _ending_process_group)
+    patch_once(distributed_utils, "call_main", _calling_main_through(_main_then_end_process_group))
 
 
 def _main_with_forked_data_workers(main, cfg, **kwargs):
@@ -104,19 +110,10 @@ def _main_with_forked_data_workers(main, cfg, **kwargs):
     return main(cfg, **kwargs)
 
 
-def _forking_data_workers(call_main):
-    @functools.wraps(call_main)
-    def wrapper(cfg, main, **kwargs):
-        # a partial of a module-level function: spawned workers unpickle it by name
-        return call_main(cfg, functools.partial(_main_with_forked_data_workers, main), **kwargs)
-
-    return wrapper
-
-
 def fork_data_loader_workers() -> None:
     """Patch ``fairseq.distributed.utils.call_main`` once so that the processes it spawns (one per GPU) fork
     their data-loader workers."""
-    patch_once(distributed_utils, "call_main", _forking_data_workers)
+    patch_once(distributed_utils, "call_main", _calling_main_through(_main_with_forked_data_workers))
 
 
 def _grouped_shuffle(batches: list, group_size: int) -> list:
