@@ -24,6 +24,10 @@ one line per GPU: a step where one GPU waits for the other, such as the exchange
 statistics, is long on the waiting GPU and short on the other). ``--sync-sites N``
 lists where the host waits for the GPU in N updates (torch's CUDA sync debug mode: every synchronizing
 operation, counted by the innermost call site outside torch).
+``--batch-times N`` times N updates of one batch each (one epoch's batches), synchronized, and prints what
+two GPUs would pay for waiting on the slower of their two batches: the mean slower batch of random pairs
+(``--fix-batches-to-gpus``: each GPU keeps its batches in its own order) and of neighbours in length
+(``--grouped-shuffling``), against one batch's mean.
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
 shapes eagerly, capturing, and the trees' bookkeeping).
@@ -93,18 +97,38 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed_updates(trainer, stream, steps: int):
-    """Wall ms of each update and the target tokens of each."""
-    times, tokens = [], []
+def timed_updates(trainer, stream, steps: int) -> list:
+    """Each of ``steps`` updates, synchronized: wall ms, target tokens, source and target shape."""
+    records = []
     for _ in range(steps):
         sample = next(stream)
         sync()
         start = time.perf_counter()
         trainer.train_step([sample])
         sync()
-        times.append((time.perf_counter() - start) * 1e3)
-        tokens.append(int(sample["ntokens"]) if sample else 0)
-    return times, tokens
+        record = {"ms": (time.perf_counter() - start) * 1e3, "tokens": 0}
+        if sample:
+            record.update(tokens=int(sample["ntokens"]), source=list(sample["net_input"]["src_tokens"].shape),
+                          target=list(sample["target"].shape))
+        records.append(record)
+    return records
+
+
+def pairing_cost(records: list) -> dict:
+    """What pairing batches on two GPUs costs when an update waits for the slower one: the mean update of
+    one batch, the mean slower of two batches paired at random (each GPU keeps its batches in its own
+    order: ``--fix-batches-to-gpus``) over all pairs, and paired with their neighbour in length
+    (``--grouped-shuffling``: fairseq's batches are consecutive in length; neighbours here are adjacent
+    in (source length, target length, tokens))."""
+    ms = [r["ms"] for r in records]
+    slower_random = [max(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
+    by_length = sorted(records, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
+    slower_neighbours = [max(a["ms"], b["ms"]) for a, b in zip(by_length[0::2], by_length[1::2])]
+    deciles = statistics.quantiles(ms, n=10)
+    return {"batches": len(ms), "mean_ms": statistics.mean(ms), "p10_ms": deciles[0], "p50_ms": statistics.median(ms),
+            "p90_ms": deciles[-1], "tokens_correlation": statistics.correlation(ms, [r["tokens"] for r in records]),
+            "slower_random_ms": statistics.mean(slower_random),
+            "slower_neighbours_ms": statistics.mean(slower_neighbours)}
 
 
 def profiled_updates(trainer, stream, steps: int):
@@ -346,6 +370,11 @@ def main():
     parser.add_argument("--sync-sites", type=int, default=0, metavar="STEPS",
                         help="also list where the host waits for the GPU over STEPS updates (torch's CUDA sync "
                              "debug mode; per update, by call site)")
+    parser.add_argument("--batch-times", type=int, default=0, metavar="STEPS",
+                        help="also time STEPS updates of one batch each, synchronized (one epoch's batches: 69 on "
+                             "Multi30k), and print what an update waiting for the slower of two batches costs with "
+                             "batches paired at random (--fix-batches-to-gpus) and with neighbours in length "
+                             "(--grouped-shuffling); --json keeps every update's ms and shapes")
     parser.add_argument("--no-ddp-split", action="store_true",
                         help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
@@ -373,10 +402,11 @@ def profile(cfg, args, extra):
     stream = batches(epoch_itr, cfg.distributed_training.fix_batches_to_gpus)
     tree_times = GraphTreeTimes() if args.graph_tree_times else contextlib.nullcontext()
     with CaptureStats(args.keep_allocator_cache) as captures, tree_times:
-        warmup_times, _ = timed_updates(trainer, stream, args.warmup)
+        warmup_times = [r["ms"] for r in timed_updates(trainer, stream, args.warmup)]
     warmup_s = sum(warmup_times) / 1e3
     warmup_curve_s = {n: round(sum(warmup_times[:n]) / 1e3, 1) for n in range(25, args.warmup + 1, 25)}
-    times, tokens = timed_updates(trainer, stream, args.steps)
+    timed = timed_updates(trainer, stream, args.steps)
+    times, tokens = [r["ms"] for r in timed], [r["tokens"] for r in timed]
     result = {
         "label": args.label or args.arch, "arch": args.arch, "extra": " ".join(extra), "params": params,
         "gpus": args.gpus, "warmup_s": warmup_s, "warmup_curve_s": warmup_curve_s,
@@ -395,6 +425,9 @@ def profile(cfg, args, extra):
         if args.gpus > 1:
             result["phase_ms_per_gpu"] = [None] * args.gpus
             torch.distributed.all_gather_object(result["phase_ms_per_gpu"], mine)
+    if args.batch_times:
+        result["batch_times"] = [r for r in timed_updates(trainer, stream, args.batch_times) if r["tokens"]]
+        result["pairing"] = pairing_cost(result["batch_times"])
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
@@ -423,6 +456,13 @@ def profile(cfg, args, extra):
     for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [])):
         print(f"  host ms per update over {args.phase_times} back-to-back updates, GPU {gpu}: "
               + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
+    if "pairing" in result:
+        pairing = result["pairing"]
+        print(f"  {pairing['batches']} updates of one batch, synchronized: ms p10/p50/p90 {pairing['p10_ms']:.1f}/"
+              f"{pairing['p50_ms']:.1f}/{pairing['p90_ms']:.1f}, mean {pairing['mean_ms']:.1f}, correlation with target "
+              f"tokens {pairing['tokens_correlation']:.2f}; the slower of two batches: paired at random "
+              f"{pairing['slower_random_ms']:.1f} ms, paired with neighbours in length "
+              f"{pairing['slower_neighbours_ms']:.1f} ms", flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
