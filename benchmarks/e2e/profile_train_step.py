@@ -39,6 +39,7 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import gc
 import io
 import pstats
 import json
@@ -97,16 +98,40 @@ def sync():
         torch.cuda.synchronize()
 
 
+class GarbageCollectionPauses:
+    """Milliseconds Python's cyclic garbage collector paused the process, while entered (``gc.callbacks``)."""
+
+    def __init__(self):
+        self.ms = 0.0
+        self._start = None
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.ms += (time.perf_counter() - self._start) * 1e3
+            self._start = None
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
 def timed_updates(trainer, stream, steps: int) -> list:
-    """Each of ``steps`` updates, synchronized: wall ms, target tokens, source and target shape."""
+    """Each of ``steps`` updates, synchronized: wall ms, ms of garbage collection in it, target tokens, source
+    and target shape."""
     records = []
     for _ in range(steps):
         sample = next(stream)
         sync()
-        start = time.perf_counter()
-        trainer.train_step([sample])
-        sync()
-        record = {"ms": (time.perf_counter() - start) * 1e3, "tokens": 0}
+        with GarbageCollectionPauses() as pauses:
+            start = time.perf_counter()
+            trainer.train_step([sample])
+            sync()
+            record = {"ms": (time.perf_counter() - start) * 1e3, "gc_ms": pauses.ms, "tokens": 0}
         if sample:
             record.update(tokens=int(sample["ntokens"]), source=list(sample["net_input"]["src_tokens"].shape),
                           target=list(sample["target"].shape))
@@ -121,6 +146,7 @@ def pairing_cost(records: list) -> dict:
     (``--grouped-shuffling``: fairseq's batches are consecutive in length; neighbours here are adjacent
     in (source length, target length, tokens))."""
     ms = [r["ms"] for r in records]
+    gc_ms = [r["gc_ms"] for r in records]
     slower_random = [max(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
     by_length = sorted(records, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
     slower_neighbours = [max(a["ms"], b["ms"]) for a, b in zip(by_length[0::2], by_length[1::2])]
@@ -128,7 +154,8 @@ def pairing_cost(records: list) -> dict:
     return {"batches": len(ms), "mean_ms": statistics.mean(ms), "p10_ms": deciles[0], "p50_ms": statistics.median(ms),
             "p90_ms": deciles[-1], "tokens_correlation": statistics.correlation(ms, [r["tokens"] for r in records]),
             "slower_random_ms": statistics.mean(slower_random),
-            "slower_neighbours_ms": statistics.mean(slower_neighbours)}
+            "slower_neighbours_ms": statistics.mean(slower_neighbours), "gc_mean_ms": statistics.mean(gc_ms),
+            "gc_max_ms": max(gc_ms), "gc_correlation": statistics.correlation(ms, gc_ms) if any(gc_ms) else 0.0}
 
 
 def profiled_updates(trainer, stream, steps: int):
@@ -462,7 +489,8 @@ def profile(cfg, args, extra):
               f"{pairing['p50_ms']:.1f}/{pairing['p90_ms']:.1f}, mean {pairing['mean_ms']:.1f}, correlation with target "
               f"tokens {pairing['tokens_correlation']:.2f}; the slower of two batches: paired at random "
               f"{pairing['slower_random_ms']:.1f} ms, paired with neighbours in length "
-              f"{pairing['slower_neighbours_ms']:.1f} ms", flush=True)
+              f"{pairing['slower_neighbours_ms']:.1f} ms; garbage collection {pairing['gc_mean_ms']:.1f} ms an update "
+              f"(max {pairing['gc_max_ms']:.1f}, correlation {pairing['gc_correlation']:.2f})", flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
