@@ -8,6 +8,8 @@
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
+#   MAX_TOKENS    --max-tokens of every GPU's batch (default 8192): the host's work per batch is about the
+#                 same at any size, so larger batches give the GPUs a larger share of an update
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
 #   DDP_BACKENDS  fairseq's --ddp-backend of the 2-GPU runs, one run each per way of BATCHES (default legacy_ddp):
 #                 c10d        torch's DistributedDataParallel, all-reduce of gradient buckets overlapping the
@@ -30,6 +32,7 @@
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
+max_tokens=${MAX_TOKENS:-8192}
 bucket=${BUCKET_CAP_MB:-25}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
@@ -40,7 +43,7 @@ train() {  # train NAME [OPTIONS...]
     python3 -m fairseq_cli.train "$data" --user-dir "$repo/mega_fairseq" --arch "$arch" --share-all-embeddings \
         --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0 --weight-decay 0.0001 --lr 7e-4 \
         --lr-scheduler linear_decay --warmup-updates 500 --total-num-update 2000 --max-update "$updates" \
-        --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 8192 --fp16 \
+        --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens "$max_tokens" --fp16 \
         --seed 1 --num-workers 2 --save-dir "$out/$name/checkpoints" --no-save --disable-validation \
         --bucket-cap-mb "$bucket" --log-format json --log-interval 25 "$@" \
         > "$out/$name.log" 2>&1 || { tail -n 30 "$out/$name.log" >&2; exit 1; }
@@ -62,6 +65,7 @@ for backend in ${DDP_BACKENDS:-legacy_ddp}; do
     esac
 done
 
+[[ $max_tokens =~ ^[1-9][0-9]*$ ]] || { echo "MAX_TOKENS: '$max_tokens' is not a positive integer" >&2; exit 2; }
 for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
     [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
 done

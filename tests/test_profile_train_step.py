@@ -1,0 +1,55 @@
+"""benchmarks/e2e/profile_train_step.py --batch-times: what pairing two GPUs' batches costs, checked against
+sums written out here, and the garbage collector's pause timer. The updates themselves need fairseq's data."""
+import gc
+import itertools
+import os
+import random
+import statistics
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "e2e"))
+profile_train_step = pytest.importorskip("profile_train_step")
+
+
+def record(ms, source_length, target_length, tokens, gc_ms=0.0):
+    return {"ms": ms, "gc_ms": gc_ms, "tokens": tokens, "source": [8, source_length], "target": [8, target_length]}
+
+
+def test_pairing_cost_of_random_and_neighbour_pairs():
+    records = [record(10.0, 5, 6, 40), record(30.0, 20, 21, 160), record(12.0, 6, 6, 48), record(31.0, 19, 22, 152)]
+    cost = profile_train_step.pairing_cost(records)
+    assert cost["batches"] == 4
+    assert cost["mean_ms"] == pytest.approx(20.75)
+    # all six pairs: max(10,30) max(10,12) max(10,31) max(30,12) max(30,31) max(12,31)
+    assert cost["slower_random_ms"] == pytest.approx((30 + 12 + 31 + 30 + 31 + 31) / 6)
+    # sorted by (source length, target length, tokens): 10 (5), 12 (6), 31 (19), 30 (20)
+    assert cost["slower_neighbours_ms"] == pytest.approx((12 + 31) / 2)
+
+
+@pytest.mark.parametrize("count", [7, 12])
+def test_pairing_cost_on_random_records(count):
+    rng = random.Random(count)
+    records = [record(rng.uniform(20, 80), rng.randrange(3, 40), rng.randrange(3, 40), rng.randrange(100, 8000),
+                      rng.uniform(0, 2)) for _ in range(count)]
+    cost = profile_train_step.pairing_cost(records)
+    ms = [r["ms"] for r in records]
+    assert cost["slower_random_ms"] == pytest.approx(
+        statistics.mean(max(a, b) for a, b in itertools.combinations(ms, 2)))
+    ordered = sorted(records, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
+    pairs = [(ordered[i]["ms"], ordered[i + 1]["ms"]) for i in range(0, count - 1, 2)]
+    assert cost["slower_neighbours_ms"] == pytest.approx(statistics.mean(max(pair) for pair in pairs))
+    assert cost["p10_ms"] <= cost["p50_ms"] <= cost["p90_ms"]
+    assert cost["gc_max_ms"] == pytest.approx(max(r["gc_ms"] for r in records))
+    assert -1 <= cost["tokens_correlation"] <= 1
+
+
+def test_garbage_collection_pauses_are_timed_while_entered():
+    with profile_train_step.GarbageCollectionPauses() as pauses:
+        gc.collect()
+    assert pauses.ms > 0
+    assert not any(getattr(callback, "__self__", None) is pauses for callback in gc.callbacks)
+    before = pauses.ms
+    gc.collect()
+    assert pauses.ms == before
