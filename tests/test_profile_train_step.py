@@ -13,14 +13,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 profile_train_step = pytest.importorskip("profile_train_step")
 
 
-def record(ms, source_length, target_length, tokens, gc_ms=0.0):
-    return {"ms": ms, "gc_ms": gc_ms, "tokens": tokens, "source": [8, source_length], "target": [8, target_length]}
+def record(ms, source_length, target_length, tokens, gc_ms=0.0, captures=0):
+    return {"ms": ms, "gc_ms": gc_ms, "tokens": tokens, "source": [8, source_length], "target": [8, target_length],
+            "captures": captures}
 
 
 def test_pairing_cost_of_random_and_neighbour_pairs():
-    records = [record(10.0, 5, 6, 40), record(30.0, 20, 21, 160), record(12.0, 6, 6, 48), record(31.0, 19, 22, 152)]
+    records = [record(10.0, 5, 6, 40), record(30.0, 20, 21, 160), record(12.0, 6, 6, 48), record(31.0, 19, 22, 152),
+               record(900.0, 7, 8, 56, captures=2)]  # recorded graphs: left out
     cost = profile_train_step.pairing_cost(records)
-    assert cost["batches"] == 4
+    assert cost["batches"] == 4 and cost["recording_updates"] == 1
     assert cost["mean_ms"] == pytest.approx(20.75)
     # all six pairs: max(10,30) max(10,12) max(10,31) max(30,12) max(30,31) max(12,31)
     assert cost["slower_random_ms"] == pytest.approx((30 + 12 + 31 + 30 + 31 + 31) / 6)

@@ -120,18 +120,20 @@ class GarbageCollectionPauses:
         gc.callbacks.remove(self._callback)
 
 
-def timed_updates(trainer, stream, steps: int) -> list:
+def timed_updates(trainer, stream, steps: int, captures=None) -> list:
     """Each of ``steps`` updates, synchronized: wall ms, ms of garbage collection in it, target tokens, source
-    and target shape."""
+    and target shape, and with ``captures`` (entered) the CUDA graphs it recorded."""
     records = []
     for _ in range(steps):
         sample = next(stream)
+        captured_before = captures.captures if captures else 0
         sync()
         with GarbageCollectionPauses() as pauses:
             start = time.perf_counter()
             trainer.train_step([sample])
             sync()
-            record = {"ms": (time.perf_counter() - start) * 1e3, "gc_ms": pauses.ms, "tokens": 0}
+            record = {"ms": (time.perf_counter() - start) * 1e3, "gc_ms": pauses.ms, "tokens": 0,
+                      "captures": (captures.captures if captures else 0) - captured_before}
         if sample:
             record.update(tokens=int(sample["ntokens"]), source=list(sample["net_input"]["src_tokens"].shape),
                           target=list(sample["target"].shape))
@@ -144,14 +146,17 @@ def pairing_cost(records: list) -> dict:
     one batch, the mean slower of two batches paired at random (each GPU keeps its batches in its own
     order: ``--fix-batches-to-gpus``) over all pairs, and paired with their neighbour in length
     (``--grouped-shuffling``: fairseq's batches are consecutive in length; neighbours here are adjacent
-    in (source length, target length, tokens))."""
+    in (source length, target length, tokens)). Updates that recorded a CUDA graph are left out."""
+    replays = [r for r in records if not r.get("captures")]
+    recording_updates = len(records) - len(replays)
+    records = replays
     ms = [r["ms"] for r in records]
     gc_ms = [r["gc_ms"] for r in records]
     slower_random = [max(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
     by_length = sorted(records, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
     slower_neighbours = [max(a["ms"], b["ms"]) for a, b in zip(by_length[0::2], by_length[1::2])]
     deciles = statistics.quantiles(ms, n=10)
-    return {"batches": len(ms), "mean_ms": statistics.mean(ms), "p10_ms": deciles[0], "p50_ms": statistics.median(ms),
+    return {"batches": len(ms), "recording_updates": recording_updates, "mean_ms": statistics.mean(ms), "p10_ms": deciles[0], "p50_ms": statistics.median(ms),
             "p90_ms": deciles[-1], "tokens_correlation": statistics.correlation(ms, [r["tokens"] for r in records]),
             "slower_random_ms": statistics.mean(slower_random),
             "slower_neighbours_ms": statistics.mean(slower_neighbours), "gc_mean_ms": statistics.mean(gc_ms),
@@ -453,7 +458,9 @@ def profile(cfg, args, extra):
             result["phase_ms_per_gpu"] = [None] * args.gpus
             torch.distributed.all_gather_object(result["phase_ms_per_gpu"], mine)
     if args.batch_times:
-        result["batch_times"] = [r for r in timed_updates(trainer, stream, args.batch_times) if r["tokens"]]
+        with CaptureStats(args.keep_allocator_cache) as batch_captures:
+            timed = timed_updates(trainer, stream, args.batch_times, batch_captures)
+        result["batch_times"] = [r for r in timed if r["tokens"]]
         result["pairing"] = pairing_cost(result["batch_times"])
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
@@ -485,7 +492,8 @@ def profile(cfg, args, extra):
               + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
     if "pairing" in result:
         pairing = result["pairing"]
-        print(f"  {pairing['batches']} updates of one batch, synchronized: ms p10/p50/p90 {pairing['p10_ms']:.1f}/"
+        print(f"  {pairing['batches']} updates of one batch ({pairing['recording_updates']} more recorded graphs: left "
+              f"out), synchronized: ms p10/p50/p90 {pairing['p10_ms']:.1f}/"
               f"{pairing['p50_ms']:.1f}/{pairing['p90_ms']:.1f}, mean {pairing['mean_ms']:.1f}, correlation with target "
               f"tokens {pairing['tokens_correlation']:.2f}; the slower of two batches: paired at random "
               f"{pairing['slower_random_ms']:.1f} ms, paired with neighbours in length "
