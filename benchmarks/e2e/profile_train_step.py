@@ -126,14 +126,14 @@ def timed_updates(trainer, stream, steps: int, captures=None) -> list:
     records = []
     for _ in range(steps):
         sample = next(stream)
-        captured_before = captures.captures if captures else 0
+        captured_before = captures.captures if captures else None
         sync()
         with GarbageCollectionPauses() as pauses:
             start = time.perf_counter()
             trainer.train_step([sample])
             sync()
             record = {"ms": (time.perf_counter() - start) * 1e3, "gc_ms": pauses.ms, "tokens": 0,
-                      "captures": (captures.captures if captures else 0) - captured_before}
+                      "captures": captures.captures - captured_before if captures else 0}
         if sample:
             record.update(tokens=int(sample["ntokens"]), source=list(sample["net_input"]["src_tokens"].shape),
                           target=list(sample["target"].shape))
