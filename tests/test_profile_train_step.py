@@ -55,3 +55,25 @@ def test_garbage_collection_pauses_are_timed_while_entered():
     before = pauses.ms
     gc.collect()
     assert pauses.ms == before
+
+
+def test_garbage_collection_pauses_count_full_collections_and_the_longest():
+    with profile_train_step.GarbageCollectionPauses() as pauses:
+        gc.collect(0)
+        gc.collect(1)
+    assert pauses.full == 0 and 0 < pauses.longest_ms <= pauses.ms
+    with profile_train_step.GarbageCollectionPauses() as pauses:
+        gc.collect()
+        gc.collect()
+    assert pauses.full == 2 and pauses.longest_ms <= pauses.ms
+
+
+def test_heap_freezing_can_be_left_out_for_a_comparison(monkeypatch):
+    from fairseq.trainer import Trainer
+
+    import mega_fairseq  # noqa: F401  (applies the patches)
+    patched = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", patched)  # restored after the test
+    profile_train_step.unpatch_heap_freezing()
+    assert Trainer.train_step is patched.__wrapped__
+    assert "_freezing_after_recordings" not in getattr(Trainer.train_step, "mega_patches", ())

@@ -28,6 +28,9 @@ operation, counted by the innermost call site outside torch).
 two GPUs would pay for waiting on the slower of their two batches: the mean slower batch of random pairs
 (``--fix-batches-to-gpus``: each GPU keeps its batches in its own order) and of neighbours in length
 (``--grouped-shuffling``), against one batch's mean.
+The garbage collector's pauses over the warm-up are printed too (seconds, full collections, longest pause);
+``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
+the before of a same-machine comparison.
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
 shapes eagerly, capturing, and the trees' bookkeeping).
@@ -99,17 +102,21 @@ def sync():
 
 
 class GarbageCollectionPauses:
-    """Milliseconds Python's cyclic garbage collector paused the process, while entered (``gc.callbacks``)."""
+    """Milliseconds Python's cyclic garbage collector paused the process while entered (``gc.callbacks``), the
+    longest pause, and the number of full collections (of the oldest generation, 2)."""
 
     def __init__(self):
-        self.ms = 0.0
+        self.ms, self.longest_ms, self.full = 0.0, 0.0, 0
         self._start = None
 
     def _callback(self, phase, info):
         if phase == "start":
             self._start = time.perf_counter()
         elif self._start is not None:
-            self.ms += (time.perf_counter() - self._start) * 1e3
+            pause = (time.perf_counter() - self._start) * 1e3
+            self.ms += pause
+            self.longest_ms = max(self.longest_ms, pause)
+            self.full += info["generation"] == 2
             self._start = None
 
     def __enter__(self):
@@ -118,6 +125,14 @@ class GarbageCollectionPauses:
 
     def __exit__(self, *exc):
         gc.callbacks.remove(self._callback)
+
+
+def unpatch_heap_freezing() -> None:
+    """Restore fairseq's Trainer.train_step where the plugin's heap freezing is its outermost patch."""
+    from fairseq.trainer import Trainer
+
+    if getattr(Trainer.train_step, "mega_patches", ())[-1:] == ("_freezing_after_recordings",):
+        Trainer.train_step = Trainer.train_step.__wrapped__
 
 
 def timed_updates(trainer, stream, steps: int, captures=None) -> list:
@@ -407,6 +422,9 @@ def main():
                              "Multi30k), and print what an update waiting for the slower of two batches costs with "
                              "batches paired at random (--fix-batches-to-gpus) and with neighbours in length "
                              "(--grouped-shuffling); --json keeps every update's ms and shapes")
+    parser.add_argument("--gc-unfrozen", action="store_true",
+                        help="experiment: the plugin does not freeze the heap after updates that record graphs "
+                             "(mega_fairseq.garbage_collection), as before it did")
     parser.add_argument("--no-ddp-split", action="store_true",
                         help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
@@ -430,10 +448,12 @@ def profile(cfg, args, extra):
     if args.no_ddp_split:
         from torch._dynamo import config as dynamo_config
         dynamo_config.optimize_ddp = False
+    if args.gc_unfrozen:
+        unpatch_heap_freezing()
     trainer, epoch_itr, params = build_trainer(cfg)
     stream = batches(epoch_itr, cfg.distributed_training.fix_batches_to_gpus)
     tree_times = GraphTreeTimes() if args.graph_tree_times else contextlib.nullcontext()
-    with CaptureStats(args.keep_allocator_cache) as captures, tree_times:
+    with CaptureStats(args.keep_allocator_cache) as captures, tree_times, GarbageCollectionPauses() as warmup_gc:
         warmup_times = [r["ms"] for r in timed_updates(trainer, stream, args.warmup)]
     warmup_s = sum(warmup_times) / 1e3
     warmup_curve_s = {n: round(sum(warmup_times[:n]) / 1e3, 1) for n in range(25, args.warmup + 1, 25)}
@@ -445,6 +465,8 @@ def profile(cfg, args, extra):
         "median_ms": statistics.median(times), "mean_ms": statistics.mean(times),
         "tokens_per_s": args.gpus * sum(tokens) / (sum(times) / 1e3),
         "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
+        "warmup_gc_s": round(warmup_gc.ms / 1e3, 2), "warmup_gc_full": warmup_gc.full,
+        "warmup_gc_longest_ms": round(warmup_gc.longest_ms, 1), "gc_unfrozen": args.gc_unfrozen,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split,
     }
@@ -485,6 +507,9 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
+    print(f"  garbage collection over the warm-up{' (heap never frozen)' if args.gc_unfrozen else ''}: "
+          f"{result['warmup_gc_s']} s, {warmup_gc.full} full collections, longest pause "
+          f"{result['warmup_gc_longest_ms']} ms", flush=True)
     if args.graph_tree_times:
         print("  CUDA graph trees over the warm-up, inclusive seconds:\n" + tree_times.table(), flush=True)
     for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [])):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import LAYER_GRAPHS, check_choice
+from .graph_recordings import count_graph_recordings
 from .graph_tree_lookups import speed_up_graph_tree_lookups
 
 COMPILE_LAYERS_HELP = ("compile every Mega layer with torch.compile (dynamic shapes) for training and "
@@ -90,6 +91,7 @@ def shape_keyed_cudagraphs(graph: torch.fx.GraphModule, example_inputs):
     from torch._inductor import cudagraph_trees
 
     speed_up_graph_tree_lookups()
+    count_graph_recordings()
     record = cudagraph_trees.cudagraphify_impl
     per_shape = record_per_shape(record, leaf_positions(example_inputs), len(example_inputs))
     cudagraph_trees.cudagraphify_impl = per_shape  # read once by the backend, for this graph only
