@@ -77,3 +77,55 @@ def test_heap_freezing_can_be_left_out_for_a_comparison(monkeypatch):
     profile_train_step.unpatch_heap_freezing()
     assert Trainer.train_step is patched.__wrapped__
     assert "_freezing_after_recordings" not in getattr(Trainer.train_step, "mega_patches", ())
+
+
+@pytest.mark.parametrize("packages, cores, threads, world", [(1, 16, 2, 2), (2, 8, 2, 2), (1, 7, 1, 2), (2, 3, 2, 4)])
+def test_exclusive_cpus_split_physical_cores(packages, cores, threads, world):
+    """Logical CPU numbering as Linux gives it: the second thread of each core after all first threads."""
+    physical = [(package, core) for package in range(packages) for core in range(cores)]
+    core_of = {cpu: physical[cpu % len(physical)] for cpu in range(len(physical) * threads)}
+    shares = [profile_train_step.exclusive_cpus(rank, world, set(core_of), core_of.get) for rank in range(world)]
+    assert set().union(*shares) == set(core_of)
+    owners = {}
+    for rank, share in enumerate(shares):
+        for cpu in share:
+            assert owners.setdefault(core_of[cpu], rank) == rank  # no core in two shares
+    sizes = sorted(len({core_of[cpu] for cpu in share}) for share in shares)
+    assert sizes[-1] - sizes[0] <= 1
+    assert all(core_of[cpu][0] == 0 for cpu in shares[0])  # the first share starts on the first package
+
+
+def test_exclusive_cpus_refuse_fewer_cores_than_processes():
+    with pytest.raises(ValueError, match="2 physical cores cannot be split among 4"):
+        profile_train_step.exclusive_cpus(0, 4, {0, 1, 2, 3}, lambda cpu: (0, cpu % 2))
+
+
+def test_binding_one_process_keeps_every_allowed_cpu():
+    allowed = os.sched_getaffinity(0)
+    assert profile_train_step.bind_to_exclusive_cores(0, 1) == allowed
+    assert os.sched_getaffinity(0) == allowed
+
+
+class Loop:
+    def __init__(self):
+        self.me = self
+
+
+class FakeTrainer:
+    """train_step keeps one Loop alive and drops two (cyclic garbage) per call."""
+
+    def __init__(self):
+        self.kept = []
+
+    def train_step(self, samples):
+        self.kept.append(Loop())
+        Loop(), Loop()
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_object_census_counts_kept_objects_and_cyclic_garbage(steps):
+    census = profile_train_step.object_census(FakeTrainer(), itertools.repeat({}), steps)
+    assert dict(census["garbage_types"])["Loop"] == 2 * steps
+    assert census["garbage_per_update"] >= 2
+    assert dict(census["live_types"])["Loop"] == steps
+    assert gc.isenabled() and not gc.garbage and gc.get_debug() == 0

@@ -30,7 +30,9 @@ two GPUs would pay for waiting on the slower of their two batches: the mean slow
 (``--grouped-shuffling``), against one batch's mean.
 The garbage collector's pauses over the warm-up are printed too (seconds, full collections, longest pause);
 ``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
-the before of a same-machine comparison.
+the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
+share of the physical cores. ``--object-census N`` counts what N updates leave to the garbage collector: the
+tracked objects that stay alive and the cyclic garbage, per update, by type.
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
 shapes eagerly, capturing, and the trees' bookkeeping).
@@ -46,6 +48,7 @@ import gc
 import io
 import pstats
 import json
+import os
 import statistics
 import sys
 import time
@@ -127,6 +130,34 @@ class GarbageCollectionPauses:
         gc.callbacks.remove(self._callback)
 
 
+def physical_core(cpu: int) -> tuple:
+    """(package, core) of logical CPU ``cpu`` (Linux sysfs)."""
+    topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+    return tuple(int(open(f"{topology}/{name}").read()) for name in ("physical_package_id", "core_id"))
+
+
+def exclusive_cpus(rank: int, world: int, allowed, core_of=physical_core) -> set:
+    """The logical CPUs of process ``rank`` of ``world`` when the physical cores holding the ``allowed`` CPUs are
+    split into ``world`` contiguous groups (package-major order): no two processes share a core."""
+    cores = collections.defaultdict(set)
+    for cpu in allowed:
+        cores[core_of(cpu)].add(cpu)
+    order = sorted(cores)
+    if len(order) < world:
+        raise ValueError(f"--bind-cpus: {len(order)} physical cores cannot be split among {world} processes")
+    share = order[rank * len(order) // world:(rank + 1) * len(order) // world]
+    return set().union(*(cores[core] for core in share))
+
+
+def bind_to_exclusive_cores(rank: int, world: int) -> set:
+    """Bind every thread of this process (and the data-loader workers it forks later) to its exclusive share
+    of the allowed CPUs (``exclusive_cpus``); returns that share."""
+    cpus = exclusive_cpus(rank, world, os.sched_getaffinity(0))
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), cpus)
+    return cpus
+
+
 def unpatch_heap_freezing() -> None:
     """Restore fairseq's Trainer.train_step where the plugin's heap freezing is its outermost patch."""
     from fairseq.trainer import Trainer
@@ -176,6 +207,33 @@ def pairing_cost(records: list) -> dict:
             "slower_random_ms": statistics.mean(slower_random),
             "slower_neighbours_ms": statistics.mean(slower_neighbours), "gc_mean_ms": statistics.mean(gc_ms),
             "gc_max_ms": max(gc_ms), "gc_correlation": statistics.correlation(ms, gc_ms) if any(gc_ms) else 0.0}
+
+
+def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
+    """What ``steps`` updates leave to the cyclic garbage collector, per update: the tracked objects still alive
+    after them (gc.get_objects, the frozen ones left out) and the cyclic garbage they made (collected once at
+    the end: the collector is off during the updates), each with the types that contribute most."""
+    def types(objects):
+        return collections.Counter(type(o).__qualname__ for o in objects)
+
+    gc.collect()
+    before = types(gc.get_objects())
+    gc.disable()
+    try:
+        for _ in range(steps):
+            trainer.train_step([next(stream)])
+        sync()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = types(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    gc.collect()
+    grown = types(gc.get_objects()) - before
+    return {"live_per_update": sum(grown.values()) / steps, "garbage_per_update": sum(garbage.values()) / steps,
+            "live_types": grown.most_common(top), "garbage_types": garbage.most_common(top)}
 
 
 def profiled_updates(trainer, stream, steps: int):
@@ -425,6 +483,12 @@ def main():
     parser.add_argument("--gc-unfrozen", action="store_true",
                         help="experiment: the plugin does not freeze the heap after updates that record graphs "
                              "(mega_fairseq.garbage_collection), as before it did")
+    parser.add_argument("--object-census", type=int, default=0, metavar="STEPS",
+                        help="also count, over STEPS updates, the objects the garbage collector tracks that stay alive "
+                             "and the cyclic garbage made, per update, by type")
+    parser.add_argument("--bind-cpus", action="store_true",
+                        help="experiment: bind each GPU's process to its own share of the physical cores (split in "
+                             "order, package-major), so that no two processes share a core")
     parser.add_argument("--no-ddp-split", action="store_true",
                         help="experiment (with --gpus > 1): torch.compile does not split the layer stacks at DDP's "
                              "gradient buckets (one CUDA graph per stack and shape instead of one per piece; "
@@ -450,6 +514,10 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     if args.gc_unfrozen:
         unpatch_heap_freezing()
+    if args.bind_cpus:
+        rank, world = cfg.distributed_training.distributed_rank, cfg.distributed_training.distributed_world_size
+        cpus = bind_to_exclusive_cores(rank, world)
+        print(f"  process {rank} of {world} bound to CPUs {sorted(cpus)}", flush=True)
     trainer, epoch_itr, params = build_trainer(cfg)
     stream = batches(epoch_itr, cfg.distributed_training.fix_batches_to_gpus)
     tree_times = GraphTreeTimes() if args.graph_tree_times else contextlib.nullcontext()
@@ -467,6 +535,7 @@ def profile(cfg, args, extra):
         "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
         "warmup_gc_s": round(warmup_gc.ms / 1e3, 2), "warmup_gc_full": warmup_gc.full,
         "warmup_gc_longest_ms": round(warmup_gc.longest_ms, 1), "gc_unfrozen": args.gc_unfrozen,
+        "bind_cpus": args.bind_cpus,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split,
     }
@@ -484,6 +553,8 @@ def profile(cfg, args, extra):
             timed = timed_updates(trainer, stream, args.batch_times, batch_captures)
         result["batch_times"] = [r for r in timed if r["tokens"]]
         result["pairing"] = pairing_cost(result["batch_times"])
+    if args.object_census:
+        result["census"] = object_census(trainer, stream, args.object_census)
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
@@ -524,6 +595,12 @@ def profile(cfg, args, extra):
               f"{pairing['slower_random_ms']:.1f} ms, paired with neighbours in length "
               f"{pairing['slower_neighbours_ms']:.1f} ms; garbage collection {pairing['gc_mean_ms']:.1f} ms an update "
               f"(max {pairing['gc_max_ms']:.1f}, correlation {pairing['gc_correlation']:.2f})", flush=True)
+    if "census" in result:
+        census = result["census"]
+        print(f"  per update over {args.object_census} updates: {census['live_per_update']:.0f} more tracked objects "
+              f"alive ({', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
+              f"{census['garbage_per_update']:.0f} objects of cyclic garbage "
+              f"({', '.join(f'{name} {n}' for name, n in census['garbage_types'])})", flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
