@@ -105,13 +105,16 @@ def records(name):
 runs = {name: records(name) for name in names}
 wps = {name: sum(float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup)
        / max(1, sum(int(r["num_updates"]) > warmup for r in recs)) for name, recs in runs.items()}
-summary = {"wps": wps,
+past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup] for name, recs in runs.items()}
+summary = {"wps": wps, "wps_range": {name: [min(v), max(v)] if v else None for name, v in past.items()},
            "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
 print(f"words/s past update {warmup}: " + "; ".join(f"{name} {wps[name]:.0f}" for name in names))
+print("lowest-highest record: " + "; ".join(
+    f"{name} {v[0]:.0f}-{v[1]:.0f}" for name, v in summary["wps_range"].items() if v))
 for base in one_gpu_names:
     print(f"2 GPUs against {base}: " + "; ".join(
         f"{name} {summary['scaling'][base][name]:.2f}x" for name in two_gpu_names))
