@@ -1,11 +1,15 @@
 """The heap frozen after an update that recorded graphs (garbage_collection): the update's cyclic garbage
 collected first, what is alive frozen; an update that recorded nothing leaves the collector alone. The
-recordings counted by graph_recordings, checked on a stand-in for torch's record_function (no CUDA here)."""
+recordings counted by graph_recordings, checked on a stand-in for torch's record_function; GPU test: on torch's
+own graph trees, the update that records freezes and the replays after it freeze nothing more."""
 import gc
 import weakref
 
 import pytest
+import torch
 from fairseq.trainer import Trainer
+
+from fairseq_helpers import build_model, make_dictionary, translation_batch, translation_loss
 
 import mega_fairseq  # noqa: F401  (applies the patches)
 from mega_fairseq import garbage_collection
@@ -70,3 +74,30 @@ def test_an_update_that_records_nothing_leaves_the_collector_alone(collector_pau
     assert garbage[0]() is not None  # no collection ran
     gc.collect()
     assert garbage[0]() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_recording_on_the_gpu_freezes_and_replays_do_not(collector_paused):
+    """A layer-graph model's update (forward and backward) on one batch shape four times: the graph trees warm
+    up and record in the first updates (counted; the heap collected and frozen), the last ones replay (nothing
+    recorded, nothing more frozen)."""
+    dictionary = make_dictionary()
+    model = build_model(["--encoder-chunk-size", "3", "--decoder-chunk-size", "3"], dictionary, seed=5)
+    model = model.float().cuda().train()
+    batch = tuple(t.cuda() for t in translation_batch(dictionary, [7, 5, 2], [6, 4, 6], 0))
+
+    def update(trainer, samples):
+        model.zero_grad(set_to_none=True)
+        translation_loss(model(*batch)[0]).backward()
+        torch.cuda.synchronize()
+
+    step = garbage_collection._freezing_after_recordings(update)
+    before = graph_recordings.graphs_recorded()
+    recorded, frozen = [], []
+    for _ in range(4):
+        step(None, [])
+        recorded.append(graph_recordings.graphs_recorded())
+        frozen.append(gc.get_freeze_count())
+    assert recorded[-1] > before and recorded[-1] == recorded[-2]
+    assert 0 < frozen[-1] <= frozen[-2]  # frozen objects can be freed, none are added
