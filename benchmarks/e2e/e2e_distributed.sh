@@ -3,7 +3,8 @@
 # one GPU with --update-freq 2 and on two GPUs (--distributed-world-size 2, one process a GPU, fairseq's
 # legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES, all at the
 # same per-GPU --max-tokens, so that every update sees the same number of tokens. Prints words/s of each
-# run, the scaling factors, and the losses at the logged updates. Writes OUT_DIR/distributed.json and
+# run (the mean of its records past the warm-up, and the lowest and highest), the scaling factors, and the
+# losses at the logged updates; warns when other processes compute on the GPUs before a run. Writes OUT_DIR/distributed.json and
 # OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
@@ -37,9 +38,16 @@ bucket=${BUCKET_CAP_MB:-25}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
 
+others_on_gpus() {  # the processes already computing on a GPU (a leftover run would slow the next one)
+    nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null || true
+}
+
 train() {  # train NAME [OPTIONS...]
     local name=$1
     shift
+    local others
+    others=$(others_on_gpus)
+    [[ -z $others ]] || echo "warning: before $name, other processes compute on the GPUs: $others" >&2
     python3 -m fairseq_cli.train "$data" --user-dir "$repo/mega_fairseq" --arch "$arch" --share-all-embeddings \
         --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0 --weight-decay 0.0001 --lr 7e-4 \
         --lr-scheduler linear_decay --warmup-updates 500 --total-num-update 2000 --max-update "$updates" \
