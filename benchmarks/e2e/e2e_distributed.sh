@@ -4,8 +4,8 @@
 # legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES, all at the
 # same per-GPU --max-tokens, so that every update sees the same number of tokens. Prints words/s of each
 # run (the mean of its records past the warm-up, and the lowest and highest), the scaling factors, and the
-# losses at the logged updates; warns when other processes compute on the GPUs before a run. Writes OUT_DIR/distributed.json and
-# OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
+# losses at the logged updates; warns when other processes compute on the GPUs before a run. Writes
+# OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
