@@ -31,7 +31,8 @@ two GPUs would pay for waiting on the slower of their two batches: the mean slow
 The garbage collector's pauses over the warm-up are printed too (seconds, full collections, longest pause);
 ``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
 the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
-share of the physical cores. ``--object-census N`` counts what N updates leave to the garbage collector: the
+share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
+allocations instead of 700. ``--object-census N`` counts what N updates leave to the garbage collector: the
 tracked objects that stay alive and the cyclic garbage, per update, by type.
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
@@ -486,6 +487,9 @@ def main():
     parser.add_argument("--object-census", type=int, default=0, metavar="STEPS",
                         help="also count, over STEPS updates, the objects the garbage collector tracks that stay alive "
                              "and the cyclic garbage made, per update, by type")
+    parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
+                        help="experiment: the garbage collector's youngest generation collected every N allocations "
+                             "instead of Python's 700 (gc.set_threshold), from before the model is built")
     parser.add_argument("--bind-cpus", action="store_true",
                         help="experiment: bind each GPU's process to its own share of the physical cores (split in "
                              "order, package-major), so that no two processes share a core")
@@ -514,6 +518,8 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     if args.gc_unfrozen:
         unpatch_heap_freezing()
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     if args.bind_cpus:
         rank, world = cfg.distributed_training.distributed_rank, cfg.distributed_training.distributed_world_size
         cpus = bind_to_exclusive_cores(rank, world)
@@ -535,7 +541,7 @@ def profile(cfg, args, extra):
         "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
         "warmup_gc_s": round(warmup_gc.ms / 1e3, 2), "warmup_gc_full": warmup_gc.full,
         "warmup_gc_longest_ms": round(warmup_gc.longest_ms, 1), "gc_unfrozen": args.gc_unfrozen,
-        "bind_cpus": args.bind_cpus,
+        "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0],
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split,
     }
@@ -578,7 +584,8 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
-    print(f"  garbage collection over the warm-up{' (heap never frozen)' if args.gc_unfrozen else ''}: "
+    print(f"  garbage collection over the warm-up{' (heap never frozen)' if args.gc_unfrozen else ''} "
+          f"(youngest generation every {result['gc_threshold']} allocations): "
           f"{result['warmup_gc_s']} s, {warmup_gc.full} full collections, longest pause "
           f"{result['warmup_gc_longest_ms']} ms", flush=True)
     if args.graph_tree_times:
