@@ -1,11 +1,13 @@
-"""benchmarks/e2e/profile_train_step.py --batch-times: what pairing two GPUs' batches costs, checked against
-sums written out here, and the garbage collector's pause timer. The updates themselves need fairseq's data."""
+"""benchmarks/e2e/profile_train_step.py: what pairing two GPUs' batches costs (--batch-times), checked against
+sums written out here; the garbage collector's pause timer, object census and experiments (--gc-unfrozen,
+--gc-at-update-ends); the split of physical cores (--bind-cpus). The updates themselves need fairseq's data."""
 import gc
 import itertools
 import os
 import random
 import statistics
 import sys
+import weakref
 
 import pytest
 
@@ -129,3 +131,31 @@ def test_object_census_counts_kept_objects_and_cyclic_garbage(steps):
     assert census["garbage_per_update"] >= 2
     assert dict(census["live_types"])["Loop"] == steps
     assert gc.isenabled() and not gc.garbage and gc.get_debug() == 0
+
+
+def test_collections_at_update_ends(monkeypatch):
+    """The collector is off inside an update; each update's cyclic garbage is collected after it; every third
+    update a full collection freezes what survives."""
+    from fairseq.trainer import Trainer
+
+    inside, garbage = [], []
+
+    def train_step(trainer, samples):
+        inside.append(gc.isenabled())
+        garbage.append(weakref.ref(Loop()))
+        return len(inside)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    gc.collect()
+    gc.unfreeze()
+    try:
+        profile_train_step.collect_at_update_ends(3)
+        frozen = []
+        for update in range(1, 7):
+            assert Trainer.train_step(None, []) == update
+            assert garbage[-1]() is None and gc.isenabled()
+            frozen.append(gc.get_freeze_count())
+        assert not any(inside)
+        assert frozen[0] == frozen[1] == 0 < frozen[2]
+    finally:
+        gc.unfreeze()

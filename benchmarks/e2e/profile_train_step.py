@@ -32,7 +32,8 @@ The garbage collector's pauses over the warm-up are printed too (seconds, full c
 ``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
 the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
 share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
-allocations instead of 700. ``--object-census N`` counts what N updates leave to the garbage collector: the
+allocations instead of 700; ``--gc-at-update-ends K`` (an experiment) keeps the collector out of the updates and
+collects after each (fully every K-th). ``--object-census N`` counts what N updates leave to the garbage collector: the
 tracked objects that stay alive and the cyclic garbage, per update, by type.
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
@@ -45,8 +46,10 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import functools
 import gc
 import io
+import itertools
 import pstats
 import json
 import os
@@ -157,6 +160,31 @@ def bind_to_exclusive_cores(rank: int, world: int) -> set:
     for thread in os.listdir("/proc/self/task"):
         os.sched_setaffinity(int(thread), cpus)
     return cpus
+
+
+def collect_at_update_ends(full_every: int) -> None:
+    """Experiment: fairseq's Trainer.train_step runs with the collector off; after each update the two younger
+    generations are collected, and after every ``full_every``-th a full collection runs and its survivors are
+    frozen. Every GPU's process collects at the same updates, so no GPU waits for another's pause."""
+    from fairseq.trainer import Trainer
+
+    train_step = Trainer.train_step
+    updates = itertools.count(1)
+
+    @functools.wraps(train_step)
+    def collecting_after(self, *args, **kwargs):
+        gc.disable()
+        try:
+            return train_step(self, *args, **kwargs)
+        finally:
+            if next(updates) % full_every == 0:
+                gc.collect()
+                gc.freeze()
+            else:
+                gc.collect(1)
+            gc.enable()
+
+    Trainer.train_step = collecting_after
 
 
 def unpatch_heap_freezing() -> None:
@@ -490,6 +518,9 @@ def main():
     parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
                         help="experiment: the garbage collector's youngest generation collected every N allocations "
                              "instead of Python's 700 (gc.set_threshold), from before the model is built")
+    parser.add_argument("--gc-at-update-ends", type=int, default=0, metavar="K",
+                        help="experiment: the collector off inside each update, the younger generations collected "
+                             "after each, a full collection (survivors frozen) after every K-th")
     parser.add_argument("--bind-cpus", action="store_true",
                         help="experiment: bind each GPU's process to its own share of the physical cores (split in "
                              "order, package-major), so that no two processes share a core")
@@ -518,6 +549,8 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     if args.gc_unfrozen:
         unpatch_heap_freezing()
+    if args.gc_at_update_ends:
+        collect_at_update_ends(args.gc_at_update_ends)
     if args.gc_threshold:
         gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     if args.bind_cpus:
@@ -541,7 +574,7 @@ def profile(cfg, args, extra):
         "warmup_captures": captures.captures, "warmup_capture_s": round(captures.seconds, 1),
         "warmup_gc_s": round(warmup_gc.ms / 1e3, 2), "warmup_gc_full": warmup_gc.full,
         "warmup_gc_longest_ms": round(warmup_gc.longest_ms, 1), "gc_unfrozen": args.gc_unfrozen,
-        "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0],
+        "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0], "gc_at_update_ends": args.gc_at_update_ends,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split,
     }
@@ -584,8 +617,9 @@ def profile(cfg, args, extra):
     print("  warmup seconds after N updates: " + "  ".join(f"{n}: {s}" for n, s in warmup_curve_s.items())
           + f"  (CUDA graph captures {captures.captures}, {captures.seconds:.1f} s inside them"
           + (", allocator cache kept)" if args.keep_allocator_cache else ")"), flush=True)
-    print(f"  garbage collection over the warm-up{' (heap never frozen)' if args.gc_unfrozen else ''} "
-          f"(youngest generation every {result['gc_threshold']} allocations): "
+    mode = (f"collector off inside updates, collected after each, fully every {args.gc_at_update_ends}"
+            if args.gc_at_update_ends else f"youngest generation every {result['gc_threshold']} allocations")
+    print(f"  garbage collection over the warm-up{' (heap never frozen)' if args.gc_unfrozen else ''} ({mode}): "
           f"{result['warmup_gc_s']} s, {warmup_gc.full} full collections, longest pause "
           f"{result['warmup_gc_longest_ms']} ms", flush=True)
     if args.graph_tree_times:
