@@ -111,9 +111,8 @@ def records(name):
 
 
 runs = {name: records(name) for name in names}
-wps = {name: sum(float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup)
-       / max(1, sum(int(r["num_updates"]) > warmup for r in recs)) for name, recs in runs.items()}
 past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup] for name, recs in runs.items()}
+wps = {name: sum(v) / max(1, len(v)) for name, v in past.items()}
 summary = {"wps": wps, "wps_range": {name: [min(v), max(v)] if v else None for name, v in past.items()},
            "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,

@@ -223,16 +223,15 @@ def pairing_cost(records: list) -> dict:
     (``--grouped-shuffling``: fairseq's batches are consecutive in length; neighbours here are adjacent
     in (source length, target length, tokens)). Updates that recorded a CUDA graph are left out."""
     replays = [r for r in records if not r.get("captures")]
-    recording_updates = len(records) - len(replays)
-    records = replays
-    ms = [r["ms"] for r in records]
-    gc_ms = [r["gc_ms"] for r in records]
+    ms = [r["ms"] for r in replays]
+    gc_ms = [r["gc_ms"] for r in replays]
     slower_random = [max(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
-    by_length = sorted(records, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
+    by_length = sorted(replays, key=lambda r: (r["source"][1], r["target"][1], r["tokens"]))
     slower_neighbours = [max(a["ms"], b["ms"]) for a, b in zip(by_length[0::2], by_length[1::2])]
     deciles = statistics.quantiles(ms, n=10)
-    return {"batches": len(ms), "recording_updates": recording_updates, "mean_ms": statistics.mean(ms), "p10_ms": deciles[0], "p50_ms": statistics.median(ms),
-            "p90_ms": deciles[-1], "tokens_correlation": statistics.correlation(ms, [r["tokens"] for r in records]),
+    return {"batches": len(ms), "recording_updates": len(records) - len(replays), "mean_ms": statistics.mean(ms),
+            "p10_ms": deciles[0], "p50_ms": statistics.median(ms), "p90_ms": deciles[-1],
+            "tokens_correlation": statistics.correlation(ms, [r["tokens"] for r in replays]),
             "slower_random_ms": statistics.mean(slower_random),
             "slower_neighbours_ms": statistics.mean(slower_neighbours), "gc_mean_ms": statistics.mean(gc_ms),
             "gc_max_ms": max(gc_ms), "gc_correlation": statistics.correlation(ms, gc_ms) if any(gc_ms) else 0.0}
@@ -260,9 +259,10 @@ def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
         gc.garbage.clear()
         gc.enable()
     gc.collect()
-    grown = types(gc.get_objects()) - before
-    return {"live_per_update": sum(grown.values()) / steps, "garbage_per_update": sum(garbage.values()) / steps,
-            "live_types": grown.most_common(top), "garbage_types": garbage.most_common(top)}
+    after = types(gc.get_objects())
+    return {"live_per_update": (sum(after.values()) - sum(before.values())) / steps,
+            "garbage_per_update": sum(garbage.values()) / steps,
+            "live_types": (after - before).most_common(top), "garbage_types": garbage.most_common(top)}
 
 
 def profiled_updates(trainer, stream, steps: int):
@@ -639,7 +639,7 @@ def profile(cfg, args, extra):
     if "census" in result:
         census = result["census"]
         print(f"  per update over {args.object_census} updates: {census['live_per_update']:.0f} more tracked objects "
-              f"alive ({', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
+              f"alive (types that grew: {', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
               f"{census['garbage_per_update']:.0f} objects of cyclic garbage "
               f"({', '.join(f'{name} {n}' for name, n in census['garbage_types'])})", flush=True)
     if "syncs_per_update" in result:
