@@ -68,6 +68,8 @@ def plot_e2e(results: dict, out: str) -> None:
 
 
 def plot_distributed(results: dict, out: str) -> None:
+    """Words/s of each run over its epochs (over its updates in files that have no epochs), ratios against one GPU
+    at --update-freq 1 where it ran (issue 12's baseline), else at --update-freq 2."""
     figure, axis = plt.subplots(figsize=(7, 4))
     labels = {"one_gpu": "one GPU, --update-freq 2", "two_gpus_fixed": "two GPUs, --fix-batches-to-gpus",
               "two_gpus_grouped": "two GPUs, --grouped-shuffling", "two_gpus_dealt": "two GPUs, batches dealt anew",
@@ -75,17 +77,25 @@ def plot_distributed(results: dict, out: str) -> None:
     scalings = results["scaling"]
     if not all(isinstance(ratios, dict) for ratios in scalings.values()):  # files of sessions 16-17: vs one_gpu only
         scalings = {"one_gpu": scalings}
-    base = "one_gpu" if "one_gpu" in scalings else next(iter(scalings))
+    base = next((name for name in ("one_gpu_update_freq_1", "one_gpu") if name in scalings), next(iter(scalings)))
+    epochs = results.get("epochs")  # files before the nineteenth session: updates, one warm-up update for all
     for name, records in results["records"].items():
         scaling = scalings[base].get(name)
         if name.startswith("one_gpu_update_freq_"):
             labels[name] = "one GPU, --update-freq " + name.rsplit("_", 1)[1]
         run = name.removesuffix("_legacy_ddp")
         label = labels.get(run, run) + (", legacy_ddp" if run != name else "")
-        axis.plot([update for update, _ in records], [wps / 1e3 for _, wps in records], marker="o",
-                  label=label + (f": {scaling:.2f}x" if scaling else ""))
-    axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
-    axis.set_xlabel("update")
+        x = epochs[name] if epochs else [update for update, _ in records]
+        axis.plot(x, [wps / 1e3 for _, wps in records], marker="o", label=label + (f": {scaling:.2f}x" if scaling else ""))
+    if epochs:
+        name = next(iter(scalings[base]), base)
+        start = next(epoch for (update, _), epoch in zip(results["records"][name], epochs[name])
+                     if update >= results["warmup_updates"][name])
+        axis.axvline(start, color="grey", linestyle=":", label="averages start")
+        axis.set_xlabel("epoch")
+    else:
+        axis.axvline(results["warmup_updates"], color="grey", linestyle=":", label="averages start")
+        axis.set_xlabel("update")
     axis.set_ylabel("thousand target words/s (fairseq-train)")
     axis.set_title(f"Multi30k, 2 GPUs vs {labels.get(base, base)} (ratios past the warm-up)")
     axis.grid(alpha=0.3)

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as benchmarks/e2e/e2e_multi30k.sh, once on
-# one GPU with --update-freq 2 and on two GPUs (--distributed-world-size 2, one process a GPU, fairseq's
-# legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES, all at the
-# same per-GPU --max-tokens, so that every update sees the same number of tokens. Prints words/s of each
-# run (the mean of its records past the warm-up, and the lowest and highest), the scaling factors, and the
-# losses at the logged updates; warns when other processes compute on the GPUs before a run. Writes
-# OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over updates, when matplotlib is installed).
+# Two-GPU scaling of fairseq-train on Multi30k: the same model and settings as benchmarks/e2e/e2e_multi30k.sh, on
+# one GPU at each --update-freq of ONE_GPU_UPDATE_FREQS and on two GPUs (--distributed-world-size 2, one process
+# a GPU, fairseq's legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES,
+# all at the same per-GPU --max-tokens. Prints words/s of each run (the mean of its records past the warm-up, and
+# the lowest and highest), the scaling factors, and the losses at the logged updates of the runs with as many
+# tokens an update (one GPU at --update-freq 2, 2 GPUs); warns when other processes compute on the GPUs before a
+# run. Writes OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over epochs, when matplotlib is
+# installed). About 8 minutes on 2 x H200 with the defaults.
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
-#   UPDATES       updates per run (default 300); averages past WARMUP_UPDATES (default 150)
+#   UPDATES       updates of the 2-GPU runs (default 300); averages past WARMUP_UPDATES (default 150). A one-GPU
+#                 run at --update-freq F runs UPDATES x 2 / F updates and averages past WARMUP_UPDATES x 2 / F:
+#                 the same epochs as the 2-GPU runs (a GPU records the layer graphs of its batch shapes over its
+#                 first epochs, and one GPU at --update-freq 1 takes twice the updates for an epoch: counted from
+#                 the same update, it would still be recording)
 #   MAX_TOKENS    --max-tokens of every GPU's batch (default 8192): the host's work per batch is about the
 #                 same at any size, so larger batches give the GPUs a larger share of an update
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
@@ -17,9 +22,10 @@
 #                             backward (torch.compile splits the layer graphs at the buckets)
 #                 legacy_ddp  fairseq's: one all-reduce of all gradients after the backward (batched by the
 #                             plugin: batched_copies), the layer graphs whole
-#   ONE_GPU_UPDATE_FREQS  the one-GPU runs' --update-freq, one run each (default 2: the same tokens per update
-#                 and loss curve as 2 GPUs; 1: fairseq-train's default at the same per-GPU --max-tokens, each
-#                 update paying the optimizer's host work for one batch). Every 2-GPU run is compared with each.
+#   ONE_GPU_UPDATE_FREQS  the one-GPU runs' --update-freq, one run each (default "1 2"; 1: fairseq-train's default
+#                 at the same per-GPU --max-tokens, the baseline of issue 12's words/s target, each update paying
+#                 the optimizer's host work for one batch; 2: the same tokens per update and loss curve as 2 GPUs,
+#                 the optimizer's host work shared by two batches). Every 2-GPU run is compared with each.
 #   BATCHES       how the 2-GPU runs deal batches, one run each (default "fixed"):
 #                 fixed    --fix-batches-to-gpus (the plugin's default with layer graphs on several GPUs): each
 #                          GPU keeps its batches every epoch (order shuffled per GPU), so that it records the
@@ -42,15 +48,15 @@ others_on_gpus() {  # the processes already computing on a GPU (a leftover run w
     nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null || true
 }
 
-train() {  # train NAME [OPTIONS...]
-    local name=$1
-    shift
+train() {  # train NAME UPDATES [OPTIONS...]
+    local name=$1 run_updates=$2
+    shift 2
     local others
     others=$(others_on_gpus)
     [[ -z $others ]] || echo "warning: before $name, other processes compute on the GPUs: $others" >&2
     python3 -m fairseq_cli.train "$data" --user-dir "$repo/mega_fairseq" --arch "$arch" --share-all-embeddings \
         --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0 --weight-decay 0.0001 --lr 7e-4 \
-        --lr-scheduler linear_decay --warmup-updates 500 --total-num-update 2000 --max-update "$updates" \
+        --lr-scheduler linear_decay --warmup-updates 500 --total-num-update 2000 --max-update "$run_updates" \
         --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens "$max_tokens" --fp16 \
         --seed 1 --num-workers 2 --save-dir "$out/$name/checkpoints" --no-save --disable-validation \
         --bucket-cap-mb "$bucket" --log-format json --log-interval 25 "$@" \
@@ -74,33 +80,35 @@ for backend in ${DDP_BACKENDS:-legacy_ddp}; do
 done
 
 [[ $max_tokens =~ ^[1-9][0-9]*$ ]] || { echo "MAX_TOKENS: '$max_tokens' is not a positive integer" >&2; exit 2; }
-for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
+for freq in ${ONE_GPU_UPDATE_FREQS:-1 2}; do
     [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
 done
 
 runs=()
-for freq in ${ONE_GPU_UPDATE_FREQS:-2}; do
+for freq in ${ONE_GPU_UPDATE_FREQS:-1 2}; do
     name=one_gpu
     [[ $freq == 2 ]] || name=one_gpu_update_freq_$freq
-    train "$name" --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
-    runs+=("$name")
+    train "$name" $((updates * 2 / freq)) --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
+    runs+=("$name:$((warmup_updates * 2 / freq))")
 done
 for batches in ${BATCHES:-fixed}; do
     for backend in ${DDP_BACKENDS:-legacy_ddp}; do
         name=two_gpus_$batches
         [[ $backend == c10d ]] || name=${name}_$backend
-        train "$name" --distributed-world-size 2 --ddp-backend "$backend" $(dealing_options "$batches")
-        runs+=("$name")
+        train "$name" "$updates" --distributed-world-size 2 --ddp-backend "$backend" $(dealing_options "$batches")
+        runs+=("$name:$warmup_updates")
     done
 done
 
-python3 - "$out" "$warmup_updates" "${runs[@]}" <<'EOF'
-"""Words/s of every run (records past the warm-up), each 2-GPU run's ratio to each one-GPU run, the losses side
-by side."""
+python3 - "$out" "${runs[@]}" <<'EOF'
+"""Words/s of every run (records past its warm-up update), each 2-GPU run's ratio to each one-GPU run, the losses
+side by side. Arguments: OUT_DIR NAME:WARMUP_UPDATE..."""
 import json
 import sys
 
-out, warmup, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out = sys.argv[1]
+warmup = {name: int(update) for name, update in (arg.rsplit(":", 1) for arg in sys.argv[2:])}
+names = list(warmup)
 one_gpu_names = [name for name in names if name.startswith("one_gpu")]
 two_gpu_names = [name for name in names if name not in one_gpu_names]
 
@@ -111,22 +119,27 @@ def records(name):
 
 
 runs = {name: records(name) for name in names}
-past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup] for name, recs in runs.items()}
+past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup[name]] for name, recs in runs.items()}
+for name, kept in past.items():
+    if not kept:
+        sys.exit(f"{out}/{name}.log has no record past update {warmup[name]}: raise UPDATES above WARMUP_UPDATES")
 wps = {name: sum(v) / max(1, len(v)) for name, v in past.items()}
 summary = {"wps": wps, "wps_range": {name: [min(v), max(v)] if v else None for name, v in past.items()},
            "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
+           "epochs": {name: [float(r["update"]) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
-print(f"words/s past update {warmup}: " + "; ".join(f"{name} {wps[name]:.0f}" for name in names))
+print("words/s past the warm-up: " + "; ".join(f"{name} {wps[name]:.0f} (updates > {warmup[name]})" for name in names))
 print("lowest-highest record: " + "; ".join(
     f"{name} {v[0]:.0f}-{v[1]:.0f}" for name, v in summary["wps_range"].items() if v))
 for base in one_gpu_names:
     print(f"2 GPUs against {base}: " + "; ".join(
         f"{name} {summary['scaling'][base][name]:.2f}x" for name in two_gpu_names))
-print("update  " + "  ".join(f"{name:>16}" for name in names) + "   (loss)")
-for row in zip(*(summary["losses"][name] for name in names)):
+same_batch = [name for name in names if not name.startswith("one_gpu_update_freq_")]  # as many tokens an update
+print("update  " + "  ".join(f"{name:>16}" for name in same_batch) + "   (loss)")
+for row in zip(*(summary["losses"][name] for name in same_batch)):
     print(f"{row[0][0]:>6}  " + "  ".join(f"{loss:>16.3f}" for _, loss in row))
 EOF
 if python3 -c "import matplotlib" 2>/dev/null; then
