@@ -10,6 +10,7 @@ import sys
 import weakref
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "e2e"))
 profile_train_step = pytest.importorskip("profile_train_step")
@@ -131,6 +132,37 @@ def test_object_census_counts_kept_objects_and_cyclic_garbage(steps):
     assert census["garbage_per_update"] >= 2
     assert dict(census["live_types"])["Loop"] == steps
     assert gc.isenabled() and not gc.garbage and gc.get_debug() == 0
+
+
+class TensorKeeper:
+    """train_step keeps two fresh tensors (of a size drawn once) alive per call, in a list and a dict of its own."""
+
+    def __init__(self, seed):
+        self.n = random.Random(seed).randrange(1, 9)
+        self.kept = {"losses": []}
+
+    def train_step(self, samples):
+        self.kept["losses"].append(torch.zeros(self.n, dtype=torch.float64))
+        self.kept[f"step{len(self.kept)}"] = torch.ones(self.n, 3)
+
+
+@pytest.mark.parametrize("steps", [2, 7])
+def test_object_census_names_what_holds_the_new_objects(steps):
+    keeper = TensorKeeper(steps)
+    census = profile_train_step.object_census(keeper, itertools.repeat({}), steps)
+    assert dict(census["live_types"])["Tensor"] == 2 * steps
+    tensors = census["holders"]["Tensor"]
+    held_by = dict(tensors["held_by"])
+    assert held_by[f"list of {steps}"] == steps  # the losses list holds one new tensor a step
+    assert sum(n for holder, n in held_by.items() if holder.startswith("dict(losses, step")) == steps
+    assert dict(tensors["kinds"]) == {f"cpu float64 ({keeper.n},)": steps, f"cpu float32 ({keeper.n}, 3)": steps}
+
+
+def test_holders_describe_sequences_dicts_and_objects():
+    describe = profile_train_step.describe_holder
+    assert describe({"alpha": 1, "beta": 2, "gamma": 3, "delta": 4, "epsilon": 5}) == "dict(alpha, beta, gamma, delta)"
+    assert describe([1, 2, 3]) == "list of 3" and describe((1,)) == "tuple of 1"
+    assert describe(Loop()) == "Loop"
 
 
 def test_collections_at_update_ends(monkeypatch):

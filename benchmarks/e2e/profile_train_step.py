@@ -34,7 +34,8 @@ the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds e
 share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
 allocations instead of 700; ``--gc-at-update-ends K`` (an experiment) keeps the collector out of the updates and
 collects after each (fully every K-th). ``--object-census N`` counts what N updates leave to the garbage collector: the
-tracked objects that stay alive and the cyclic garbage, per update, by type.
+tracked objects that stay alive and the cyclic garbage, per update, by type, and what holds the new objects of the
+types that grew most (referrers named by type, a dict by its first keys; tensors also by device, dtype and shape).
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
 shapes eagerly, capturing, and the trees' bookkeeping).
@@ -49,6 +50,7 @@ import cProfile
 import functools
 import gc
 import io
+import inspect
 import itertools
 import pstats
 import json
@@ -237,10 +239,44 @@ def pairing_cost(records: list) -> dict:
             "gc_max_ms": max(gc_ms), "gc_correlation": statistics.correlation(ms, gc_ms) if any(gc_ms) else 0.0}
 
 
+def describe_holder(holder) -> str:
+    """A short name for an object that references others: a dict by its first keys, a sequence by its length."""
+    if isinstance(holder, dict):
+        return "dict(" + ", ".join(str(key)[:24] for key in itertools.islice(holder, 4)) + ")"
+    if isinstance(holder, (list, tuple, set, collections.deque)):
+        return f"{type(holder).__qualname__} of {len(holder)}"
+    return type(holder).__qualname__
+
+
+def holders(new_objects: list, type_names, sample: int = 20, top: int = 5) -> dict:
+    """For each type name, what holds up to ``sample`` of its objects among ``new_objects``: the referrers' names
+    with how many of the sample each kind holds, most first (this function's own lists and frames left out), and
+    for tensors their device, dtype and shape."""
+    result = {}
+    for name in type_names:
+        picked = [o for o in new_objects if type(o).__qualname__ == name][:sample]
+        if not picked:
+            continue
+        own, picked_ids = {id(picked), id(new_objects)}, set(map(id, picked))
+        held_by = collections.Counter()
+        for referrer in gc.get_referrers(*picked):
+            if id(referrer) not in own and not inspect.isframe(referrer):
+                held = {id(o) for o in gc.get_referents(referrer)} & picked_ids
+                held_by[describe_holder(referrer)] += len(held)
+        found = {"held_by": held_by.most_common(top)}
+        if name == "Tensor":
+            found["kinds"] = collections.Counter(
+                f"{t.device} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}" for t in picked).most_common(top)
+        result[name] = found
+    return result
+
+
 def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
-    """What ``steps`` updates leave to the cyclic garbage collector, per update: the tracked objects still alive
-    after them (gc.get_objects, the frozen ones left out) and the cyclic garbage they made (collected once at
-    the end: the collector is off during the updates), each with the types that contribute most."""
+    """What ``steps`` updates leave to the cyclic garbage collector, per update: the net change in tracked objects
+    alive (gc.get_objects, the frozen ones left out) and the cyclic garbage they made (collected once at the end:
+    the collector is off during the updates), each with the types that contribute most, and what holds the new
+    live objects of the three types that grew most (and of tensors, when they grew). New objects are those
+    still in the youngest generation at the end (an update that records graphs collects, and moves its own on)."""
     def types(objects):
         return collections.Counter(type(o).__qualname__ for o in objects)
 
@@ -251,18 +287,22 @@ def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
         for _ in range(steps):
             trainer.train_step([next(stream)])
         sync()
+        young_ids = set(map(id, gc.get_objects(generation=0)))
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        garbage = types(gc.garbage)
+        garbage, garbage_ids = types(gc.garbage), set(map(id, gc.garbage))
+        new_objects = [o for o in gc.get_objects() if id(o) in young_ids and id(o) not in garbage_ids]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
     gc.collect()
     after = types(gc.get_objects())
+    grown = (after - before).most_common(top)
+    names = list(dict.fromkeys([name for name, _ in grown[:3]] + ["Tensor" for name, _ in grown if name == "Tensor"]))
     return {"live_per_update": (sum(after.values()) - sum(before.values())) / steps,
             "garbage_per_update": sum(garbage.values()) / steps,
-            "live_types": (after - before).most_common(top), "garbage_types": garbage.most_common(top)}
+            "live_types": grown, "garbage_types": garbage.most_common(top), "holders": holders(new_objects, names)}
 
 
 def profiled_updates(trainer, stream, steps: int):
@@ -514,7 +554,7 @@ def main():
                              "(mega_fairseq.garbage_collection), as before it did")
     parser.add_argument("--object-census", type=int, default=0, metavar="STEPS",
                         help="also count, over STEPS updates, the objects the garbage collector tracks that stay alive "
-                             "and the cyclic garbage made, per update, by type")
+                             "and the cyclic garbage made, per update, by type, and what holds the new ones")
     parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
                         help="experiment: the garbage collector's youngest generation collected every N allocations "
                              "instead of Python's 700 (gc.set_threshold), from before the model is built")
@@ -642,6 +682,10 @@ def profile(cfg, args, extra):
               f"alive (types that grew: {', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
               f"{census['garbage_per_update']:.0f} objects of cyclic garbage "
               f"({', '.join(f'{name} {n}' for name, n in census['garbage_types'])})", flush=True)
+        for name, found in census["holders"].items():
+            print(f"  new {name} objects held by: {', '.join(f'{held} {n}' for held, n in found['held_by'])}"
+                  + (f"; kinds: {', '.join(f'{kind} {n}' for kind, n in found['kinds'])}" if "kinds" in found else ""),
+                  flush=True)
     if "syncs_per_update" in result:
         print(f"  host waits for the GPU per update ({sum(result['syncs_per_update'].values()):.1f}), by call site: "
               + "; ".join(f"{site} x{count}" for site, count in result["syncs_per_update"].items()), flush=True)
