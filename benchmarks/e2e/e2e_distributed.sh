@@ -6,7 +6,7 @@
 # the lowest and highest), the scaling factors, and the losses at the logged updates of the runs with as many
 # tokens an update (one GPU at --update-freq 2, 2 GPUs); warns when other processes compute on the GPUs before a
 # run. Writes OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over epochs, when matplotlib is
-# installed). About 8 minutes on 2 x H200 with the defaults.
+# installed). About 8 minutes on 2 x H200 with the defaults (~2.5 minutes a run, most of it compilation).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
 #   ARCH          mega_wmt_en_de (default) or any other architecture
 #   UPDATES       updates of the 2-GPU runs (default 300); averages past WARMUP_UPDATES (default 150). A one-GPU
@@ -39,7 +39,7 @@
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
-max_tokens=${MAX_TOKENS:-8192}
+max_tokens=${MAX_TOKENS:-8192} one_gpu_update_freqs=${ONE_GPU_UPDATE_FREQS:-1 2}
 bucket=${BUCKET_CAP_MB:-25}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
@@ -80,12 +80,12 @@ for backend in ${DDP_BACKENDS:-legacy_ddp}; do
 done
 
 [[ $max_tokens =~ ^[1-9][0-9]*$ ]] || { echo "MAX_TOKENS: '$max_tokens' is not a positive integer" >&2; exit 2; }
-for freq in ${ONE_GPU_UPDATE_FREQS:-1 2}; do
+for freq in $one_gpu_update_freqs; do
     [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
 done
 
 runs=()
-for freq in ${ONE_GPU_UPDATE_FREQS:-1 2}; do
+for freq in $one_gpu_update_freqs; do
     name=one_gpu
     [[ $freq == 2 ]] || name=one_gpu_update_freq_$freq
     train "$name" $((updates * 2 / freq)) --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
