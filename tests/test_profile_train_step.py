@@ -7,6 +7,8 @@ import os
 import random
 import statistics
 import sys
+import threading
+import time
 import weakref
 
 import pytest
@@ -163,6 +165,36 @@ def test_holders_describe_sequences_dicts_and_objects():
     assert describe({"alpha": 1, "beta": 2, "gamma": 3, "delta": 4, "epsilon": 5}) == "dict(alpha, beta, gamma, delta)"
     assert describe([1, 2, 3]) == "list of 3" and describe((1,)) == "tuple of 1"
     assert describe(Loop()) == "Loop"
+
+
+def test_thread_cpu_per_update_keeps_the_busiest_threads():
+    before = {"MainThread (7)": 100.0, "pin memory (8)": 50.0, "idle (9)": 5.0}
+    after = {"MainThread (7)": 160.0, "pin memory (8)": 59.0, "idle (9)": 5.0, "new (10)": 12.0}
+    per_update = profile_train_step.thread_cpu_per_update(before, after, steps=3)
+    assert list(per_update.items()) == [("MainThread (7)", 20.0), ("new (10)", 4.0), ("pin memory (8)", 3.0)]
+    assert list(profile_train_step.thread_cpu_per_update(before, after, steps=3, top=1)) == ["MainThread (7)"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread CPU times come from Linux's /proc")
+def test_thread_cpu_names_a_busy_python_thread():
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    helper = threading.Thread(target=spin, name="busy helper")
+    before = profile_train_step.thread_cpu_ms()
+    helper.start()
+    try:
+        time.sleep(0.4)
+        after = profile_train_step.thread_cpu_ms()
+    finally:
+        stop.set()
+        helper.join()
+    assert f"MainThread ({threading.main_thread().native_id})" in after
+    per_update = profile_train_step.thread_cpu_per_update(before, after, steps=4)
+    assert per_update[f"busy helper ({helper.native_id})"] >= 20  # ~100 ms a step with the main thread asleep
 
 
 def test_collections_at_update_ends(monkeypatch):

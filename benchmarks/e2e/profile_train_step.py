@@ -21,7 +21,9 @@ recording update took 165 ms with the cache kept against 222 ms: one update each
 forward, backward, all-reduce, clipping, optimizer step, logging) over N updates run back to back without
 added syncs: where the host's time per update goes, and which step waits for the GPU (with several GPUs,
 one line per GPU: a step where one GPU waits for the other, such as the exchange of the update's
-statistics, is long on the waiting GPU and short on the other). ``--sync-sites N``
+statistics, is long on the waiting GPU and short on the other), and the CPU time per update of the process's
+busiest threads (the main thread against the data loader's, CUDA's and NCCL's: do they compete with the main
+thread for the interpreter or the cores?). ``--sync-sites N``
 lists where the host waits for the GPU in N updates (torch's CUDA sync debug mode: every synchronizing
 operation, counted by the innermost call site outside torch).
 ``--batch-times N`` times N updates of one batch each (one epoch's batches), synchronized, and prints what
@@ -57,6 +59,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -430,6 +433,34 @@ PHASE_STEPS = ("trainer._set_seed", "model.train", "criterion.train", "trainer.z
                "trainer._reduce_and_log_stats")
 
 
+def thread_cpu_ms() -> dict:
+    """CPU ms so far of each thread of this process ("name (OS id)" to ms; Linux's /proc, empty elsewhere): a
+    Python thread by its Python name, any other (CUDA's, NCCL's, the data loader's pin-memory thread is Python's)
+    by its OS name."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return {}
+    python_names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    ms_per_tick = 1e3 / os.sysconf("SC_CLK_TCK")
+    result = {}
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/stat") as stat, open(f"{tasks}/{tid}/comm") as comm:
+                fields, os_name = stat.read().rsplit(")", 1)[1].split(), comm.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = python_names.get(int(tid), os_name)
+        result[f"{name} ({tid})"] = (int(fields[11]) + int(fields[12])) * ms_per_tick  # utime + stime
+    return result
+
+
+def thread_cpu_per_update(before: dict, after: dict, steps: int, top: int = 6) -> dict:
+    """The ``top`` threads by CPU ms per update between two ``thread_cpu_ms`` readings (threads started
+    meanwhile count from zero)."""
+    spent = {name: (ms - before.get(name, 0.0)) / steps for name, ms in after.items()}
+    return {name: round(ms, 2) for name, ms in sorted(spent.items(), key=lambda item: -item[1])[:top] if ms > 0}
+
+
 def phase_times(trainer, stream, steps: int) -> dict:
     """Host ms per update spent in each step of fairseq's ``Trainer.train_step`` (PHASE_STEPS, inclusive:
     ``task.train_step`` holds the forward and ``optimizer.backward``), over ``steps`` updates run back to back
@@ -457,6 +488,7 @@ def phase_times(trainer, stream, steps: int) -> dict:
         patched.append((owner, method))
     try:
         sync()
+        threads_before = thread_cpu_ms()
         start = time.perf_counter()
         for _ in range(steps):
             fetch = time.perf_counter()
@@ -468,10 +500,11 @@ def phase_times(trainer, stream, steps: int) -> dict:
             seconds["train_step"] += done - step
         sync()
         seconds["wall"] = time.perf_counter() - start
+        threads = thread_cpu_per_update(threads_before, thread_cpu_ms(), steps)
     finally:
         for owner, method in patched:
             object.__delattr__(owner, method)
-    return {label: round(s * 1e3 / steps, 2) for label, s in seconds.items()}
+    return {"phases": {label: round(s * 1e3 / steps, 2) for label, s in seconds.items()}, "thread_cpu": threads}
 
 
 def sync_sites(trainer, stream, steps: int) -> dict:
@@ -540,7 +573,8 @@ def main():
                              "--warmup 69 --steps 1 --profile-steps 0 on Multi30k: the updates that record graphs)")
     parser.add_argument("--phase-times", type=int, default=0, metavar="STEPS",
                         help="also time each step of fairseq's Trainer.train_step on the host over STEPS updates run "
-                             "back to back (no syncs added: a step that waits for the GPU shows the wait)")
+                             "back to back (no syncs added: a step that waits for the GPU shows the wait), and the "
+                             "CPU ms per update of the busiest threads")
     parser.add_argument("--sync-sites", type=int, default=0, metavar="STEPS",
                         help="also list where the host waits for the GPU over STEPS updates (torch's CUDA sync "
                              "debug mode; per update, by call site)")
@@ -664,9 +698,11 @@ def profile(cfg, args, extra):
           f"{result['warmup_gc_longest_ms']} ms", flush=True)
     if args.graph_tree_times:
         print("  CUDA graph trees over the warm-up, inclusive seconds:\n" + tree_times.table(), flush=True)
-    for gpu, phase_ms in enumerate(result.get("phase_ms_per_gpu", [])):
+    for gpu, times in enumerate(result.get("phase_ms_per_gpu", [])):
         print(f"  host ms per update over {args.phase_times} back-to-back updates, GPU {gpu}: "
-              + "  ".join(f"{label} {ms}" for label, ms in phase_ms.items()), flush=True)
+              + "  ".join(f"{label} {ms}" for label, ms in times["phases"].items()), flush=True)
+        print(f"  CPU ms per update by thread, GPU {gpu}'s process: "
+              + "  ".join(f"{name} {ms}" for name, ms in times["thread_cpu"].items()), flush=True)
     if "pairing" in result:
         pairing = result["pairing"]
         print(f"  {pairing['batches']} updates of one batch ({pairing['recording_updates']} more recorded graphs: left "
