@@ -9,6 +9,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 import weakref
 
 import pytest
@@ -195,6 +196,58 @@ def test_thread_cpu_names_a_busy_python_thread():
     assert f"MainThread ({threading.main_thread().native_id})" in after
     per_update = profile_train_step.thread_cpu_per_update(before, after, steps=4)
     assert per_update[f"busy helper ({helper.native_id})"] >= 20  # ~100 ms a step with the main thread asleep
+
+
+class LoggingTrainer:
+    """What fairseq's Trainer._reduce_and_log_stats reads of its trainer; the task logs a loss and an nll_loss."""
+
+    def __init__(self, clip_norm, amp=False):
+        self.tpu, self._warn_once = False, set()
+        self.cfg = types.SimpleNamespace(common=types.SimpleNamespace(amp=amp),
+                                         optimization=types.SimpleNamespace(clip_norm=clip_norm))
+        self.task = types.SimpleNamespace(reduce_metrics=self.reduce_metrics)
+
+    def get_criterion(self):
+        return None
+
+    @staticmethod
+    def reduce_metrics(logging_outputs, criterion):
+        from fairseq.logging import metrics
+        sample_size = sum(log["sample_size"] for log in logging_outputs)
+        metrics.log_scalar("loss", sum(log["loss"] for log in logging_outputs) / sample_size, sample_size, round=3)
+        metrics.log_scalar("nll_loss", sum(log["nll_loss"] for log in logging_outputs) / sample_size, sample_size)
+
+
+def logged(method, trainer, logging_outputs, sample_size, grad_norm):
+    """The meters (but the wall-clock ones) and the return value of one call of ``method`` in a fresh root."""
+    from fairseq.logging import metrics
+    with metrics.aggregate(new_root=True) as aggregate:
+        returned = method(trainer, logging_outputs, sample_size, grad_norm)
+    values = aggregate.get_smoothed_values()
+    assert ("ups" in values) == (grad_norm is not None)
+    return {k: v for k, v in values.items() if k != "ups"}, returned
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1.0, 25.0])
+@pytest.mark.parametrize("with_grad_norm", [True, False])
+def test_logging_without_waits_logs_what_fairseq_logs(monkeypatch, clip_norm, with_grad_norm):
+    from fairseq.trainer import Trainer
+    rng = random.Random(f"{clip_norm}{with_grad_norm}")
+    fairseqs = Trainer._reduce_and_log_stats
+    monkeypatch.setattr(Trainer, "_reduce_and_log_stats", fairseqs)
+    profile_train_step.log_without_waiting()
+    ours = Trainer._reduce_and_log_stats
+    assert ours is not fairseqs and ours.__wrapped__ is fairseqs
+    outputs = [{"loss": torch.tensor(rng.uniform(1, 50)), "nll_loss": torch.tensor(rng.uniform(1, 50)),
+                "sample_size": rng.randrange(10, 99)} for _ in range(rng.randrange(1, 4))]
+    sample_size = sum(log["sample_size"] for log in outputs)
+    grad_norm = torch.tensor(rng.uniform(0.1, 50)) if with_grad_norm else None
+    expected, fairseq_returned = logged(fairseqs, LoggingTrainer(clip_norm), outputs, sample_size, grad_norm)
+    got, returned = logged(ours, LoggingTrainer(clip_norm), outputs, sample_size, grad_norm)
+    assert got == expected and ("clip" in got) == (with_grad_norm and clip_norm > 0)
+    assert returned == {"sample_size": sample_size} and fairseq_returned["sample_size"] == sample_size
+    _, amp_returned = logged(ours, LoggingTrainer(clip_norm, amp=True), outputs, sample_size, grad_norm)
+    assert amp_returned == fairseq_returned  # with --amp fairseq's own runs
 
 
 def test_collections_at_update_ends(monkeypatch):

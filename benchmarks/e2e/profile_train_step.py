@@ -35,7 +35,8 @@ The garbage collector's pauses over the warm-up are printed too (seconds, full c
 the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
 share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
 allocations instead of 700; ``--gc-at-update-ends K`` (an experiment) keeps the collector out of the updates and
-collects after each (fully every K-th). ``--object-census N`` counts what N updates leave to the garbage collector: the
+collects after each (fully every K-th); ``--logging-without-waits`` (an experiment) logs each update's meters
+without the six host waits of fairseq's ``Trainer._reduce_and_log_stats``. ``--object-census N`` counts what N updates leave to the garbage collector: the
 tracked objects that stay alive and the cyclic garbage, per update, by type, and what holds the new objects of the
 types that grew most (referrers named by type, a dict by its first keys; tensors also by device, dtype and shape).
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
@@ -190,6 +191,40 @@ def collect_at_update_ends(full_every: int) -> None:
             gc.enable()
 
     Trainer.train_step = collecting_after
+
+
+def log_without_waiting() -> None:
+    """Experiment: fairseq's Trainer._reduce_and_log_stats, which runs after the optimizer step, logs the same
+    meters without making the host wait for the GPU. fairseq's checks that the grad norm is finite (only with
+    --amp can a non-finite one get there: otherwise train_step has raised or replaced it), builds the clip
+    meter's 100 and 0 from host numbers (two blocking copies), and returns the update's smoothed values (three
+    roundings of GPU tensors) that fairseq-train only tests against None; here the clip meter is computed on
+    the GPU and the return value holds only ``sample_size``."""
+    from fairseq.logging import metrics
+    from fairseq.trainer import Trainer
+
+    reduce_and_log_stats = Trainer._reduce_and_log_stats
+
+    @functools.wraps(reduce_and_log_stats)
+    def logging(self, logging_outputs, sample_size, grad_norm=None):
+        if self.tpu or self.cfg.common.amp:
+            return reduce_and_log_stats(self, logging_outputs, sample_size, grad_norm)
+        if grad_norm is not None:
+            metrics.log_speed("ups", 1.0, priority=100, round=2)
+            metrics.log_scalar("gnorm", grad_norm, priority=400, round=3)
+            clip_norm = self.cfg.optimization.clip_norm
+            if clip_norm > 0:
+                clipped = (grad_norm > clip_norm).to(grad_norm.dtype) * 100 if torch.is_tensor(grad_norm) \
+                    else 100.0 * (grad_norm > clip_norm)
+                metrics.log_scalar("clip", clipped, priority=500, round=1)
+        with metrics.aggregate() as aggregate:
+            if logging_outputs is not None:
+                self.task.reduce_metrics(logging_outputs, self.get_criterion())
+            if "loss" not in aggregate:
+                metrics.log_scalar("loss", -1)
+        return {"sample_size": sample_size}
+
+    Trainer._reduce_and_log_stats = logging
 
 
 def unpatch_heap_freezing() -> None:
@@ -595,6 +630,10 @@ def main():
     parser.add_argument("--gc-at-update-ends", type=int, default=0, metavar="K",
                         help="experiment: the collector off inside each update, the younger generations collected "
                              "after each, a full collection (survivors frozen) after every K-th")
+    parser.add_argument("--logging-without-waits", action="store_true",
+                        help="experiment: fairseq's per-update logging after the optimizer step logs the same meters "
+                             "without the host waiting for the GPU (6 waits an update), and train_step returns only "
+                             "the sample size")
     parser.add_argument("--bind-cpus", action="store_true",
                         help="experiment: bind each GPU's process to its own share of the physical cores (split in "
                              "order, package-major), so that no two processes share a core")
@@ -627,6 +666,8 @@ def profile(cfg, args, extra):
         collect_at_update_ends(args.gc_at_update_ends)
     if args.gc_threshold:
         gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
+    if args.logging_without_waits:
+        log_without_waiting()
     if args.bind_cpus:
         rank, world = cfg.distributed_training.distributed_rank, cfg.distributed_training.distributed_world_size
         cpus = bind_to_exclusive_cores(rank, world)
@@ -650,7 +691,7 @@ def profile(cfg, args, extra):
         "warmup_gc_longest_ms": round(warmup_gc.longest_ms, 1), "gc_unfrozen": args.gc_unfrozen,
         "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0], "gc_at_update_ends": args.gc_at_update_ends,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
-        "no_ddp_split": args.no_ddp_split,
+        "no_ddp_split": args.no_ddp_split, "logging_without_waits": args.logging_without_waits,
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
