@@ -206,7 +206,7 @@ def log_without_waiting() -> None:
     reduce_and_log_stats = Trainer._reduce_and_log_stats
 
     @functools.wraps(reduce_and_log_stats)
-    def logging(self, logging_outputs, sample_size, grad_norm=None):
+    def logging_without_waits(self, logging_outputs, sample_size, grad_norm=None):
         if self.tpu or self.cfg.common.amp:
             return reduce_and_log_stats(self, logging_outputs, sample_size, grad_norm)
         if grad_norm is not None:
@@ -214,8 +214,10 @@ def log_without_waiting() -> None:
             metrics.log_scalar("gnorm", grad_norm, priority=400, round=3)
             clip_norm = self.cfg.optimization.clip_norm
             if clip_norm > 0:
-                clipped = (grad_norm > clip_norm).to(grad_norm.dtype) * 100 if torch.is_tensor(grad_norm) \
-                    else 100.0 * (grad_norm > clip_norm)
+                if torch.is_tensor(grad_norm):
+                    clipped = (grad_norm > clip_norm).to(grad_norm.dtype) * 100
+                else:
+                    clipped = 100.0 if grad_norm > clip_norm else 0.0
                 metrics.log_scalar("clip", clipped, priority=500, round=1)
         with metrics.aggregate() as aggregate:
             if logging_outputs is not None:
@@ -224,7 +226,7 @@ def log_without_waiting() -> None:
                 metrics.log_scalar("loss", -1)
         return {"sample_size": sample_size}
 
-    Trainer._reduce_and_log_stats = logging
+    Trainer._reduce_and_log_stats = logging_without_waits
 
 
 def unpatch_heap_freezing() -> None:
