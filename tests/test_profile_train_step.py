@@ -118,47 +118,34 @@ class Loop:
 
 
 class FakeTrainer:
-    """train_step keeps one Loop alive and drops two (cyclic garbage) per call."""
-
-    def __init__(self):
-        self.kept = []
-
-    def train_step(self, samples):
-        self.kept.append(Loop())
-        Loop(), Loop()
-
-
-@pytest.mark.parametrize("steps", [1, 5])
-def test_object_census_counts_kept_objects_and_cyclic_garbage(steps):
-    census = profile_train_step.object_census(FakeTrainer(), itertools.repeat({}), steps)
-    assert dict(census["garbage_types"])["Loop"] == 2 * steps
-    assert census["garbage_per_update"] >= 2
-    assert dict(census["live_types"])["Loop"] == steps
-    assert gc.isenabled() and not gc.garbage and gc.get_debug() == 0
-
-
-class TensorKeeper:
-    """train_step keeps two fresh tensors (of a size drawn once) alive per call, in a list and a dict of its own."""
+    """train_step keeps one Loop and two fresh tensors (of a size drawn once) alive per call, the Loops in a list,
+    the tensors in a list and a dict of its own, and drops two Loops (cyclic garbage)."""
 
     def __init__(self, seed):
         self.n = random.Random(seed).randrange(1, 9)
-        self.kept = {"losses": []}
+        self.kept = {"losses": [], "loops": []}
 
     def train_step(self, samples):
+        self.kept["loops"].append(Loop())
+        Loop(), Loop()
         self.kept["losses"].append(torch.zeros(self.n, dtype=torch.float64))
         self.kept[f"step{len(self.kept)}"] = torch.ones(self.n, 3)
 
 
-def test_object_census_names_what_holds_the_new_objects():
-    steps = random.randrange(2, 9)  # one census: each visits the whole heap twice (~3 s)
-    keeper = TensorKeeper(steps)
-    census = profile_train_step.object_census(keeper, itertools.repeat({}), steps)
-    assert dict(census["live_types"])["Tensor"] == 2 * steps
+def test_object_census_counts_kept_objects_and_cyclic_garbage_and_names_holders():
+    steps = random.randrange(1, 9)  # one census: each visits the whole heap (~3 s)
+    trainer = FakeTrainer(steps)
+    census = profile_train_step.object_census(trainer, itertools.repeat({}), steps)
+    assert dict(census["garbage_types"])["Loop"] == 2 * steps
+    assert census["garbage_per_update"] >= 2
+    live = dict(census["live_types"])
+    assert live["Loop"] == steps and live["Tensor"] == 2 * steps
+    assert gc.isenabled() and not gc.garbage and gc.get_debug() == 0
     tensors = census["holders"]["Tensor"]
     held_by = dict(tensors["held_by"])
     assert held_by[f"list of {steps}"] == steps  # the losses list holds one new tensor a step
-    assert sum(n for holder, n in held_by.items() if holder.startswith("dict(losses, step")) == steps
-    assert dict(tensors["kinds"]) == {f"cpu float64 ({keeper.n},)": steps, f"cpu float32 ({keeper.n}, 3)": steps}
+    assert sum(n for holder, n in held_by.items() if holder.startswith("dict(losses, loops, step")) == steps
+    assert dict(tensors["kinds"]) == {f"cpu float64 ({trainer.n},)": steps, f"cpu float32 ({trainer.n}, 3)": steps}
 
 
 def test_holders_describe_sequences_dicts_and_objects():
