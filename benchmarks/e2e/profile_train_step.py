@@ -199,7 +199,8 @@ def log_without_waiting() -> None:
     --amp can a non-finite one get there: otherwise train_step has raised or replaced it), builds the clip
     meter's 100 and 0 from host numbers (two blocking copies), and returns the update's smoothed values (three
     roundings of GPU tensors) that fairseq-train only tests against None; here the clip meter is computed on
-    the GPU and the return value holds only ``sample_size``."""
+    the GPU from the grad norm (a tensor, as fairseq's clipping returns) and the return value holds only
+    ``sample_size``."""
     from fairseq.logging import metrics
     from fairseq.trainer import Trainer
 
@@ -214,10 +215,7 @@ def log_without_waiting() -> None:
             metrics.log_scalar("gnorm", grad_norm, priority=400, round=3)
             clip_norm = self.cfg.optimization.clip_norm
             if clip_norm > 0:
-                if torch.is_tensor(grad_norm):
-                    clipped = (grad_norm > clip_norm).to(grad_norm.dtype) * 100
-                else:
-                    clipped = 100.0 if grad_norm > clip_norm else 0.0
+                clipped = (grad_norm > clip_norm).to(grad_norm.dtype) * 100
                 metrics.log_scalar("clip", clipped, priority=500, round=1)
         with metrics.aggregate() as aggregate:
             if logging_outputs is not None:
@@ -339,7 +337,9 @@ def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
     gc.collect()
     after = types(gc.get_objects())
     grown = (after - before).most_common(top)
-    names = list(dict.fromkeys([name for name, _ in grown[:3]] + ["Tensor" for name, _ in grown if name == "Tensor"]))
+    names = [name for name, _ in grown[:3]]
+    if "Tensor" in dict(grown) and "Tensor" not in names:
+        names.append("Tensor")
     return {"live_per_update": (sum(after.values()) - sum(before.values())) / steps,
             "garbage_per_update": sum(garbage.values()) / steps,
             "live_types": grown, "garbage_types": garbage.most_common(top), "holders": holders(new_objects, names)}
@@ -495,7 +495,8 @@ def thread_cpu_per_update(before: dict, after: dict, steps: int, top: int = 6) -
     """The ``top`` threads by CPU ms per update between two ``thread_cpu_ms`` readings (threads started
     meanwhile count from zero)."""
     spent = {name: (ms - before.get(name, 0.0)) / steps for name, ms in after.items()}
-    return {name: round(ms, 2) for name, ms in sorted(spent.items(), key=lambda item: -item[1])[:top] if ms > 0}
+    busiest = sorted(((name, ms) for name, ms in spent.items() if ms > 0), key=lambda item: -item[1])
+    return {name: round(ms, 2) for name, ms in busiest[:top]}
 
 
 def phase_times(trainer, stream, steps: int) -> dict:
@@ -741,11 +742,11 @@ def profile(cfg, args, extra):
           f"{result['warmup_gc_longest_ms']} ms", flush=True)
     if args.graph_tree_times:
         print("  CUDA graph trees over the warm-up, inclusive seconds:\n" + tree_times.table(), flush=True)
-    for gpu, times in enumerate(result.get("phase_ms_per_gpu", [])):
+    for gpu, gpu_times in enumerate(result.get("phase_ms_per_gpu", [])):
         print(f"  host ms per update over {args.phase_times} back-to-back updates, GPU {gpu}: "
-              + "  ".join(f"{label} {ms}" for label, ms in times["phases"].items()), flush=True)
+              + "  ".join(f"{label} {ms}" for label, ms in gpu_times["phases"].items()), flush=True)
         print(f"  CPU ms per update by thread, GPU {gpu}'s process: "
-              + "  ".join(f"{name} {ms}" for name, ms in times["thread_cpu"].items()), flush=True)
+              + "  ".join(f"{name} {ms}" for name, ms in gpu_times["thread_cpu"].items()), flush=True)
     if "pairing" in result:
         pairing = result["pairing"]
         print(f"  {pairing['batches']} updates of one batch ({pairing['recording_updates']} more recorded graphs: left "
