@@ -1,6 +1,6 @@
 """benchmarks/e2e/profile_train_step.py: what pairing two GPUs' batches costs (--batch-times), checked against
 sums written out here; the garbage collector's pause timer, object census and experiments (--gc-unfrozen,
---gc-at-update-ends); the split of physical cores (--bind-cpus). The updates themselves need fairseq's data."""
+--gc-at-update-ends, --fairseq-grad-norm-check); the split of physical cores (--bind-cpus). The updates themselves need fairseq's data."""
 import gc
 import itertools
 import os
@@ -85,6 +85,31 @@ def test_heap_freezing_can_be_left_out_for_a_comparison(monkeypatch):
     assert "_freezing_after_recordings" not in getattr(Trainer.train_step, "mega_patches", ())
 
 
+def test_the_grad_norm_check_can_be_fairseqs_for_a_comparison(monkeypatch):
+    from fairseq.trainer import Trainer
+
+    import mega_fairseq  # noqa: F401  (applies the patches)
+    patched = Trainer._check_grad_norms
+    monkeypatch.setattr(Trainer, "_check_grad_norms", patched)  # restored after the test
+    profile_train_step.unpatch_grad_norm_check()
+    assert Trainer._check_grad_norms is patched.__wrapped__
+    assert "_checking_one_update_later" not in getattr(Trainer._check_grad_norms, "mega_patches", ())
+
+
+def test_cached_outputs_are_counted_while_active(monkeypatch):
+    from torch._inductor.cudagraph_trees import CUDAGraphNode
+
+    built = []
+    monkeypatch.setattr(CUDAGraphNode, "_initialize_cached_tensors", built.append)  # restored after the test
+    nodes = [types.SimpleNamespace(cached_tensor_outputs=[torch.zeros(1)] * n + [None]) for n in random.sample(range(9), 3)]
+    with profile_train_step.counted_cached_outputs() as counted:
+        for node in nodes:
+            CUDAGraphNode._initialize_cached_tensors(node)
+    CUDAGraphNode._initialize_cached_tensors(nodes[0])
+    assert counted["outputs"] == sum(len(node.cached_tensor_outputs) - 1 for node in nodes)
+    assert built == nodes + nodes[:1] and CUDAGraphNode._initialize_cached_tensors == built.append
+
+
 @pytest.mark.parametrize("packages, cores, threads, world", [(1, 16, 2, 2), (2, 8, 2, 2), (1, 7, 1, 2), (2, 3, 2, 4)])
 def test_exclusive_cpus_split_physical_cores(packages, cores, threads, world):
     """Logical CPU numbering as Linux gives it: the second thread of each core after all first threads."""
@@ -146,6 +171,7 @@ def test_object_census_counts_kept_objects_and_cyclic_garbage_and_names_holders(
     assert held_by[f"list of {steps}"] == steps  # the losses list holds one new tensor a step
     assert sum(n for holder, n in held_by.items() if holder.startswith("dict(losses, loops, step")) == steps
     assert dict(tensors["kinds"]) == {f"cpu float64 ({trainer.n},)": steps, f"cpu float32 ({trainer.n}, 3)": steps}
+    assert census["graph_recordings"] == 0 and census["cached_outputs_built"] == 0
 
 
 def test_holders_describe_sequences_dicts_and_objects():

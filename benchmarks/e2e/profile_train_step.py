@@ -32,13 +32,16 @@ two GPUs would pay for waiting on the slower of their two batches: the mean slow
 (``--grouped-shuffling``), against one batch's mean.
 The garbage collector's pauses over the warm-up are printed too (seconds, full collections, longest pause);
 ``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
-the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
+the before of a same-machine comparison; ``--fairseq-grad-norm-check`` (an experiment) likewise runs fairseq's
+own check of the GPUs' gradient norms instead of the plugin's (mega_fairseq.grad_norm_check). ``--bind-cpus`` (an experiment) binds each GPU's process to its own
 share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
 allocations instead of 700; ``--gc-at-update-ends K`` (an experiment) keeps the collector out of the updates and
 collects after each (fully every K-th); ``--logging-without-waits`` (an experiment) logs each update's meters
 without the six host waits of fairseq's ``Trainer._reduce_and_log_stats``. ``--object-census N`` counts what N updates leave to the garbage collector: the
 tracked objects that stay alive and the cyclic garbage, per update, by type, and what holds the new objects of the
-types that grew most (referrers named by type, a dict by its first keys; tensors also by device, dtype and shape).
+types that grew most (referrers named by type, a dict by its first keys; tensors also by device, dtype and shape),
+with the CUDA graphs recorded and the graph outputs whose cached tensors the graph trees built in those updates;
+``--census-windows W`` takes W such counts one after the other (does the growth go on, or was it one event?).
 ``--graph-tree-times`` lists where CUDA graph trees spend the warm-up: inclusive seconds and calls of
 their warm-up, recording and execution methods (how the layer graphs' start-up divides between running
 shapes eagerly, capturing, and the trees' bookkeeping).
@@ -227,6 +230,13 @@ def log_without_waiting() -> None:
     Trainer._reduce_and_log_stats = logging_without_waits
 
 
+def unpatch_grad_norm_check() -> None:
+    """Restore fairseq's Trainer._check_grad_norms where the plugin's check read one update later is its
+    outermost patch."""
+    if getattr(Trainer._check_grad_norms, "mega_patches", ())[-1:] == ("_checking_one_update_later",):
+        Trainer._check_grad_norms = Trainer._check_grad_norms.__wrapped__
+
+
 def unpatch_heap_freezing() -> None:
     """Restore fairseq's Trainer.train_step where the plugin's heap freezing is its outermost patch."""
     from fairseq.trainer import Trainer
@@ -309,22 +319,47 @@ def holders(new_objects: list, type_names, sample: int = 20, top: int = 5) -> di
     return result
 
 
+@contextlib.contextmanager
+def counted_cached_outputs():
+    """Counts, while active, the graph outputs whose cached tensors CUDA graph trees build (a node builds them
+    at its first replay, and again after the trees released them: ``CUDAGraphNode._initialize_cached_tensors``)."""
+    from torch._inductor.cudagraph_trees import CUDAGraphNode
+
+    counter = {"outputs": 0}
+    build = CUDAGraphNode._initialize_cached_tensors
+
+    def counting(node):
+        build(node)
+        counter["outputs"] += sum(t is not None for t in node.cached_tensor_outputs)
+    CUDAGraphNode._initialize_cached_tensors = counting
+    try:
+        yield counter
+    finally:
+        CUDAGraphNode._initialize_cached_tensors = build
+
+
 def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
     """What ``steps`` updates leave to the cyclic garbage collector, per update: the net change in tracked objects
     alive (gc.get_objects, the frozen ones left out) and the cyclic garbage they made (collected once at the end:
     the collector is off during the updates), each with the types that contribute most, and what holds the new
     live objects of the three types that grew most (and of tensors, when they grew). New objects are those
-    still in the youngest generation at the end (an update that records graphs collects, and moves its own on)."""
+    still in the youngest generation at the end (an update that records graphs collects, and moves its own on).
+    Also the CUDA graphs recorded in those updates and the graph outputs given cached tensors (``counted_cached_outputs``)."""
+    import torch._inductor.cudagraph_trees  # noqa: F401  (imported before the count: counted_cached_outputs)
+    from mega_fairseq.models.graph_recordings import graphs_recorded  # the plugin fairseq loaded as --user-dir
+
     def types(objects):
         return collections.Counter(type(o).__qualname__ for o in objects)
 
     gc.collect()
     before = types(gc.get_objects())
+    recorded = graphs_recorded()
     gc.disable()
     try:
-        for _ in range(steps):
-            trainer.train_step([next(stream)])
-        sync()
+        with counted_cached_outputs() as cached_outputs:
+            for _ in range(steps):
+                trainer.train_step([next(stream)])
+            sync()
         young_ids = set(map(id, gc.get_objects(generation=0)))
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
@@ -342,6 +377,7 @@ def object_census(trainer, stream, steps: int, top: int = 10) -> dict:
         names.append("Tensor")
     return {"live_per_update": (sum(after.values()) - sum(before.values())) / steps,
             "garbage_per_update": sum(garbage.values()) / steps,
+            "graph_recordings": graphs_recorded() - recorded, "cached_outputs_built": cached_outputs["outputs"],
             "live_types": grown, "garbage_types": garbage.most_common(top), "holders": holders(new_objects, names)}
 
 
@@ -624,9 +660,14 @@ def main():
     parser.add_argument("--gc-unfrozen", action="store_true",
                         help="experiment: the plugin does not freeze the heap after updates that record graphs "
                              "(mega_fairseq.garbage_collection), as before it did")
+    parser.add_argument("--fairseq-grad-norm-check", action="store_true",
+                        help="experiment: fairseq's own check that the GPUs' gradient norms agree (two host waits an "
+                             "update), not the plugin's read one update later (mega_fairseq.grad_norm_check)")
     parser.add_argument("--object-census", type=int, default=0, metavar="STEPS",
                         help="also count, over STEPS updates, the objects the garbage collector tracks that stay alive "
                              "and the cyclic garbage made, per update, by type, and what holds the new ones")
+    parser.add_argument("--census-windows", type=int, default=1, metavar="W",
+                        help="with --object-census: W counts of STEPS updates each, one after the other")
     parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
                         help="experiment: the garbage collector's youngest generation collected every N allocations "
                              "instead of Python's 700 (gc.set_threshold), from before the model is built")
@@ -665,6 +706,8 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     if args.gc_unfrozen:
         unpatch_heap_freezing()
+    if args.fairseq_grad_norm_check:
+        unpatch_grad_norm_check()
     if args.gc_at_update_ends:
         collect_at_update_ends(args.gc_at_update_ends)
     if args.gc_threshold:
@@ -695,6 +738,7 @@ def profile(cfg, args, extra):
         "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0], "gc_at_update_ends": args.gc_at_update_ends,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split, "logging_without_waits": args.logging_without_waits,
+        "fairseq_grad_norm_check": args.fairseq_grad_norm_check,
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
@@ -711,7 +755,7 @@ def profile(cfg, args, extra):
         result["batch_times"] = [r for r in timed if r["tokens"]]
         result["pairing"] = pairing_cost(result["batch_times"])
     if args.object_census:
-        result["census"] = object_census(trainer, stream, args.object_census)
+        result["census"] = [object_census(trainer, stream, args.object_census) for _ in range(args.census_windows)]
     if args.sync_sites:
         result["syncs_per_update"] = sync_sites(trainer, stream, args.sync_sites)
     host_profile = None
@@ -756,12 +800,13 @@ def profile(cfg, args, extra):
               f"{pairing['slower_random_ms']:.1f} ms, paired with neighbours in length "
               f"{pairing['slower_neighbours_ms']:.1f} ms; garbage collection {pairing['gc_mean_ms']:.1f} ms an update "
               f"(max {pairing['gc_max_ms']:.1f}, correlation {pairing['gc_correlation']:.2f})", flush=True)
-    if "census" in result:
-        census = result["census"]
-        print(f"  per update over {args.object_census} updates: {census['live_per_update']:.0f} more tracked objects "
-              f"alive (types that grew: {', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
+    for window, census in enumerate(result.get("census", []), 1):
+        print(f"  census {window}, per update over {args.object_census} updates: {census['live_per_update']:.0f} more "
+              f"tracked objects alive (types that grew: {', '.join(f'{name} {n}' for name, n in census['live_types'])}); "
               f"{census['garbage_per_update']:.0f} objects of cyclic garbage "
-              f"({', '.join(f'{name} {n}' for name, n in census['garbage_types'])})", flush=True)
+              f"({', '.join(f'{name} {n}' for name, n in census['garbage_types'])}); CUDA graphs recorded "
+              f"{census['graph_recordings']}, graph outputs given cached tensors {census['cached_outputs_built']}",
+              flush=True)
         for name, found in census["holders"].items():
             print(f"  new {name} objects held by: {', '.join(f'{held} {n}' for held, n in found['held_by'])}"
                   + (f"; kinds: {', '.join(f'{kind} {n}' for kind, n in found['kinds'])}" if "kinds" in found else ""),
