@@ -6,10 +6,8 @@ allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety
 checks fairseq's run options up front (see run_checks), fixes fairseq bugs (see
 fairseq_fixes), batches fairseq's per-parameter gradient and weight copies (see
 batched_copies), makes the host work fairseq repeats every update cheap (see update_overheads), keeps
-the garbage collector's full collections short once layer graphs are recorded (see garbage_collection),
-sums the statistics of several GPUs without waiting for the backward pass (see stats_sync) and reads
-fairseq's check that the GPUs' gradient norms agree one update later instead of waiting for it (see
-grad_norm_check).
+the garbage collector's full collections short once layer graphs are recorded (see garbage_collection) and
+sums the statistics of several GPUs without waiting for the backward pass (see stats_sync).
 ``mega_fairseq.modules`` needs torch only.
 """
 __version__ = "0.1.0"
@@ -21,7 +19,7 @@ except ImportError:  # the torch-only modules stay usable without fairseq
 
 if fairseq is not None:
     from . import (batched_copies, checkpoint_safety, criterions, fairseq_fixes, garbage_collection,  # noqa: F401
-                   grad_norm_check, models, optim, run_checks, stats_sync, tasks, update_overheads)
+                   models, optim, run_checks, stats_sync, tasks, update_overheads)
 
     checkpoint_safety.allow_fairseq_checkpoints()
     checkpoint_safety.write_checkpoints_atomically()
@@ -38,5 +36,4 @@ if fairseq is not None:
     update_overheads.seed_generators_directly()
     update_overheads.skip_settled_mode_switches()
     stats_sync.sum_statistics_without_waiting()
-    grad_norm_check.check_grad_norms_one_update_later()
     garbage_collection.freeze_heap_after_recordings()

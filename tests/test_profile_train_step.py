@@ -1,6 +1,6 @@
 """benchmarks/e2e/profile_train_step.py: what pairing two GPUs' batches costs (--batch-times), checked against
 sums written out here; the garbage collector's pause timer, object census and experiments (--gc-unfrozen,
---gc-at-update-ends, --fairseq-grad-norm-check); the split of physical cores (--bind-cpus). The updates themselves need fairseq's data."""
+--gc-at-update-ends); the split of physical cores (--bind-cpus). The updates themselves need fairseq's data."""
 import gc
 import itertools
 import os
@@ -83,17 +83,6 @@ def test_heap_freezing_can_be_left_out_for_a_comparison(monkeypatch):
     profile_train_step.unpatch_heap_freezing()
     assert Trainer.train_step is patched.__wrapped__
     assert "_freezing_after_recordings" not in getattr(Trainer.train_step, "mega_patches", ())
-
-
-def test_the_grad_norm_check_can_be_fairseqs_for_a_comparison(monkeypatch):
-    from fairseq.trainer import Trainer
-
-    import mega_fairseq  # noqa: F401  (applies the patches)
-    patched = Trainer._check_grad_norms
-    monkeypatch.setattr(Trainer, "_check_grad_norms", patched)  # restored after the test
-    profile_train_step.unpatch_grad_norm_check()
-    assert Trainer._check_grad_norms is patched.__wrapped__
-    assert "_checking_one_update_later" not in getattr(Trainer._check_grad_norms, "mega_patches", ())
 
 
 def test_cached_outputs_are_counted_while_active(monkeypatch):

@@ -2,7 +2,9 @@
 
     python benchmarks/e2e/profile_train_step.py DATA_BIN --arch mega_wmt_en_de [--steps 40] [-- fairseq options]
 
-Builds fairseq's Trainer exactly as fairseq-train does (same task, criterion, optimizer, --fp16),
+Builds fairseq's Trainer exactly as fairseq-train does (same task, criterion, optimizer, --fp16, the data
+loader's 2 worker processes of the end-to-end scripts: with none, the loader's buffering thread collates every
+batch and competes with the main thread for the interpreter, which nearly doubled a 2-GPU update's host time),
 runs ``--warmup`` updates, then times ``--steps`` updates over the real training batches (wall clock,
 median and mean ms per update, words/s), and profiles ``--profile-steps`` more with torch.profiler:
 CUDA kernel time per update (how long the GPU is busy), kernels launched per update, and the host
@@ -32,8 +34,7 @@ two GPUs would pay for waiting on the slower of their two batches: the mean slow
 (``--grouped-shuffling``), against one batch's mean.
 The garbage collector's pauses over the warm-up are printed too (seconds, full collections, longest pause);
 ``--gc-unfrozen`` (an experiment) runs without the plugin's heap freezing (mega_fairseq.garbage_collection),
-the before of a same-machine comparison; ``--fairseq-grad-norm-check`` (an experiment) likewise runs fairseq's
-own check of the GPUs' gradient norms instead of the plugin's (mega_fairseq.grad_norm_check). ``--bind-cpus`` (an experiment) binds each GPU's process to its own
+the before of a same-machine comparison. ``--bind-cpus`` (an experiment) binds each GPU's process to its own
 share of the physical cores; ``--gc-threshold N`` (an experiment) collects the youngest generation every N
 allocations instead of 700; ``--gc-at-update-ends K`` (an experiment) keeps the collector out of the updates and
 collects after each (fully every K-th); ``--logging-without-waits`` (an experiment) logs each update's meters
@@ -78,7 +79,7 @@ PHASES = ("forward", "backward", "clip-grads", "optimizer")
 COMMON = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0", "--lr", "7e-4",
           "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "500", "--criterion",
           "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.3",
-          "--share-all-embeddings", "--seed", "1", "--num-workers", "0"]
+          "--share-all-embeddings", "--seed", "1", "--num-workers", "2"]
 
 
 def fairseq_config(data: str, arch: str, max_tokens: int, gpus: int, extra):
@@ -228,13 +229,6 @@ def log_without_waiting() -> None:
         return {"sample_size": sample_size}
 
     Trainer._reduce_and_log_stats = logging_without_waits
-
-
-def unpatch_grad_norm_check() -> None:
-    """Restore fairseq's Trainer._check_grad_norms where the plugin's check read one update later is its
-    outermost patch."""
-    if getattr(Trainer._check_grad_norms, "mega_patches", ())[-1:] == ("_checking_one_update_later",):
-        Trainer._check_grad_norms = Trainer._check_grad_norms.__wrapped__
 
 
 def unpatch_heap_freezing() -> None:
@@ -660,9 +654,6 @@ def main():
     parser.add_argument("--gc-unfrozen", action="store_true",
                         help="experiment: the plugin does not freeze the heap after updates that record graphs "
                              "(mega_fairseq.garbage_collection), as before it did")
-    parser.add_argument("--fairseq-grad-norm-check", action="store_true",
-                        help="experiment: fairseq's own check that the GPUs' gradient norms agree (two host waits an "
-                             "update), not the plugin's read one update later (mega_fairseq.grad_norm_check)")
     parser.add_argument("--object-census", type=int, default=0, metavar="STEPS",
                         help="also count, over STEPS updates, the objects the garbage collector tracks that stay alive "
                              "and the cyclic garbage made, per update, by type, and what holds the new ones")
@@ -706,8 +697,6 @@ def profile(cfg, args, extra):
         dynamo_config.optimize_ddp = False
     if args.gc_unfrozen:
         unpatch_heap_freezing()
-    if args.fairseq_grad_norm_check:
-        unpatch_grad_norm_check()
     if args.gc_at_update_ends:
         collect_at_update_ends(args.gc_at_update_ends)
     if args.gc_threshold:
@@ -738,7 +727,6 @@ def profile(cfg, args, extra):
         "bind_cpus": args.bind_cpus, "gc_threshold": gc.get_threshold()[0], "gc_at_update_ends": args.gc_at_update_ends,
         "keep_allocator_cache": args.keep_allocator_cache, "skip_graph_warmup": args.skip_graph_warmup,
         "no_ddp_split": args.no_ddp_split, "logging_without_waits": args.logging_without_waits,
-        "fairseq_grad_norm_check": args.fairseq_grad_norm_check,
     }
     if args.profile_steps:
         result.update(profiled_updates(trainer, stream, args.profile_steps))
