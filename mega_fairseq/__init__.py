@@ -35,5 +35,6 @@ if fairseq is not None:
     batched_copies.batch_legacy_ddp_all_reduce()
     update_overheads.seed_generators_directly()
     update_overheads.skip_settled_mode_switches()
+    update_overheads.pass_updates_without_exceptions()
     stats_sync.sum_statistics_without_waiting()
     garbage_collection.freeze_heap_after_recordings()

@@ -11,16 +11,26 @@ forward and backward), so every millisecond of host work saved is a millisecond 
   own runs everywhere else (a CPU run, a TPU, another accelerator type available).
 * ``nn.Module.train`` visits and sets every module; fairseq calls ``model.train()`` twice an update (the
   trainer and the task: about 300 modules each in mega_wmt_en_de, 1 ms on the CPU). A fairseq model whose
-  modules are all already in the asked mode returns at once (a check of every module's flag, a fifth of
-  the time); otherwise ``nn.Module.train`` runs as before.
+  modules are all already in the asked mode returns at once (a check of every module's flag, visited as
+  ``submodules`` lists them: 0.1 ms, half the time of a check over ``nn.Module.modules``); otherwise
+  ``nn.Module.train`` runs as before.
+* The task's ``train_step`` passes the update number down with ``model.set_num_updates`` every update: fairseq
+  visits every module and asks ``hasattr(module, "set_num_updates")``, and each module without one answers
+  by raising and catching an AttributeError inside ``nn.Module.__getattr__``; an encoder visits its own
+  modules again. The same modules are called in the same order here (``submodules``; an encoder's
+  ``apply``), asked with ``has_attribute``, which looks where getattr looks without the exception: 0.79 ->
+  0.42 ms an update for mega_wmt_en_de on the CPU.
 
-Both apply to every fairseq model loaded with the plugin (the Transformer baselines of benchmarks/ too).
+All apply to every fairseq model loaded with the plugin (the Transformer baselines of benchmarks/ too).
 """
 import functools
+import types
+from typing import List
 
 import torch
-from fairseq.models import BaseFairseqModel
+from fairseq.models import BaseFairseqModel, FairseqEncoder
 from fairseq.trainer import Trainer
+from torch import nn
 
 from .patching import patch_once
 
@@ -50,12 +60,64 @@ def seed_generators_directly() -> None:
     patch_once(Trainer, "_set_seed", _seeding_generators)
 
 
+def submodules(root: nn.Module) -> List[nn.Module]:
+    """``root`` and the modules under it, each once, in ``root.modules()``'s order (depth first, a module
+    where it is first met), without the names and generators ``nn.Module.modules`` makes on the way."""
+    seen, found = set(), []
+
+    def visit(module: nn.Module) -> None:
+        seen.add(id(module))
+        found.append(module)
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                visit(child)
+    visit(root)
+    return found
+
+
+_ABSENT = object()
+
+
+def has_attribute(module: nn.Module, name: str) -> bool:
+    """``hasattr(module, name)`` without an exception for a missing name. A method of the class answers yes;
+    a name the class lacks is looked up where getattr then looks: the instance's attributes, then (in
+    ``nn.Module.__getattr__``) its parameters, buffers and submodules. Any other class attribute (a property
+    may raise), or a class with its own ``__getattr__``, is asked with ``hasattr``."""
+    on_class = getattr(type(module), name, _ABSENT)
+    if type(module).__getattr__ is not nn.Module.__getattr__ or (
+            on_class is not _ABSENT and not isinstance(on_class, types.FunctionType)):
+        return hasattr(module, name)
+    return (on_class is not _ABSENT or name in module.__dict__ or name in module._parameters
+            or name in module._buffers or name in module._modules)
+
+
 def _train_unless_settled(train):
     @functools.wraps(train)
     def wrapper(self, mode: bool = True):
-        if isinstance(mode, bool) and all(module.training is mode for module in self.modules()):
+        if isinstance(mode, bool) and all(module.training is mode for module in submodules(self)):
             return self
         return train(self, mode)
+
+    return wrapper
+
+
+def _passing_updates_to_submodules(set_num_updates):
+    @functools.wraps(set_num_updates)
+    def wrapper(self, num_updates):
+        for module in submodules(self):
+            if module != self and has_attribute(module, "set_num_updates"):
+                module.set_num_updates(num_updates)
+
+    return wrapper
+
+
+def _passing_updates_through_apply(set_num_updates):
+    @functools.wraps(set_num_updates)
+    def wrapper(self, num_updates):
+        def pass_on(module):
+            if module != self and has_attribute(module, "set_num_updates"):
+                module.set_num_updates(num_updates)
+        self.apply(pass_on)
 
     return wrapper
 
@@ -63,3 +125,9 @@ def _train_unless_settled(train):
 def skip_settled_mode_switches() -> None:
     """Patch fairseq's models' ``train`` once (see the module's docstring)."""
     patch_once(BaseFairseqModel, "train", _train_unless_settled)
+
+
+def pass_updates_without_exceptions() -> None:
+    """Patch ``set_num_updates`` of fairseq's models and encoders once (see the module's docstring)."""
+    patch_once(BaseFairseqModel, "set_num_updates", _passing_updates_to_submodules)
+    patch_once(FairseqEncoder, "set_num_updates", _passing_updates_through_apply)

@@ -1,13 +1,17 @@
 """The cheap per-update host work (update_overheads) against what fairseq and torch do: the seeds set
 directly on the generators equal torch.manual_seed's (CUDA's generators stood in for by CPU generators),
 fairseq's seeding runs where the shortcut does not apply; a model's train()/eval() leaves every module's
-flag as nn.Module.train does, whatever the mix before, and returns at once when nothing changes."""
+flag as nn.Module.train does, whatever the mix before, and returns at once when nothing changes; the update
+number reaches the modules fairseq's set_num_updates reaches, in its order, on random module trees (shared
+modules, empty entries, attribute-forwarding wrappers, a cycle), with has_attribute answering as hasattr and
+submodules listing what nn.Module.modules lists."""
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 from fairseq import utils
-from fairseq.models import BaseFairseqModel
+from fairseq.models import BaseFairseqModel, FairseqEncoder
 from fairseq.trainer import Trainer
 from torch import nn
 
@@ -93,3 +97,119 @@ def test_settled_mode_switch_returns_without_visiting_the_modules():
     assert visits == [False]
     with pytest.raises(ValueError, match="boolean"):
         model.train("yes")
+
+
+def test_the_plugin_patches_the_update_number_passing():
+    assert "_passing_updates_to_submodules" in BaseFairseqModel.set_num_updates.mega_patches
+    assert "_passing_updates_through_apply" in FairseqEncoder.set_num_updates.mega_patches
+
+
+class Counting(nn.Module):
+    """A module with set_num_updates, recording each call as (its name, the number)."""
+
+    def __init__(self, name: str, calls: list):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def set_num_updates(self, num_updates):
+        self.calls.append((self.name, num_updates))
+
+
+class Forwarding(nn.Module):
+    """Its own __getattr__ answers for the wrapped module's attributes (as fairseq's ModuleProxyWrapper)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+class Odd(nn.Module):
+    flag = None
+    helper = staticmethod(lambda: 1)
+
+    @property
+    def broken(self):
+        raise AttributeError("not here")
+
+    @property
+    def fine(self):
+        return 1
+
+    @classmethod
+    def make(cls):
+        return cls()
+
+
+def random_tree(rng: random.Random, calls: list, encoder_class) -> nn.Module:
+    """A fairseq model of random depth and width: Counting and plain modules, some shared between parents,
+    None entries, modules that forward attributes, an encoder (``encoder_class``) with Counting modules
+    inside, and a cycle outside the encoder (a module registered under itself: nn.Module.apply, which the
+    encoder uses, would not end)."""
+    made = []
+
+    def grow(path: list) -> nn.Module:
+        kind = rng.random()
+        module = Counting(f"c{len(made)}", calls) if kind < 0.4 else Odd() if kind < 0.5 else nn.Module()
+        made.append(module)
+        others = [m for m in made if m is not module and all(m is not ancestor for ancestor in path)]
+        for index in range(rng.randrange(0, 4) if len(path) < 4 else 0):
+            roll = rng.random()
+            child = (None if roll < 0.1 else rng.choice(others) if roll < 0.25 and others else
+                     Forwarding(grow(path + [module])) if roll < 0.35 else grow(path + [module]))
+            module.register_module(f"m{index}", child)
+        return module
+
+    encoder = encoder_class(None)
+    encoder.body, encoder.counting = grow([]), Counting("in the encoder", calls)
+    model = BaseFairseqModel()
+    model.encoder, model.rest, model.counting = encoder, grow([]), Counting("in the model", calls)
+    model.rest.register_module("loop", model.rest)
+    if rng.random() < 0.5:
+        model.shared = encoder.body
+    return model
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_submodules_list_what_modules_lists_in_its_order(trial):
+    seed = random.randrange(2**32)
+    model = random_tree(random.Random(seed), [], FairseqEncoder)
+    assert update_overheads.submodules(model) == list(model.modules()), seed
+    built = build_model()
+    assert update_overheads.submodules(built) == list(built.modules())
+
+
+def test_has_attribute_answers_as_hasattr():
+    module = Odd()
+    module.weight = nn.Parameter(torch.ones(2))
+    module.register_buffer("scale", torch.ones(1))
+    module.register_buffer("absent_buffer", None)
+    module.child = nn.Linear(2, 2)
+    module.register_module("empty_child", None)
+    module.note = "an instance attribute"
+    forwarding = Forwarding(module)
+    names = ["weight", "scale", "absent_buffer", "child", "empty_child", "note", "flag", "helper", "broken", "fine",
+             "make", "forward", "training", "set_num_updates", "missing", "__dict__", "_parameters", "bias"]
+    for target in (module, forwarding, module.child, build_model()):
+        for name in names:
+            assert update_overheads.has_attribute(target, name) == hasattr(target, name), (type(target), name)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_update_numbers_reach_the_modules_fairseq_reaches_in_its_order(trial):
+    seed = random.randrange(2**32)
+    calls, fairseq_calls = [], []
+    model = random_tree(random.Random(seed), calls, FairseqEncoder)
+    twin = random_tree(random.Random(seed), fairseq_calls, FairseqEncoder)
+    fairseq_encoder = FairseqEncoder.set_num_updates.__wrapped__
+    model.set_num_updates(7)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FairseqEncoder, "set_num_updates", fairseq_encoder)
+        BaseFairseqModel.set_num_updates.__wrapped__(twin, 7)
+    assert calls == fairseq_calls, seed
+    assert {("in the encoder", 7), ("in the model", 7)} <= set(calls)
