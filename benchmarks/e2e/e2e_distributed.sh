@@ -14,6 +14,11 @@
 #                 the same epochs as the 2-GPU runs (a GPU records the layer graphs of its batch shapes over its
 #                 first epochs, and one GPU at --update-freq 1 takes twice the updates for an epoch: counted from
 #                 the same update, it would still be recording)
+#   REPEATS       how many times each run is made (default 1), in the order written below and then backwards, and
+#                 so on (one GPU, 2 GPUs, 2 GPUs, one GPU with the defaults): a host that speeds up or slows down
+#                 steadily over the call (measured: 13% between two runs of one call) then weighs on every
+#                 configuration alike. Words/s of a configuration is the mean of its runs; the ratios of each
+#                 repeat are printed too. Run logs are named NAME_runR
 #   MAX_TOKENS    --max-tokens of every GPU's batch (default 8192): the host's work per batch is about the
 #                 same at any size, so larger batches give the GPUs a larger share of an update
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
@@ -39,7 +44,7 @@
 set -euo pipefail
 data=$1 out=$2
 arch=${ARCH:-mega_wmt_en_de} updates=${UPDATES:-300} warmup_updates=${WARMUP_UPDATES:-150}
-max_tokens=${MAX_TOKENS:-8192} one_gpu_update_freqs=${ONE_GPU_UPDATE_FREQS:-1 2}
+max_tokens=${MAX_TOKENS:-8192} one_gpu_update_freqs=${ONE_GPU_UPDATE_FREQS:-1 2} repeats=${REPEATS:-1}
 bucket=${BUCKET_CAP_MB:-25}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$out"
@@ -80,37 +85,59 @@ for backend in ${DDP_BACKENDS:-legacy_ddp}; do
 done
 
 [[ $max_tokens =~ ^[1-9][0-9]*$ ]] || { echo "MAX_TOKENS: '$max_tokens' is not a positive integer" >&2; exit 2; }
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || { echo "REPEATS: '$repeats' is not a positive integer" >&2; exit 2; }
 for freq in $one_gpu_update_freqs; do
     [[ $freq =~ ^[1-9][0-9]*$ ]] || { echo "ONE_GPU_UPDATE_FREQS: '$freq' is not a positive integer" >&2; exit 2; }
 done
 
-runs=()
+configurations=()  # "NAME UPDATES WARMUP_UPDATES OPTIONS..."
 for freq in $one_gpu_update_freqs; do
     name=one_gpu
     [[ $freq == 2 ]] || name=one_gpu_update_freq_$freq
-    train "$name" $((updates * 2 / freq)) --distributed-world-size 1 --update-freq "$freq" --ddp-backend c10d
-    runs+=("$name:$((warmup_updates * 2 / freq))")
+    configurations+=("$name $((updates * 2 / freq)) $((warmup_updates * 2 / freq)) --distributed-world-size 1 \
+--update-freq $freq --ddp-backend c10d")
 done
 for batches in ${BATCHES:-fixed}; do
     for backend in ${DDP_BACKENDS:-legacy_ddp}; do
         name=two_gpus_$batches
         [[ $backend == c10d ]] || name=${name}_$backend
-        train "$name" "$updates" --distributed-world-size 2 --ddp-backend "$backend" $(dealing_options "$batches")
-        runs+=("$name:$warmup_updates")
+        configurations+=("$name $updates $warmup_updates --distributed-world-size 2 --ddp-backend $backend \
+$(dealing_options "$batches")")
+    done
+done
+
+runs=()
+for ((repeat = 1; repeat <= repeats; repeat++)); do
+    order=("${configurations[@]}")
+    if ((repeat % 2 == 0)); then
+        order=()
+        for ((i = ${#configurations[@]} - 1; i >= 0; i--)); do order+=("${configurations[i]}"); done
+    fi
+    for configuration in "${order[@]}"; do
+        read -r name run_updates run_warmup options <<< "$configuration"
+        ((repeats == 1)) || name=${name}_run$repeat
+        train "$name" "$run_updates" $options
+        runs+=("$name:$run_warmup")
     done
 done
 
 python3 - "$out" "${runs[@]}" <<'EOF'
-"""Words/s of every run (records past its warm-up update), each 2-GPU run's ratio to each one-GPU run, the losses
-side by side. Arguments: OUT_DIR NAME:WARMUP_UPDATE..."""
+"""Words/s of every configuration (the mean over its runs of each run's records past its warm-up update), each 2-GPU
+configuration's ratio to each one-GPU configuration (and, with repeats, each repeat's), the losses side by side.
+Arguments: OUT_DIR RUN:WARMUP_UPDATE... (RUN: a configuration's name, with _runR when repeated)."""
 import json
+import re
 import sys
 
 out = sys.argv[1]
 warmup = {name: int(update) for name, update in (arg.rsplit(":", 1) for arg in sys.argv[2:])}
 names = list(warmup)
-one_gpu_names = [name for name in names if name.startswith("one_gpu")]
-two_gpu_names = [name for name in names if name not in one_gpu_names]
+configuration = {name: re.sub(r"_run\d+$", "", name) for name in names}
+configurations = list(dict.fromkeys(configuration.values()))
+runs_of = {config: [name for name in names if configuration[name] == config] for config in configurations}
+one_gpu_names = [config for config in configurations if config.startswith("one_gpu")]
+two_gpu_names = [config for config in configurations if config not in one_gpu_names]
+repeats = len(runs_of[configurations[0]])
 
 
 def records(name):
@@ -123,21 +150,33 @@ past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup[n
 for name, kept in past.items():
     if not kept:
         sys.exit(f"{out}/{name}.log has no record past update {warmup[name]}: raise UPDATES above WARMUP_UPDATES")
-wps = {name: sum(v) / max(1, len(v)) for name, v in past.items()}
-summary = {"wps": wps, "wps_range": {name: [min(v), max(v)] if v else None for name, v in past.items()},
+run_wps = {name: sum(v) / len(v) for name, v in past.items()}
+wps = {config: sum(run_wps[name] for name in runs) / len(runs) for config, runs in runs_of.items()}
+summary = {"wps": wps,
+           "wps_range": {config: [min(min(past[name]) for name in runs), max(max(past[name]) for name in runs)]
+                         for config, runs in runs_of.items()},
            "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
+           "run_wps": run_wps,
+           "scaling_by_repeat": {base: {name: [run_wps[two] / run_wps[one] for one, two in zip(runs_of[base], runs_of[name])]
+                                        for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "epochs": {name: [float(r["update"]) for r in recs] for name, recs in runs.items()},
            "losses": {name: [(int(r["num_updates"]), float(r["loss"])) for r in recs] for name, recs in runs.items()}}
 json.dump(summary, open(f"{out}/distributed.json", "w"), indent=1)
-print("words/s past the warm-up: " + "; ".join(f"{name} {wps[name]:.0f} (updates > {warmup[name]})" for name in names))
+print("words/s past the warm-up: " + "; ".join(
+    f"{config} {wps[config]:.0f} (updates > {warmup[runs_of[config][0]]}"
+    + (f"; runs {', '.join(f'{run_wps[name]:.0f}' for name in runs_of[config])})" if repeats > 1 else ")")
+    for config in configurations))
 print("lowest-highest record: " + "; ".join(
-    f"{name} {v[0]:.0f}-{v[1]:.0f}" for name, v in summary["wps_range"].items() if v))
+    f"{config} {v[0]:.0f}-{v[1]:.0f}" for config, v in summary["wps_range"].items()))
 for base in one_gpu_names:
     print(f"2 GPUs against {base}: " + "; ".join(
-        f"{name} {summary['scaling'][base][name]:.2f}x" for name in two_gpu_names))
-same_batch = [name for name in names if not name.startswith("one_gpu_update_freq_")]  # as many tokens an update
+        f"{name} {summary['scaling'][base][name]:.2f}x"
+        + (f" (by repeat: {', '.join(f'{r:.2f}x' for r in summary['scaling_by_repeat'][base][name])})"
+           if repeats > 1 else "") for name in two_gpu_names))
+first_runs = [runs[0] for runs in runs_of.values()]
+same_batch = [name for name in first_runs if not name.startswith("one_gpu_update_freq_")]  # as many tokens an update
 print("update  " + "  ".join(f"{name:>16}" for name in same_batch) + "   (loss)")
 for row in zip(*(summary["losses"][name] for name in same_batch)):
     print(f"{row[0][0]:>6}  " + "  ".join(f"{loss:>16.3f}" for _, loss in row))
