@@ -14,8 +14,8 @@
 #                 the same epochs as the 2-GPU runs (a GPU records the layer graphs of its batch shapes over its
 #                 first epochs, and one GPU at --update-freq 1 takes twice the updates for an epoch: counted from
 #                 the same update, it would still be recording)
-#   REPEATS       how many times each run is made (default 1), in the order written below and then backwards, and
-#                 so on (one GPU, 2 GPUs, 2 GPUs, one GPU with the defaults): a host that speeds up or slows down
+#   REPEATS       how many times each run is made (default 1): the one-GPU runs, then the 2-GPU runs, then all
+#                 backwards, and so on (one GPU, 2 GPUs, 2 GPUs, one GPU at REPEATS=2): a host that speeds up or slows down
 #                 steadily over the call (measured: 13% between two runs of one call) then weighs on every
 #                 configuration alike. Words/s of a configuration is the mean of its runs; the ratios of each
 #                 repeat are printed too. Run logs are named NAME_runR
