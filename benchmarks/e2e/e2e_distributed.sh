@@ -15,10 +15,10 @@
 #                 first epochs, and one GPU at --update-freq 1 takes twice the updates for an epoch: counted from
 #                 the same update, it would still be recording)
 #   REPEATS       how many times each run is made (default 1): the one-GPU runs, then the 2-GPU runs, then all
-#                 backwards, and so on (one GPU, 2 GPUs, 2 GPUs, one GPU at REPEATS=2): a host that speeds up or slows down
-#                 steadily over the call (measured: 13% between two runs of one call) then weighs on every
-#                 configuration alike. Words/s of a configuration is the mean of its runs; the ratios of each
-#                 repeat are printed too. Run logs are named NAME_runR
+#                 backwards, and so on (one GPU, 2 GPUs, 2 GPUs, one GPU at REPEATS=2), so that a host that speeds
+#                 up or slows down steadily over the call (measured: 13% between two runs of one call) weighs on
+#                 every configuration alike. Words/s of a configuration is the mean of its runs; the ratios of
+#                 each repeat are printed too. Run logs are named NAME_runR
 #   MAX_TOKENS    --max-tokens of every GPU's batch (default 8192): the host's work per batch is about the
 #                 same at any size, so larger batches give the GPUs a larger share of an update
 #   BUCKET_CAP_MB DDP gradient bucket size (default 25, fairseq's)
