@@ -157,7 +157,8 @@ summary = {"wps": wps,
                          for config, runs in runs_of.items()},
            "scaling": {base: {name: wps[name] / wps[base] for name in two_gpu_names} for base in one_gpu_names},
            "run_wps": run_wps,
-           "scaling_by_repeat": {base: {name: [run_wps[two] / run_wps[one] for one, two in zip(runs_of[base], runs_of[name])]
+           "scaling_by_repeat": {base: {name: [run_wps[two] / run_wps[one]
+                                               for one, two in zip(runs_of[base], runs_of[name])]
                                         for name in two_gpu_names} for base in one_gpu_names},
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
