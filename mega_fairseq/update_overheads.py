@@ -101,12 +101,17 @@ def _train_unless_settled(train):
     return wrapper
 
 
+def _pass_update(owner: nn.Module, module: nn.Module, num_updates) -> None:
+    """fairseq's step of passing the update number from ``owner`` on to ``module``, asked without the exception."""
+    if module != owner and has_attribute(module, "set_num_updates"):
+        module.set_num_updates(num_updates)
+
+
 def _passing_updates_to_submodules(set_num_updates):
     @functools.wraps(set_num_updates)
     def wrapper(self, num_updates):
         for module in submodules(self):
-            if module != self and has_attribute(module, "set_num_updates"):
-                module.set_num_updates(num_updates)
+            _pass_update(self, module, num_updates)
 
     return wrapper
 
@@ -114,10 +119,7 @@ def _passing_updates_to_submodules(set_num_updates):
 def _passing_updates_through_apply(set_num_updates):
     @functools.wraps(set_num_updates)
     def wrapper(self, num_updates):
-        def pass_on(module):
-            if module != self and has_attribute(module, "set_num_updates"):
-                module.set_num_updates(num_updates)
-        self.apply(pass_on)
+        self.apply(lambda module: _pass_update(self, module, num_updates))
 
     return wrapper
 
