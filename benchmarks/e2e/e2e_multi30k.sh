@@ -3,8 +3,9 @@
 # (--share-all-embeddings) for the same number of updates at the same --max-tokens and
 # optimizer settings as benchmarks/e2e/multi30k_translation.sh (its learning-rate schedule of a 2,000-update
 # run, stopped after UPDATES), then time fairseq-generate (beam 5, batch 128) on the test split with
-# each trained checkpoint. Prints a table, writes OUT_DIR/e2e.json and OUT_DIR/e2e.png (words/s over updates,
-# when matplotlib is installed); a failing step prints its log tail.
+# each trained checkpoint. Each model trains on one GPU, however many the machine has. Prints a table,
+# writes OUT_DIR/e2e.json and OUT_DIR/e2e.png (words/s over updates, when matplotlib is installed);
+# a failing step prints its log tail.
 #   bash benchmarks/e2e/e2e_multi30k.sh DATA_BIN OUT_DIR
 #   PAIR             wmt: mega_wmt_en_de vs transformer_wmt_en_de (arch defaults; default);
 #                    multi30k: the sizes of benchmarks/e2e/multi30k_translation.sh (Mega H 512, FFN 640)
@@ -63,7 +64,7 @@ run_model() {  # run_model NAME ARCH [TRAIN OPTIONS...]: train, then decode the 
         --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0 --weight-decay 0.0001 \
         --lr 7e-4 --lr-scheduler linear_decay --warmup-updates 500 --total-num-update "$total_updates" \
         --max-update "$updates" --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-        --max-tokens "$max_tokens" --seed 1 --num-workers 2 "${device[@]}" "$@" \
+        --max-tokens "$max_tokens" --seed 1 --num-workers 2 --distributed-world-size 1 "${device[@]}" "$@" \
         --save-dir "$out/$name/checkpoints" --no-epoch-checkpoints --save-interval 1000 --disable-validation \
         --log-format json --log-interval "$log_interval" > "$out/$name/train.log" 2>&1 || fail "$out/$name/train.log"
     [ "$generate" = 1 ] || return 0

@@ -6,6 +6,8 @@
 # Both models share every optimization setting; the Mega is sized to the Transformer
 # (transformer_iwslt_de_en, 6+6 layers, D 512): Mega D 512, H 512, FFN 640, Z 128, N 16.
 # STOP_HOURS (optional) stops early on a time budget; the log then says how many updates ran.
+# Training runs on one GPU whatever the machine has (fairseq-train would otherwise take every visible
+# GPU, which multiplies the batch and changes the run; the published figures are one-GPU runs).
 set -euo pipefail
 model=$1 data=$2 out=$3 max_update=$4 stop_hours=${5:-0}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,7 +24,7 @@ python3 -m fairseq_cli.train "$data" --user-dir "$repo/mega_fairseq" "${arch[@]}
     --lr 7e-4 --lr-scheduler linear_decay --warmup-updates 500 --total-num-update "$max_update" \
     --max-update "$max_update" --stop-time-hours "$stop_hours" \
     --dropout 0.3 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-    --max-tokens 8192 --fp16 --seed 1 --num-workers 2 \
+    --max-tokens 8192 --fp16 --seed 1 --num-workers 2 --distributed-world-size 1 \
     --save-dir "$out/checkpoints" --no-epoch-checkpoints --save-interval 1000 --validate-interval 1000 \
     --log-format simple --log-interval 200 2>&1 | tee "$out/train.log" | grep -E "train_inner|valid on|done training|num. model params"
 
