@@ -14,7 +14,7 @@ SCRIPT = os.path.join(REPO, "benchmarks", "e2e", "e2e_distributed.sh")
 
 # Writes fairseq-train's train_inner records every 25 updates. Words/s: SLOW before the third epoch (graphs still
 # recorded), else BASE x the number of GPUs (x BOOST on one GPU at --update-freq 2), x (1 + FAKE_DRIFT x the number
-# of runs before this one: a host that speeds up steadily). Each run appends "GPUS UPDATE_FREQ" to FAKE_ORDER's file.
+# of runs before this one: a host that speeds up steadily); WORDS target words a batch. Each run appends "GPUS UPDATE_FREQ" to FAKE_ORDER's file.
 FAKE_TRAIN = '''
 import json, os, sys
 args = sys.argv[1:]
@@ -29,17 +29,18 @@ drift = 1 + float(os.environ.get("FAKE_DRIFT", "0")) * before
 for update in range(25, updates + 1, 25):
     epochs = update * freq / (69 / world)
     wps = {slow} if epochs < 3 else {base} * world * ({boost} if world == 1 and freq == 2 else 1) * drift
+    words = {words} * world * freq
     record = {{"epoch": int(epochs) + 1, "update": round(epochs, 3), "loss": str(10 - update / 100), "wps": str(wps),
-              "num_updates": str(update)}}
+              "ups": str(wps / words), "wpb": str(words), "num_updates": str(update)}}
     print("2026-11-29 00:00:00 | INFO | train_inner | " + json.dumps(record))
 '''
 
 
-def run_script(tmp_path, base, boost, slow=10.0, **env):
+def run_script(tmp_path, base, boost, slow=10.0, words=6000.0, **env):
     fake = tmp_path / "fake" / "fairseq_cli"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "train.py").write_text(FAKE_TRAIN.format(slow=slow, base=base, boost=boost))
+    (fake / "train.py").write_text(FAKE_TRAIN.format(slow=slow, base=base, boost=boost, words=words))
     out = tmp_path / "out"
     environment = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"),
                        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
@@ -50,8 +51,9 @@ def run_script(tmp_path, base, boost, slow=10.0, **env):
 
 def test_one_gpu_runs_cover_the_same_epochs_as_two_gpus(tmp_path):
     rng = random.Random()
-    base, boost = rng.uniform(500, 2000), rng.uniform(1.05, 1.3)
-    result, out = run_script(tmp_path, base, boost, BATCHES="default", UPDATES="150", WARMUP_UPDATES="125")
+    base, boost, words = rng.uniform(500, 2000), rng.uniform(1.05, 1.3), float(rng.randrange(3000, 20000))
+    result, out = run_script(tmp_path, base, boost, words=words, BATCHES="default", UPDATES="150",
+                             WARMUP_UPDATES="125")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "distributed.json").read_text())
     records = summary["records"]
@@ -66,6 +68,15 @@ def test_one_gpu_runs_cover_the_same_epochs_as_two_gpus(tmp_path):
     assert summary["scaling"]["one_gpu"]["two_gpus_default_legacy_ddp"] == pytest.approx(2.0 / boost)
     assert summary["epochs"]["two_gpus_default_legacy_ddp"][-1] == pytest.approx(150 / 34.5, abs=1e-3)
     assert "2 GPUs against one_gpu_update_freq_1: two_gpus_default_legacy_ddp 2.00x" in result.stdout
+    # an update's ms from the records' updates/s: one batch a GPU takes words / base s on one GPU and on 2
+    one_ms, boosted_ms = 1000 * words / base, 1000 * 2 * words / (base * boost)
+    assert summary["update_ms"] == pytest.approx({"one_gpu_update_freq_1": one_ms, "one_gpu": boosted_ms,
+                                                  "two_gpus_default_legacy_ddp": one_ms})
+    assert summary["update_words"] == pytest.approx({"one_gpu_update_freq_1": words, "one_gpu": 2 * words,
+                                                     "two_gpus_default_legacy_ddp": 2 * words})
+    assert (f"an update past the warm-up (ms, target words): one_gpu_update_freq_1 {one_ms:.1f} ms, {words:,.0f}; "
+            f"one_gpu {boosted_ms:.1f} ms, {2 * words:,.0f}") in result.stdout
+    assert "2 GPUs' update against one GPU's at --update-freq 1: two_gpus_default_legacy_ddp +0.0 ms" in result.stdout
     loss_header = next(line for line in result.stdout.splitlines() if line.endswith("(loss)"))
     assert "one_gpu_update_freq_1" not in loss_header  # fewer tokens an update: not in the loss table
 

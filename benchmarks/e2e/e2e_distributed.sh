@@ -3,8 +3,9 @@
 # one GPU at each --update-freq of ONE_GPU_UPDATE_FREQS and on two GPUs (--distributed-world-size 2, one process
 # a GPU, fairseq's legacy_ddp: the plugin's default with layer graphs) for each way of dealing batches in BATCHES,
 # all at the same per-GPU --max-tokens. Prints words/s of each run (the mean of its records past the warm-up, and
-# the lowest and highest), the scaling factors, and the losses at the logged updates of the runs with as many
-# tokens an update (one GPU at --update-freq 2, 2 GPUs); warns when other processes compute on the GPUs before a
+# the lowest and highest), the scaling factors, each configuration's mean update (ms, from the records' updates/s,
+# and target words) with what 2 GPUs add to one GPU's update at --update-freq 1, and the losses at the logged
+# updates of the runs with as many tokens an update (one GPU at --update-freq 2, 2 GPUs); warns when other processes compute on the GPUs before a
 # run. Writes OUT_DIR/distributed.json and OUT_DIR/distributed.png (words/s over epochs, when matplotlib is
 # installed). About 8 minutes on 2 x H200 with the defaults (~2.5 minutes a run, most of it compilation).
 #   bash benchmarks/e2e/e2e_distributed.sh DATA_BIN OUT_DIR
@@ -151,6 +152,11 @@ for name, kept in past.items():
     if not kept:
         sys.exit(f"{out}/{name}.log has no record past update {warmup[name]}: raise UPDATES above WARMUP_UPDATES")
 run_wps = {name: sum(v) / len(v) for name, v in past.items()}
+past_records = {name: [r for r in recs if int(r["num_updates"]) > warmup[name]] for name, recs in runs.items()}
+update_ms = {config: sum(1000 / float(r["ups"]) for name in runs for r in past_records[name])
+             / sum(len(past_records[name]) for name in runs) for config, runs in runs_of.items()}
+update_words = {config: sum(float(r["wpb"]) for name in runs for r in past_records[name])
+                / sum(len(past_records[name]) for name in runs) for config, runs in runs_of.items()}
 wps = {config: sum(run_wps[name] for name in runs) / len(runs) for config, runs in runs_of.items()}
 summary = {"wps": wps,
            "wps_range": {config: [min(min(past[name]) for name in runs), max(max(past[name]) for name in runs)]
@@ -160,6 +166,7 @@ summary = {"wps": wps,
            "scaling_by_repeat": {base: {name: [run_wps[two] / run_wps[one]
                                                for one, two in zip(runs_of[base], runs_of[name])]
                                         for name in two_gpu_names} for base in one_gpu_names},
+           "update_ms": update_ms, "update_words": update_words,
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "epochs": {name: [float(r["update"]) for r in recs] for name, recs in runs.items()},
@@ -176,6 +183,11 @@ for base in one_gpu_names:
         f"{name} {summary['scaling'][base][name]:.2f}x"
         + (f" (by repeat: {', '.join(f'{r:.2f}x' for r in summary['scaling_by_repeat'][base][name])})"
            if repeats > 1 else "") for name in two_gpu_names))
+print("an update past the warm-up (ms, target words): " + "; ".join(
+    f"{config} {update_ms[config]:.1f} ms, {update_words[config]:,.0f}" for config in configurations))
+if "one_gpu_update_freq_1" in one_gpu_names:  # one batch a GPU in both: what 2 GPUs add to an update
+    print("2 GPUs' update against one GPU's at --update-freq 1: " + "; ".join(
+        f"{name} {update_ms[name] - update_ms['one_gpu_update_freq_1']:+.1f} ms" for name in two_gpu_names))
 first_runs = [runs[0] for runs in runs_of.values()]
 same_batch = [name for name in first_runs if not name.startswith("one_gpu_update_freq_")]  # as many tokens an update
 print("update  " + "  ".join(f"{name:>16}" for name in same_batch) + "   (loss)")
