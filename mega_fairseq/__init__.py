@@ -5,7 +5,7 @@ the models, architectures, learning-rate schedulers and the checkpoint-loading
 allow-list, makes checkpoint writes atomic and loads safe (see checkpoint_safety),
 checks fairseq's run options up front (see run_checks), fixes fairseq bugs (see
 fairseq_fixes), batches fairseq's per-parameter gradient and weight copies (see
-batched_copies), makes the host work fairseq repeats every update cheap (see update_overheads), keeps
+batched_copies), makes the host work fairseq repeats every update or epoch cheap (see update_overheads), keeps
 the garbage collector's full collections short once layer graphs are recorded (see garbage_collection) and
 sums the statistics of several GPUs without waiting for the backward pass (see stats_sync).
 ``mega_fairseq.modules`` needs torch only.
@@ -36,5 +36,6 @@ if fairseq is not None:
     update_overheads.seed_generators_directly()
     update_overheads.skip_settled_mode_switches()
     update_overheads.pass_updates_without_exceptions()
+    update_overheads.collate_first_batch_once()
     stats_sync.sum_statistics_without_waiting()
     garbage_collection.freeze_heap_after_recordings()

@@ -4,13 +4,15 @@ fairseq's seeding runs where the shortcut does not apply; a model's train()/eval
 flag as nn.Module.train does, whatever the mix before, and returns at once when nothing changes; the update
 number reaches the modules fairseq's set_num_updates reaches, in its order, on random module trees (shared
 modules, empty entries, attribute-forwarding wrappers, a cycle), with has_attribute answering as hasattr and
-submodules listing what nn.Module.modules lists."""
+submodules listing what nn.Module.modules lists; an epoch iterator's first batch (the trainer's dummy batch) is
+fairseq's, collated once for each set of frozen batches."""
 import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 from fairseq import utils
+from fairseq.data.iterators import EpochBatchIterator
 from fairseq.models import BaseFairseqModel, FairseqEncoder
 from fairseq.trainer import Trainer
 from torch import nn
@@ -213,3 +215,98 @@ def test_update_numbers_reach_the_modules_fairseq_reaches_in_its_order(trial):
         BaseFairseqModel.set_num_updates.__wrapped__(twin, 7)
     assert calls == fairseq_calls, seed
     assert {("in the encoder", 7), ("in the model", 7)} <= set(calls)
+
+
+class CountedCollation:
+    """A collate function that stacks items and counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, items):
+        self.calls += 1
+        return {"id": torch.tensor([item[0] for item in items]), "tokens": torch.stack([item[1] for item in items])}
+
+
+class Items(torch.utils.data.Dataset):
+    """Items (index, 5 random tokens)."""
+
+    def __init__(self, rng: random.Random, count: int):
+        self.items = [(i, torch.randint(0, 100, (5,), generator=torch.Generator().manual_seed(rng.randrange(10**6))))
+                      for i in range(count)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def fairseqs_first_batch(iterator: EpochBatchIterator):
+    return EpochBatchIterator.first_batch.fget.__wrapped__(iterator)
+
+
+def assert_same_batch(batch, expected):
+    assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
+
+
+def test_the_plugin_patches_the_first_batch_once():
+    update_overheads.collate_first_batch_once()
+    assert EpochBatchIterator.first_batch.mega_patches == ("_first_batch_collated_once",)
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_first_batch_is_fairseqs_and_collated_once_while_the_batches_stay(trial):
+    """Fixed batches (a list, as the translation task gives): the first batch equals fairseq's, and later epochs
+    (each iterated to its end) give the same object without collating again."""
+    rng = random.Random()
+    items = Items(rng, rng.randint(5, 40))
+    indices = list(range(len(items)))
+    rng.shuffle(indices)
+    sizes = [rng.randint(1, 6) for _ in range(len(items))]
+    batches, start = [], 0
+    for size in sizes:
+        if start < len(indices):
+            batches.append(indices[start:start + size])
+            start += size
+    collate = CountedCollation()
+    iterator = EpochBatchIterator(items, collate, batches, seed=trial)
+    first = iterator.first_batch
+    assert collate.calls == 1
+    assert_same_batch(first, fairseqs_first_batch(iterator))
+    for _ in range(3):
+        calls = collate.calls
+        assert sum(1 for _ in iterator.next_epoch_itr(shuffle=True)) == len(batches)
+        assert collate.calls == calls + len(batches)  # the epoch's own batches only
+        assert iterator.first_batch is first and collate.calls == calls + len(batches)
+
+
+def test_first_batch_follows_batches_remade_every_epoch():
+    """A batch sampler called every epoch (fairseq then drops its frozen batches): the first batch is collated
+    again for the new batches and equals fairseq's."""
+    rng = random.Random()
+    items = Items(rng, 30)
+
+    def sampler(dataset, epoch):
+        order = list(range(len(dataset)))
+        random.Random(epoch).shuffle(order)
+        return [order[i:i + 4] for i in range(0, len(order), 4)]
+
+    collate = CountedCollation()
+    iterator = EpochBatchIterator(items, collate, sampler, seed=1)
+    firsts = {}
+    for _ in range(4):
+        first = iterator.first_batch
+        assert_same_batch(first, fairseqs_first_batch(iterator))
+        assert first["id"].tolist() == sampler(items, iterator.epoch)[0]
+        assert iterator.first_batch is first
+        assert firsts.setdefault(iterator.epoch, first) is first  # one collation an epoch's batches
+        for _ in iterator.next_epoch_itr(shuffle=False):
+            pass
+    assert sorted(firsts) == [1, 2, 3]
+
+
+def test_an_empty_dataset_still_gets_fairseqs_error():
+    iterator = EpochBatchIterator(Items(random.Random(), 0), CountedCollation(), [], seed=1)
+    with pytest.raises(Exception, match="The dataset is empty"):
+        iterator.first_batch
