@@ -135,6 +135,36 @@ def test_fairseqs_loops_run_where_the_batched_copies_do_not_apply(case):
     assert calls == ["fairseq"]
 
 
+@pytest.mark.parametrize("change", ["frozen parameter", "mixed dtypes"])
+def test_a_parameter_changed_between_updates_brings_back_fairseqs_loop(change):
+    """The layouts kept after a batched update are worked out again when a parameter's requires_grad or dtype
+    changes: fairseq's loop runs while the batched copy does not apply, the batched copy again after."""
+    params = half_params(8)
+    optimizer = FlatOptimizer(params)
+    calls = []
+    original = MIXIN._sync_fp16_grads_to_fp32.__wrapped__
+
+    def recording_fairseq_loop(self):
+        calls.append("fairseq")
+        return original(self)
+
+    sync = _batched_grads_to_fp32(recording_fairseq_loop)
+    dtype = params[3].dtype
+    for changed in (False, True, False):
+        if change == "frozen parameter":
+            params[3].requires_grad_(not changed)
+        else:
+            params[3].data = params[3].data.to(torch.float32 if changed else dtype)
+        set_grads(params, 9)
+        optimizer._needs_sync = True
+        calls.clear()
+        sync(optimizer)
+        assert calls == (["fairseq"] if changed else [])
+        if not changed:
+            expected = torch.cat([p.grad.double().reshape(-1) for p in params])
+            assert torch.equal(optimizer.fp32_params[None].grad.double(), expected)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
 def test_fp16_optimizer_steps_match_fairseqs_loops(device, monkeypatch):
@@ -215,6 +245,19 @@ def legacy_ddp_rank(rank: int, port: int) -> None:
                 before = [p.grad.clone() for p in batched.module.parameters()]
                 batched.all_reduce_grads()
                 assert all(torch.equal(p.grad, b) for p, b in zip(batched.module.parameters(), before))
+            for frozen in (True, False):  # a parameter frozen, then trained again: the kept plan follows
+                for model in (batched.module, reference.module):
+                    list(model.parameters())[1].requires_grad_(not frozen)
+                    rank_grads(model, rank + 2, missing=4)
+                _batched_all_reduce_grads_recording(calls)(batched)
+                LegacyDistributedDataParallel.all_reduce_grads.__wrapped__(reference)
+                assert calls == [] and all(torch.equal(p.grad, q.grad) for p, q in zip(
+                    batched.module.parameters(), reference.module.parameters())), f"frozen {frozen}: not fairseq's"
+        model = LegacyDistributedDataParallel(small_model(torch.float32), dist.group.WORLD)
+        rank_grads(model.module, rank, missing=3)
+        next(model.module.parameters()).grad.requires_grad_(True)
+        with pytest.raises(RuntimeError, match="only works with gradients that don't require grad"):
+            model.all_reduce_grads()
     finally:
         dist.destroy_process_group()
 
