@@ -22,7 +22,7 @@ forward and backward), so every millisecond of host work saved is a millisecond 
   0.42 ms an update for mega_wmt_en_de on the CPU.
 * At every epoch's start ``Trainer.get_train_iterator`` keeps the training set's first batch as the dummy batch
   of updates where a GPU has no batch of its own, and ``EpochBatchIterator.first_batch`` collates it anew
-  in the training process each time: Multi30k at 8192 tokens, ~20 ms an epoch on the CPU (90 ms at 32,768),
+  in the training process each time: Multi30k at 8192 tokens, ~20 ms an epoch on the CPU (64 ms at 32,768),
   while every GPU waits. Here it is collated once for each set of batches the iterator holds (its frozen
   batches: the same every epoch unless the batches are remade) and given again after that. A dummy batch
   only lends its shapes: its loss is multiplied by 0.
