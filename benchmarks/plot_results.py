@@ -11,7 +11,6 @@ distributed: fairseq-train words/s over updates, one GPU with --update-freq 2 an
 """
 import argparse
 import json
-import re
 
 import matplotlib
 
@@ -80,23 +79,21 @@ def plot_distributed(results: dict, out: str) -> None:
         scalings = {"one_gpu": scalings}
     base = next((name for name in ("one_gpu_update_freq_1", "one_gpu") if name in scalings), next(iter(scalings)))
     epochs = results.get("epochs")  # files before the nineteenth session: updates, one warm-up update for all
-    configuration = {name: re.sub(r"_run\d+$", "", name) for name in results["records"]}  # REPEATS: NAME_runR
-    first_runs = {}
-    for name, config in configuration.items():
-        first_runs.setdefault(config, name)
+    runs_of = results.get("runs_of") or {name: [name] for name in results["records"]}  # REPEATS: several runs
+    configuration = {name: config for config, names in runs_of.items() for name in names}
     for name, records in results["records"].items():
         config = configuration[name]
-        scaling = scalings[base].get(config) if first_runs[config] == name else None  # repeated: the means' ratio
+        scaling = scalings[base].get(config) if runs_of[config][0] == name else None  # repeated: the means' ratio
         if config.startswith("one_gpu_update_freq_"):
             labels[config] = "one GPU, --update-freq " + config.rsplit("_", 1)[1]
         run = config.removesuffix("_legacy_ddp")
         label = (labels.get(run, run) + (", legacy_ddp" if run != config else "")
-                 + (f", run {name.rsplit('_run', 1)[1]}" if config != name else ""))
+                 + (f", run {runs_of[config].index(name) + 1}" if config != name else ""))
         x = epochs[name] if epochs else [update for update, _ in records]
         ratio = f": {scaling:.2f}x" + (" (the runs' means)" if config != name else "") if scaling else ""
         axis.plot(x, [wps / 1e3 for _, wps in records], marker="o", label=label + ratio)
     if epochs:
-        name = first_runs[next(iter(scalings[base]), base)]
+        name = runs_of[next(iter(scalings[base]), base)][0]
         start = next(epoch for (update, _), epoch in zip(results["records"][name], epochs[name])
                      if update >= results["warmup_updates"][name])
         axis.axvline(start, color="grey", linestyle=":", label="averages start")

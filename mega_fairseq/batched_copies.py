@@ -61,13 +61,15 @@ def _flat_layouts(optimizer) -> Optional[Dict]:
     until the parameters' settings change (checking every parameter each call took 0.13 ms on the CPU)."""
     if not optimizer.has_flat_params:
         return None
-    owners, settings = (optimizer.fp16_params, optimizer.fp32_params), _settings(optimizer.fp16_params)
+    settings = _settings(optimizer.fp16_params)
     kept = optimizer.__dict__.get("_mega_flat_layouts")
-    if kept is None or kept[0] is not owners[0] or kept[1] is not owners[1] or kept[2] != settings:
-        layouts = {device: _flat_params(optimizer, device) for device in optimizer.fp32_params}
-        layouts = None if any(params is None for params in layouts.values()) else layouts
-        kept = optimizer._mega_flat_layouts = (*owners, settings, layouts)
-    return kept[3]
+    if (kept is not None and kept[0] is optimizer.fp16_params and kept[1] is optimizer.fp32_params
+            and kept[2] == settings):
+        return kept[3]
+    layouts = {device: _flat_params(optimizer, device) for device in optimizer.fp32_params}
+    layouts = None if any(params is None for params in layouts.values()) else layouts
+    optimizer._mega_flat_layouts = (optimizer.fp16_params, optimizer.fp32_params, settings, layouts)
+    return layouts
 
 
 class GatherBuffer:
@@ -186,13 +188,10 @@ def _batched_all_reduce_grads(all_reduce_grads):
             return all_reduce_grads(self)
         per_device = []
         for params, _ in plan:
-            grads = [p.grad for p in params]
-            if any(grad is None for grad in grads):
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                grads = [p.grad for p in params]
-            per_device.append(grads)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            per_device.append([p.grad for p in params])
         if any(grad.requires_grad for grads in per_device for grad in grads):
             return all_reduce_grads(self)  # fairseq's error: DDP only works with gradients that don't require grad
         for (params, bounds), grads in zip(plan, per_device):

@@ -128,6 +128,7 @@ configuration's ratio to each one-GPU configuration (and, with repeats, each rep
 Arguments: OUT_DIR RUN:WARMUP_UPDATE... (RUN: a configuration's name, with _runR when repeated)."""
 import json
 import re
+import statistics
 import sys
 
 out = sys.argv[1]
@@ -147,16 +148,22 @@ def records(name):
 
 
 runs = {name: records(name) for name in names}
-past = {name: [float(r["wps"]) for r in recs if int(r["num_updates"]) > warmup[name]] for name, recs in runs.items()}
-for name, kept in past.items():
+past_records = {name: [r for r in recs if int(r["num_updates"]) > warmup[name]] for name, recs in runs.items()}
+for name, kept in past_records.items():
     if not kept:
         sys.exit(f"{out}/{name}.log has no record past update {warmup[name]}: raise UPDATES above WARMUP_UPDATES")
+past = {name: [float(r["wps"]) for r in kept] for name, kept in past_records.items()}
 run_wps = {name: sum(v) / len(v) for name, v in past.items()}
-past_records = {name: [r for r in recs if int(r["num_updates"]) > warmup[name]] for name, recs in runs.items()}
-update_ms = {config: sum(1000 / float(r["ups"]) for name in runs for r in past_records[name])
-             / sum(len(past_records[name]) for name in runs) for config, runs in runs_of.items()}
-update_words = {config: sum(float(r["wpb"]) for name in runs for r in past_records[name])
-                / sum(len(past_records[name]) for name in runs) for config, runs in runs_of.items()}
+
+
+def mean_over_records(value):
+    """For each configuration, the mean of value(record) over its runs' records past the warm-up."""
+    return {config: statistics.mean(value(r) for name in names for r in past_records[name])
+            for config, names in runs_of.items()}
+
+
+update_ms = mean_over_records(lambda r: 1000 / float(r["ups"]))
+update_words = mean_over_records(lambda r: float(r["wpb"]))
 wps = {config: sum(run_wps[name] for name in runs) / len(runs) for config, runs in runs_of.items()}
 summary = {"wps": wps,
            "wps_range": {config: [min(min(past[name]) for name in runs), max(max(past[name]) for name in runs)]
@@ -166,7 +173,7 @@ summary = {"wps": wps,
            "scaling_by_repeat": {base: {name: [run_wps[two] / run_wps[one]
                                                for one, two in zip(runs_of[base], runs_of[name])]
                                         for name in two_gpu_names} for base in one_gpu_names},
-           "update_ms": update_ms, "update_words": update_words,
+           "update_ms": update_ms, "update_words": update_words, "runs_of": runs_of,
            "warmup_updates": warmup,
            "records": {name: [(int(r["num_updates"]), float(r["wps"])) for r in recs] for name, recs in runs.items()},
            "epochs": {name: [float(r["update"]) for r in recs] for name, recs in runs.items()},
