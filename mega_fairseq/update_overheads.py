@@ -142,20 +142,16 @@ def pass_updates_without_exceptions() -> None:
     patch_once(FairseqEncoder, "set_num_updates", _passing_updates_through_apply)
 
 
-class _PatchableProperty(property):
-    """A property that can carry ``patch_once``'s list of applied patches."""
-
-
-def _first_batch_collated_once(first_batch: property) -> property:
-    @functools.wraps(first_batch.fget)
+def _first_batch_collated_once(first_batch):
+    @functools.wraps(first_batch)
     def collated_once(self):
         batches = self.frozen_batches
         kept = self.__dict__.get("_mega_first_batch")
         if kept is None or kept[0] is not batches:
-            kept = self._mega_first_batch = (batches, first_batch.fget(self))
+            kept = self._mega_first_batch = (batches, first_batch(self))
         return kept[1]
 
-    return _PatchableProperty(collated_once)
+    return collated_once
 
 
 def collate_first_batch_once() -> None:

@@ -1,5 +1,6 @@
 """patch_once: a wrap applies once however often it is asked for, several wraps of one function stack,
-a static method stays static; the owner may be a module (a namespace here) or a class."""
+a static method stays static, a property keeps its setter with its getter wrapped; the owner may be a
+module (a namespace here) or a class."""
 import types
 
 from mega_fairseq.patching import patch_once
@@ -35,3 +36,24 @@ def test_a_static_method_stays_static():
     patch_once(Owner, "text", adding("!"))
     patch_once(Owner, "text", adding("!"))
     assert Owner.text("x") == "x!" and Owner().text("y") == "y!"
+
+
+def test_a_property_keeps_its_setter_and_its_getter_is_wrapped_once():
+    class Owner:
+        def __init__(self):
+            self._text = "x"
+
+        @property
+        def text(self):
+            return self._text
+
+        @text.setter
+        def text(self, value):
+            self._text = value
+
+    for _ in range(2):
+        patch_once(Owner, "text", adding("!"))
+    owner = Owner()
+    assert isinstance(Owner.__dict__["text"], property) and owner.text == "x!"
+    owner.text = "y"
+    assert owner.text == "y!" and Owner.text.fget.mega_patches == ("add_!",)

@@ -252,7 +252,7 @@ def assert_same_batch(batch, expected):
 
 def test_the_plugin_patches_the_first_batch_once():
     update_overheads.collate_first_batch_once()
-    assert EpochBatchIterator.first_batch.mega_patches == ("_first_batch_collated_once",)
+    assert EpochBatchIterator.first_batch.fget.mega_patches == ("_first_batch_collated_once",)
 
 
 @pytest.mark.parametrize("trial", range(3))
